@@ -1,0 +1,179 @@
+"""The KL-regularized preference bandit instance: a pytree of arrays (DESIGN.md §2, THEORY.md §1, §8.1).
+
+An ``Instance`` holds everything exact evaluation needs on a finite world:
+
+- ``phi [n_x, K, d]`` features (default: Gaussian, normalised to unit norm);
+- ``log_pi0 [n_x, K]`` the reference policy;
+- ``d0 [n_x]`` context weights (uniform by default);
+- ``reward [n_x, K]`` the true reward table ``r*(x, a)``;
+- ``skew [d, d]`` the skew-symmetric block of the general preference oracle (zero for Bradley-Terry);
+- ``kl_coef`` (0-d array, so a sweep over it is a ``vmap``, not a recompile);
+- ``params`` the true reward's parameters (``LinearReward`` or ``MLPReward``).
+
+``make_instance(key, config)`` builds one instance for one key and is ``vmap``-able over keys;
+``InstanceConfig`` validates every field at construction. ``instance_from_arrays`` wraps user arrays
+(e.g. from the LLM bridge) with the same validation.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from bandits import validation as v
+from bandits.preferences import random_skew_matrix
+from bandits.reference import orthogonal_unit_vector, reference_policy
+from bandits.rewards import (LinearReward, MLPReward, init_linear_reward, init_mlp_reward,
+                             random_unit_vector, reward_table)
+
+REWARD_KINDS = ("linear", "neural")
+
+
+class Instance(NamedTuple):
+    phi: jax.Array
+    log_pi0: jax.Array
+    d0: jax.Array
+    reward: jax.Array
+    skew: jax.Array
+    kl_coef: jax.Array
+    params: Any
+
+    @property
+    def n_contexts(self) -> int:
+        return self.phi.shape[-3]
+
+    @property
+    def n_actions(self) -> int:
+        return self.phi.shape[-2]
+
+    @property
+    def dim(self) -> int:
+        return self.phi.shape[-1]
+
+    @property
+    def theta_star(self) -> jax.Array:
+        """The true linear parameter (linear rewards only)."""
+        if not isinstance(self.params, LinearReward):
+            raise ValueError("theta_star is defined only for reward='linear' instances")
+        return self.params.theta
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceConfig:
+    """Static description of a random instance family (THEORY.md §8.1). Validated on creation.
+
+    n_contexts: number of contexts ``n_x`` (>= 1); n_actions: ``K`` (>= 2); dim: ``d`` (>= 1);
+    reward_norm: ``B = ||theta*||`` (> 0; for neural rewards, the reward spread ``std = B / sqrt(d)``);
+    kl_coef: ``eta > 0``; coverage: ``c in [-1, 1]``; temperature: ``s >= 0`` (0: uniform pi0);
+    reward: 'linear' | 'neural'; hidden: MLP width; skew_strength: spectral norm of ``S`` (0: BT).
+    """
+
+    n_contexts: int = 128
+    n_actions: int = 32
+    dim: int = 8
+    reward_norm: float = 2.0
+    kl_coef: float = 1.0
+    coverage: float = 0.0
+    temperature: float = 0.0
+    reward: str = "linear"
+    hidden: int = 32
+    skew_strength: float = 0.0
+
+    def __post_init__(self):
+        v.check_int("n_contexts", self.n_contexts, 1)
+        v.check_int("n_actions", self.n_actions, 2)
+        v.check_int("dim", self.dim, 1)
+        v.check_float("reward_norm", self.reward_norm, low=0.0, low_open=True)
+        v.check_float("kl_coef", self.kl_coef, low=0.0, low_open=True)
+        v.check_float("coverage", self.coverage, low=-1.0, high=1.0)
+        v.check_float("temperature", self.temperature, low=0.0)
+        v.check_choice("reward", self.reward, REWARD_KINDS)
+        v.check_int("hidden", self.hidden, 1)
+        v.check_float("skew_strength", self.skew_strength, low=0.0)
+
+
+def random_features(key: jax.Array, n_x: int, n_actions: int, d: int, dtype=None) -> jax.Array:
+    """Gaussian features normalised to unit norm, shape ``[n_x, K, d]``."""
+    g = jax.random.normal(key, (n_x, n_actions, d), dtype=dtype)
+    return g / jnp.linalg.norm(g, axis=-1, keepdims=True)
+
+
+def make_instance(key: jax.Array, config: InstanceConfig, dtype=None) -> Instance:
+    """One random instance of ``config`` (pure in ``key``; ``vmap`` over keys for many seeds).
+
+    Sub-keys: features, reward, reference direction, skew block -- so, e.g., changing ``coverage``
+    keeps the same features and ``theta*``.
+    """
+    dtype = dtype or jnp.result_type(float)
+    k_phi, k_reward, k_ref, k_skew = jax.random.split(key, 4)
+    phi = random_features(k_phi, config.n_contexts, config.n_actions, config.dim, dtype)
+    if config.reward == "linear":
+        params = init_linear_reward(k_reward, config.dim, config.reward_norm, dtype)
+        direction = params.theta
+    else:
+        params = init_mlp_reward(k_reward, phi, config.hidden, config.reward_norm)
+        direction = random_unit_vector(k_reward, config.dim, dtype)
+    reward = reward_table(params, phi)
+    xi = phi @ orthogonal_unit_vector(k_ref, direction)
+    log_pi0 = reference_policy(reward / config.reward_norm, xi, config.coverage, config.temperature)
+    skew = random_skew_matrix(k_skew, config.dim, config.skew_strength, dtype)
+    d0 = jnp.full((config.n_contexts,), 1.0 / config.n_contexts, dtype)
+    return Instance(phi, log_pi0, d0, reward, skew, jnp.asarray(config.kl_coef, dtype), params)
+
+
+def instance_from_arrays(phi, log_pi0, reward, kl_coef, d0=None, skew=None, params=None) -> Instance:
+    """Wrap user-provided arrays as an ``Instance``, validating shapes and values.
+
+    ``log_pi0`` must be a normalised log-policy with full support (every action has positive
+    reference mass: the KL-regularized problem needs it for finite KLs and a well-defined Gibbs
+    policy); ``d0`` a probability vector (uniform if omitted); ``skew`` skew-symmetric (zero if
+    omitted); ``params`` the reward parameters if known (default: a ``LinearReward`` is *not*
+    inferred, ``None`` is stored).
+    """
+    phi = jnp.asarray(phi)
+    if phi.ndim != 3:
+        raise ValueError(f"phi has shape {tuple(phi.shape)}, which is not allowed: phi must have shape "
+                         "[n_x, K, d] (3 axes).")
+    n_x, k, d = phi.shape
+    v.check_int("n_actions (phi.shape[1])", k, 2)
+    v.check_int("dim (phi.shape[2])", d, 1)
+    v.check_shape("log_pi0", log_pi0, (n_x, k))
+    v.check_shape("reward", reward, (n_x, k))
+    log_pi0 = jnp.asarray(log_pi0, phi.dtype)
+    reward = jnp.asarray(reward, phi.dtype)
+    d0 = jnp.full((n_x,), 1.0 / n_x, phi.dtype) if d0 is None else jnp.asarray(d0, phi.dtype)
+    v.check_shape("d0", d0, (n_x,))
+    skew = jnp.zeros((d, d), phi.dtype) if skew is None else jnp.asarray(skew, phi.dtype)
+    v.check_shape("skew", skew, (d, d))
+    if v.is_concrete(kl_coef):
+        v.check_float("kl_coef", kl_coef, low=0.0, low_open=True)
+    if all(v.is_concrete(a) for a in (phi, log_pi0, reward, d0, skew)):
+        _check_values(np.asarray(phi), np.asarray(log_pi0), np.asarray(reward), np.asarray(d0),
+                      np.asarray(skew))
+    return Instance(phi, log_pi0, d0, reward, skew, jnp.asarray(kl_coef, phi.dtype), params)
+
+
+def _check_values(phi, log_pi0, reward, d0, skew) -> None:
+    if not np.all(np.isfinite(phi)):
+        raise ValueError("phi contains non-finite values, which is not allowed: features must be finite.")
+    if not np.all(np.isfinite(reward)):
+        raise ValueError("reward contains non-finite values, which is not allowed: rewards must be finite.")
+    if not np.all(np.isfinite(log_pi0)):
+        bad = np.argwhere(~np.isfinite(log_pi0))[0]
+        raise ValueError(
+            f"log_pi0[{bad[0]}, {bad[1]}]={log_pi0[tuple(bad)]!r} is not allowed: the reference policy "
+            "needs positive mass on every action (finite log-probabilities), or KLs are infinite.")
+    sums = np.exp(log_pi0).sum(-1)
+    if not np.allclose(sums, 1.0, atol=1e-5):
+        i = int(np.argmax(np.abs(sums - 1.0)))
+        raise ValueError(f"log_pi0[{i}] sums to {sums[i]!r} in probability, which is not allowed: "
+                         "each row must be a normalised log-policy (probabilities summing to 1).")
+    if np.any(d0 < 0) or not np.isclose(d0.sum(), 1.0, atol=1e-6):
+        raise ValueError(f"d0 (sum {d0.sum()!r}, min {d0.min()!r}) is not allowed: d0 must be a "
+                         "probability vector (non-negative, summing to 1).")
+    if not np.allclose(skew, -skew.T, atol=1e-10):
+        raise ValueError("skew is not skew-symmetric, which is not allowed: skew must satisfy S = -S^T "
+                         "so that P(x,a,b) + P(x,b,a) = 1.")

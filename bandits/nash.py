@@ -1,0 +1,123 @@
+"""The KL-regularized two-player preference game of P2 (Ye et al., NeurIPS 2024, §3; THEORY.md §3.1).
+
+    J(pi1, pi2) = E_{x~d0}[ E_{a~pi1, b~pi2} G(x,a,b) - eta KL(pi1 || pi0) + eta KL(pi2 || pi0) ],
+
+with payoff ``G = P`` ('identity', IPO's choice in P2) or ``G = log P/(1-P)`` ('logit', the
+Guidebook's form; equal to the margin of the oracle). Because ``G(x,a,b) + G(x,b,a) = c`` (``c = 1``
+resp. ``0``), the symmetric Nash equilibrium has value ``c / 2``, and for any ``pi``:
+
+- the min-player's best response is ``pi2 ∝ pi0 exp(-G(x, pi, .) / eta)``, ``G(x,pi,b) = sum_a pi(a) G(x,a,b)``;
+- ``min_{pi2} J(pi, pi2) = E_x[ -eta KL(pi || pi0) - eta log E_{b~pi0} exp(-G(x,pi,b) / eta) ]``;
+- the duality gap ``Gap(pi) = c/2 - min_{pi2} J(pi, pi2) >= 0``, zero iff ``pi`` is the equilibrium.
+
+The equilibrium itself is computed by symmetric KL-regularized extragradient in log space
+(Cen, Wei & Chi 2021; THEORY.md §3.3, §9.1 item 11), stopped on the exact gap.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from bandits import validation as v
+from bandits.evaluation import context_mean
+from bandits.instance import Instance
+from bandits.policy import kl_divergence
+from bandits.preferences import margin_matrix
+
+PAYOFFS = ("identity", "logit")
+
+
+def payoff_matrices(instance: Instance, payoff: str = "identity") -> jax.Array:
+    """``G[x, a, b]`` for all contexts, shape ``[n_x, K, K]``."""
+    v.check_choice("payoff", payoff, PAYOFFS)
+    margins = jax.vmap(margin_matrix, in_axes=(0, 0, None))(instance.reward, instance.phi, instance.skew)
+    return jax.nn.sigmoid(margins) if payoff == "identity" else margins
+
+
+def nash_value(payoff: str = "identity") -> float:
+    """Value of the symmetric equilibrium: 1/2 (identity) or 0 (logit)."""
+    return 0.5 if v.check_choice("payoff", payoff, PAYOFFS) == "identity" else 0.0
+
+
+def game_value(instance: Instance, log_pi1: jax.Array, log_pi2: jax.Array,
+               payoff: str = "identity") -> jax.Array:
+    """``J(pi1, pi2)`` exactly."""
+    g = payoff_matrices(instance, payoff)
+    bilinear = jnp.einsum("xa,xab,xb->x", jnp.exp(log_pi1), g, jnp.exp(log_pi2))
+    kl1 = kl_divergence(log_pi1, instance.log_pi0)
+    kl2 = kl_divergence(log_pi2, instance.log_pi0)
+    return context_mean(instance, bilinear - instance.kl_coef * (kl1 - kl2))
+
+
+def _opponent_payoff(g: jax.Array, log_pi: jax.Array) -> jax.Array:
+    """``G(x, pi, b) = sum_a pi(a|x) G(x, a, b)``, shape ``[n_x, K]``."""
+    return jnp.einsum("xa,xab->xb", jnp.exp(log_pi), g)
+
+
+def best_response(instance: Instance, log_pi: jax.Array, payoff: str = "identity") -> jax.Array:
+    """The min-player's best response ``log pi2 = log_softmax(log pi0 - G(x, pi, .) / eta)``."""
+    g = payoff_matrices(instance, payoff)
+    return jax.nn.log_softmax(instance.log_pi0 - _opponent_payoff(g, log_pi) / instance.kl_coef, axis=-1)
+
+
+def max_min_value(instance: Instance, log_pi: jax.Array, payoff: str = "identity") -> jax.Array:
+    """``min_{pi2} J(pi, pi2)`` in closed form."""
+    g = payoff_matrices(instance, payoff)
+    eta = instance.kl_coef
+    soft_min = -eta * jax.nn.logsumexp(instance.log_pi0 - _opponent_payoff(g, log_pi) / eta, axis=-1)
+    return context_mean(instance, soft_min - eta * kl_divergence(log_pi, instance.log_pi0))
+
+
+def duality_gap(instance: Instance, log_pi: jax.Array, payoff: str = "identity") -> jax.Array:
+    """``Gap(pi) = J(pi*, pi*) - min_{pi2} J(pi, pi2) >= 0`` (THEORY.md §3.1)."""
+    return nash_value(payoff) - max_min_value(instance, log_pi, payoff)
+
+
+class NashSolution(NamedTuple):
+    log_pi: jax.Array
+    gap: jax.Array
+    iterations: jax.Array
+
+
+def nash_equilibrium(instance: Instance, payoff: str = "identity", tol: float | None = None,
+                     max_iter: int = 20000) -> NashSolution:
+    """The symmetric equilibrium ``pi* ∝ pi0 exp(G(x, ., pi*) / eta)`` by symmetric extragradient.
+
+    One step with ``alpha = 1 / (eta + 2 max|G|)`` (THEORY.md §9.1 item 11):
+
+        log p_half ∝ (1 - alpha eta) log p + alpha eta log pi0 + alpha G p
+        log p_next ∝ (1 - alpha eta) log p + alpha eta log pi0 + alpha G p_half
+
+    The min-player's iterates mirror the max-player's exactly because ``G^T p = c - G p``, so one
+    sequence suffices. Converges linearly at rate about ``(1 - alpha eta)``; stops when the exact
+    gap is below ``tol`` (default 1e-10 in float64, 1e-5 in float32) or after ``max_iter`` steps
+    (check ``gap`` in the result).
+    """
+    if tol is None:
+        tol = 1e-10 if instance.log_pi0.dtype == jnp.float64 else 1e-5
+    g = payoff_matrices(instance, payoff)
+    eta = instance.kl_coef
+    alpha = 1.0 / (eta + 2.0 * jnp.max(jnp.abs(g)))
+    anchor = alpha * eta * instance.log_pi0
+
+    def step(log_p, log_q):
+        return jax.nn.log_softmax((1.0 - alpha * eta) * log_p + anchor
+                                  + alpha * jnp.einsum("xab,xb->xa", g, jnp.exp(log_q)), axis=-1)
+
+    def gap_of(log_p):
+        return duality_gap(instance, log_p, payoff)
+
+    def cond(state):
+        _, gap, it = state
+        return (gap > tol) & (it < max_iter)
+
+    def body(state):
+        log_p, _, it = state
+        log_p = step(log_p, step(log_p, log_p))
+        return log_p, gap_of(log_p), it + 1
+
+    start = instance.log_pi0
+    log_p, gap, it = jax.lax.while_loop(cond, body, (start, gap_of(start), jnp.asarray(0)))
+    return NashSolution(log_p, gap, it)

@@ -1,0 +1,61 @@
+"""Input validation at the boundary: every error names the field, the value and what is allowed.
+
+Checks run on concrete (non-traced) values only, so the same constructors stay usable under
+``jit``/``vmap`` (where the values were already validated by the caller's config).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def is_concrete(value: Any) -> bool:
+    """True when ``value`` holds data we can inspect (not a JAX tracer)."""
+    return not isinstance(value, jax.core.Tracer)
+
+
+def fail(field: str, value: Any, allowed: str) -> None:
+    raise ValueError(f"{field}={value!r} is not allowed: {field} must be {allowed}.")
+
+
+def check_int(field: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        fail(field, value, f"an integer >= {minimum}")
+    if value < minimum:
+        fail(field, value, f"an integer >= {minimum}")
+    return int(value)
+
+
+def check_float(field: str, value: Any, *, low: float | None = None, high: float | None = None,
+                low_open: bool = False) -> float:
+    """Check a finite real number in [low, high] (or (low, high] when ``low_open``)."""
+    lo = "-inf" if low is None else f"{low:g}"
+    hi = "inf" if high is None else f"{high:g}"
+    allowed = f"a finite number in {'(' if low_open else '['}{lo}, {hi}]"
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        fail(field, value, allowed)
+    if not math.isfinite(x):
+        fail(field, value, allowed)
+    if low is not None and (x < low or (low_open and x == low)):
+        fail(field, value, allowed)
+    if high is not None and x > high:
+        fail(field, value, allowed)
+    return x
+
+
+def check_choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        fail(field, value, "one of " + ", ".join(repr(c) for c in choices))
+    return value
+
+
+def check_shape(field: str, array: Any, shape: tuple[int, ...]) -> None:
+    got = tuple(np.shape(array))
+    if got != tuple(shape):
+        raise ValueError(
+            f"{field} has shape {got}, which is not allowed: {field} must have shape {tuple(shape)}.")
