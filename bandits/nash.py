@@ -15,6 +15,7 @@ The equilibrium itself is computed by symmetric KL-regularized extragradient in 
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -95,8 +96,14 @@ def nash_equilibrium(instance: Instance, payoff: str = "identity", tol: float | 
     gap is below ``tol`` (default 1e-10 in float64, 1e-5 in float32) or after ``max_iter`` steps
     (check ``gap`` in the result).
     """
+    v.check_choice("payoff", payoff, PAYOFFS)
     if tol is None:
         tol = 1e-10 if instance.log_pi0.dtype == jnp.float64 else 1e-5
+    return _solve(instance, payoff, jnp.asarray(tol, instance.log_pi0.dtype), max_iter)
+
+
+@partial(jax.jit, static_argnums=(1, 3))
+def _solve(instance: Instance, payoff: str, tol, max_iter: int) -> NashSolution:
     g = payoff_matrices(instance, payoff)
     eta = instance.kl_coef
     alpha = 1.0 / (eta + 2.0 * jnp.max(jnp.abs(g)))

@@ -1,0 +1,162 @@
+"""Confidence sets and P1's offline policies: THEORY.md §9.2 invariants 5, 7, 8, 20; Option I vs brute force."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import minimize
+
+import bandits as b
+from algorithms import confidence as c
+from algorithms import offline as o
+from algorithms.bt_mle import fit_bt_mle
+from tests.helpers import random_log_policy
+
+CFG = b.InstanceConfig(n_contexts=6, n_actions=5, dim=3, reward_norm=2.0, kl_coef=0.3,
+                       coverage=0.5, temperature=3.0)
+seeds = st.integers(0, 10**6)
+
+
+def _setup(seed, n=60, lam=1.0, beta=1.5, kl_coef=0.3, nu_mode="pi0"):
+    inst = b.make_instance(jax.random.key(seed), CFG)._replace(kl_coef=jnp.asarray(kl_coef))
+    data = b.sample_preference_data(jax.random.key(seed + 1), inst, inst.log_pi0, inst.log_pi0, n)
+    z = b.feature_differences(inst, data)
+    theta = fit_bt_mle(z, data.y, data.mask, lam).theta
+    cs = c.confidence_set(theta, c.gram_matrix(z, data.mask, lam), beta)
+    return inst, data, z, cs, c.reference_vector(inst, nu_mode)
+
+
+def test_gram_norms_and_radius_against_numpy():
+    inst, data, z, cs, nu = _setup(0)
+    zz = np.asarray(z)
+    sigma = np.eye(3) + zz.T @ zz
+    np.testing.assert_allclose(cs.gram, sigma, rtol=1e-12)
+    np.testing.assert_allclose(c.gram_matrix(z, data.mask, 1.0, "mean"), np.eye(3) + zz.T @ zz / 60, rtol=1e-12)
+    vecs = np.random.default_rng(0).standard_normal((4, 3))
+    ref = np.sqrt(np.einsum("id,de,ie->i", vecs, np.linalg.inv(sigma), vecs))
+    np.testing.assert_allclose(c.dual_norm(cs.chol, jnp.asarray(vecs)), ref, rtol=1e-10)
+    gamma = 1 / (2 + np.exp(4.0) + np.exp(-4.0))
+    np.testing.assert_allclose(c.confidence_radius("theory", 8, 100, 1.0, 2.0, delta=0.05, c_beta=0.5),
+                               0.5 * np.sqrt((8 + np.log(20)) / gamma**2 + 4.0), rtol=1e-12)
+    np.testing.assert_allclose(c.confidence_radius("theory", 8, 100, 1.0, 2.0, normalization="mean"),
+                               np.sqrt((8 + np.log(20)) / gamma**2 / 100 + 4.0), rtol=1e-12)
+    np.testing.assert_allclose(c.confidence_radius("sqrt_d", 8, 100, 1.0, 2.0, c_beta=2.0), 2 * np.sqrt(8))
+    np.testing.assert_allclose(c.confidence_radius("sqrt_d", 8, 100, 1.0, 2.0, normalization="mean"),
+                               np.sqrt(8 / 100))
+    np.testing.assert_allclose(c.confidence_radius("const", 8, 100, 1.0, 2.0, c_beta=3.0), 3.0)
+    pi0_mean = np.einsum("x,xa,xad->d", np.asarray(inst.d0), np.exp(np.asarray(inst.log_pi0)),
+                         np.asarray(inst.phi))
+    np.testing.assert_allclose(nu[2], pi0_mean, rtol=1e-12)
+    with pytest.raises(ValueError, match="beta_mode='exact' is not allowed"):
+        c.confidence_radius("exact", 8, 100, 1.0, 2.0)
+    with pytest.raises(ValueError, match="reference_vector='mean' is not allowed"):
+        c.reference_vector(inst, "mean")
+
+
+@given(seeds, st.integers(1, 40), st.floats(0.1, 5.0))
+def test_invariant8_bonus_monotonicity(seed, extra, lam):
+    """Adding data (or raising lam) can only shrink ||v||_{Sigma^{-1}}."""
+    rng = np.random.default_rng(seed)
+    z = jnp.asarray(rng.standard_normal((60, 3)))
+    mask = np.arange(60) < 20
+    more = np.arange(60) < 20 + extra
+    v = jnp.asarray(rng.standard_normal((10, 3)))
+    base = c.dual_norm(jnp.linalg.cholesky(c.gram_matrix(z, mask, lam)), v)
+    added = c.dual_norm(jnp.linalg.cholesky(c.gram_matrix(z, more, lam)), v)
+    bigger_lam = c.dual_norm(jnp.linalg.cholesky(c.gram_matrix(z, mask, lam * 1.5)), v)
+    assert np.all(np.asarray(added) <= np.asarray(base) + 1e-12)
+    assert np.all(np.asarray(bigger_lam) <= np.asarray(base) + 1e-12)
+
+
+@given(seeds, st.floats(0.1, 3.0), st.sampled_from(c.REFERENCE_VECTORS))
+def test_invariant5_pessimism_ordering(seed, beta, nu_mode):
+    inst, _, _, cs, nu = _setup(seed, beta=beta, nu_mode=nu_mode)
+    cs = cs._replace(beta=jnp.asarray(beta))
+    r_mle = inst.phi @ cs.center
+    r_pess = o.option_ii_reward(inst, cs, nu)
+    assert np.all(np.asarray(r_pess) <= np.asarray(r_mle) + 1e-12)
+    j = lambda r: b.optimal_value(inst._replace(reward=r))
+    assert j(r_pess) <= j(r_mle) + 1e-12
+    # Option I's value (relative to nu) <= the MLE value (relative to nu)
+    nu_bar = inst.d0 @ nu
+    pi_i = o.option_i_policy(inst, cs, nu)
+    val_i = (jnp.dot(cs.center, c.expected_feature(inst, pi_i) - nu_bar)
+             - beta * c.dual_norm(cs.chol, c.expected_feature(inst, pi_i) - nu_bar)
+             - inst.kl_coef * b.kl_to_reference(inst, pi_i))
+    val_mle = j(r_mle) - jnp.dot(cs.center, nu_bar)
+    assert val_i <= val_mle + 1e-10
+    # on the event theta* in C: pessimistic values are below the true ones for every policy
+    rng = np.random.default_rng(seed)
+    for _ in range(3):
+        u = rng.standard_normal(3)
+        theta_star = cs.center + jnp.asarray(u) / c.primal_norm(cs.gram, jnp.asarray(u)) * beta * rng.uniform()
+        pi = jnp.asarray(random_log_policy(rng, 6, 5))
+        true_rel = (jnp.sum(jnp.exp(pi) * ((inst.phi - nu[:, None, :]) @ theta_star), -1))
+        pess_rel = jnp.sum(jnp.exp(pi) * (r_pess - nu @ cs.center[:, None]), -1)
+        assert b.context_mean(inst, pess_rel) <= b.context_mean(inst, true_rel) + 1e-10
+
+
+@settings(max_examples=15)
+@given(seeds, st.floats(0.2, 3.0), st.floats(0.05, 2.0), st.sampled_from(c.REFERENCE_VECTORS))
+def test_invariant7_bound_implication(seed, beta, kl_coef, nu_mode):
+    """Whenever theta* in C the three bounds hold, for pi* and random comparators."""
+    inst, _, _, cs, nu = _setup(seed, beta=beta, kl_coef=kl_coef, nu_mode=nu_mode)
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal(3)
+    theta_star = cs.center + jnp.asarray(u) / c.primal_norm(cs.gram, jnp.asarray(u)) * beta * rng.uniform(0, 1)
+    world = inst._replace(reward=inst.phi @ theta_star, params=b.LinearReward(theta_star))
+    assert c.contains(cs, theta_star)
+    pi_ii, pi_i, pi_mle = (o.option_ii_policy(world, cs, nu), o.option_i_policy(world, cs, nu),
+                           o.linear_gibbs(world, cs.center))
+    comparators = [b.optimal_policy(world)] + [jnp.asarray(random_log_policy(rng, 6, 5)) for _ in range(3)]
+    for pi in comparators:
+        gap_ii = b.value(world, pi) - b.value(world, pi_ii) + kl_coef * b.expected_kl(world, pi, pi_ii)
+        assert gap_ii <= o.option_ii_bound(world, cs, nu, pi) + 1e-9
+        assert b.value(world, pi) - b.value(world, pi_i) <= o.option_i_bound(world, cs, nu, pi) + 1e-8
+        gap_mle = b.value(world, pi) - b.value(world, pi_mle) + kl_coef * b.expected_kl(world, pi, pi_mle)
+        assert gap_mle <= o.plug_in_bound(world, cs, pi, pi_mle) + 1e-9
+
+
+@settings(max_examples=4)
+@given(seeds, st.floats(0.3, 3.0))
+def test_option_i_against_bruteforce_policy_search(seed, beta):
+    """Option I's dual solution equals a direct scipy search over all policies (logits) of the primal."""
+    small = b.InstanceConfig(n_contexts=2, n_actions=3, dim=2, kl_coef=0.5, coverage=0.3, temperature=2.0)
+    inst = b.make_instance(jax.random.key(seed), small)
+    data = b.sample_preference_data(jax.random.key(seed + 1), inst, inst.log_pi0, inst.log_pi0, 30)
+    z = b.feature_differences(inst, data)
+    theta = fit_bt_mle(z, data.y, data.mask, 1.0).theta
+    cs = c.confidence_set(theta, c.gram_matrix(z, data.mask, 1.0), beta)
+    nu = c.reference_vector(inst)
+    nu_bar = np.asarray(inst.d0 @ nu)
+    phi, d0, lp0 = np.asarray(inst.phi), np.asarray(inst.d0), np.asarray(inst.log_pi0)
+    sigma_inv = np.linalg.inv(np.asarray(cs.gram))
+
+    def primal(logits):
+        lp = logits.reshape(2, 3)
+        lp = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
+        p = np.exp(lp)
+        feat = np.einsum("x,xa,xad->d", d0, p, phi) - nu_bar
+        kl = np.sum(d0 * np.sum(p * (lp - lp0), -1))
+        return -(feat @ np.asarray(theta) - beta * np.sqrt(feat @ sigma_inv @ feat) - 0.5 * kl)
+
+    rng = np.random.default_rng(seed)
+    best = min((minimize(primal, rng.standard_normal(6), method="Nelder-Mead",
+                         options={"xatol": 1e-10, "fatol": 1e-13, "maxiter": 20000})
+                for _ in range(3)), key=lambda r: r.fun)
+    pi_i = np.asarray(o.option_i_policy(inst, cs, nu))
+    np.testing.assert_allclose(primal(pi_i.reshape(-1)), best.fun, atol=1e-7)
+    assert primal(pi_i.reshape(-1)) <= best.fun + 1e-9
+
+
+@given(seeds)
+def test_invariant20_option_i_objective_convex_and_gradient(seed):
+    inst, _, _, cs, nu = _setup(seed)
+    theta = jnp.asarray(np.random.default_rng(seed).standard_normal(3))
+    hess = jax.hessian(lambda t: o.option_i_objective(inst, t, nu))(theta)
+    assert np.linalg.eigvalsh(np.asarray(hess)).min() >= -1e-12
+    lse = lambda t: o.option_i_objective(inst, t, nu) + jnp.dot(t, inst.d0 @ nu)
+    eps = 1e-6
+    fd = np.array([(lse(theta + eps * e) - lse(theta - eps * e)) / (2 * eps) for e in jnp.eye(3)])
+    np.testing.assert_allclose(fd, c.expected_feature(inst, o.linear_gibbs(inst, theta)), atol=1e-8)
