@@ -32,7 +32,7 @@ import jax.numpy as jnp
 
 from algorithms.confidence import (ConfidenceSet, dual_norm, expected_feature, pointwise_uncertainty,
                                    primal_norm)
-from algorithms.newton import autodiff_grad_hess, damped_newton, default_tol
+from algorithms.newton import damped_newton, default_tol
 from bandits import Instance, context_mean, gibbs_policy, log_partition
 
 
@@ -56,21 +56,34 @@ def option_i_objective(instance: Instance, theta: jax.Array, nu: jax.Array) -> j
     return instance.kl_coef * context_mean(instance, log_z) - jnp.dot(theta, instance.d0 @ nu)
 
 
+def _option_i_grad_hess(instance: Instance, theta: jax.Array, nu_bar: jax.Array):
+    """Analytic ``grad F = phi_bar(pi_theta) - nu_bar`` and ``hess F = (1/eta) E_x Cov_{pi_theta}(phi)``."""
+    p = jnp.exp(linear_gibbs(instance, theta))
+    mean = jnp.einsum("xa,xad->xd", p, instance.phi)
+    second = jnp.einsum("x,xa,xad,xae->de", instance.d0, p, instance.phi, instance.phi)
+    cov = second - jnp.einsum("x,xd,xe->de", instance.d0, mean, mean)
+    return instance.d0 @ mean - nu_bar, cov / instance.kl_coef
+
+
 @partial(jax.jit, static_argnames=("bisection_steps", "inner_steps", "max_iter"))
-def option_i_theta(instance: Instance, cs: ConfidenceSet, nu: jax.Array, bisection_steps: int = 50,
-                   inner_steps: int = 6, max_iter: int = 100) -> jax.Array:
+def option_i_theta(instance: Instance, cs: ConfidenceSet, nu: jax.Array, bisection_steps: int = 24,
+                   inner_steps: int = 3, max_iter: int = 50) -> jax.Array:
     """``theta_pess = argmin_{theta in C} F(theta)`` (module docstring)."""
     dtype = cs.center.dtype
     tol = default_tol(dtype)
-
-    def penalised(log_mu):
-        mu = jnp.exp(log_mu)
-        return lambda t: option_i_objective(instance, t, nu) + 0.5 * mu * (
-            (t - cs.center) @ cs.gram @ (t - cs.center))
+    nu_bar = instance.d0 @ nu
 
     def solve(log_mu, start, iters):
-        fn = penalised(log_mu)
-        return damped_newton(fn, autodiff_grad_hess(fn), start, iters, tol)[0]
+        mu = jnp.exp(log_mu)
+
+        def value(t):
+            return option_i_objective(instance, t, nu) + 0.5 * mu * ((t - cs.center) @ cs.gram @ (t - cs.center))
+
+        def grad_hess(t):
+            g, h = _option_i_grad_hess(instance, t, nu_bar)
+            return g + mu * cs.gram @ (t - cs.center), h + mu * cs.gram
+
+        return damped_newton(value, grad_hess, start, iters, tol)[0]
 
     def bisect(_, state):
         lo, hi, theta = state
@@ -79,9 +92,9 @@ def option_i_theta(instance: Instance, cs: ConfidenceSet, nu: jax.Array, bisecti
         outside = primal_norm(cs.gram, cand - cs.center) > cs.beta
         return jnp.where(outside, mid, lo), jnp.where(outside, hi, mid), cand
 
-    # mu in [e^-25, e^25]: the upper end pins theta to the centre, the lower end is (numerically)
-    # the unconstrained minimiser when that lies inside C.
-    lo, hi = jnp.asarray(-25.0, dtype), jnp.asarray(25.0, dtype)
+    # log mu in [-20, 12]: the upper end pins theta to the centre, the lower end is (numerically) the
+    # unconstrained minimiser when that lies inside C; 24 halvings give log mu to ~2e-6 (then an exact solve).
+    lo, hi = jnp.asarray(-20.0, dtype), jnp.asarray(12.0, dtype)
     lo, hi, theta = jax.lax.fori_loop(0, bisection_steps, bisect, (lo, hi, cs.center))
     return solve(hi, theta, max_iter)
 

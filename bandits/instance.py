@@ -101,13 +101,19 @@ def random_features(key: jax.Array, n_x: int, n_actions: int, d: int, dtype=None
     return g / jnp.linalg.norm(g, axis=-1, keepdims=True)
 
 
-def make_instance(key: jax.Array, config: InstanceConfig, dtype=None) -> Instance:
+def make_instance(key: jax.Array, config: InstanceConfig, dtype=None, *, coverage=None,
+                  temperature=None, kl_coef=None) -> Instance:
     """One random instance of ``config`` (pure in ``key``; ``vmap`` over keys for many seeds).
 
     Sub-keys: features, reward, reference direction, skew block -- so, e.g., changing ``coverage``
-    keeps the same features and ``theta*``.
+    keeps the same features and ``theta*``. ``coverage``, ``temperature`` and ``kl_coef`` may be
+    given as (possibly traced) arrays overriding the config's values, so that a sweep over them
+    compiles once; concrete overrides are validated like the config fields.
     """
     dtype = dtype or jnp.result_type(float)
+    coverage = _override("coverage", coverage, config.coverage, low=-1.0, high=1.0)
+    temperature = _override("temperature", temperature, config.temperature, low=0.0)
+    kl_coef = _override("kl_coef", kl_coef, config.kl_coef, low=0.0, low_open=True)
     k_phi, k_reward, k_ref, k_skew = jax.random.split(key, 4)
     phi = random_features(k_phi, config.n_contexts, config.n_actions, config.dim, dtype)
     if config.reward == "linear":
@@ -118,10 +124,18 @@ def make_instance(key: jax.Array, config: InstanceConfig, dtype=None) -> Instanc
         direction = random_unit_vector(k_reward, config.dim, dtype)
     reward = reward_table(params, phi)
     xi = phi @ orthogonal_unit_vector(k_ref, direction)
-    log_pi0 = reference_policy(reward / config.reward_norm, xi, config.coverage, config.temperature)
+    log_pi0 = reference_policy(reward / config.reward_norm, xi, coverage, temperature)
     skew = random_skew_matrix(k_skew, config.dim, config.skew_strength, dtype)
     d0 = jnp.full((config.n_contexts,), 1.0 / config.n_contexts, dtype)
-    return Instance(phi, log_pi0, d0, reward, skew, jnp.asarray(config.kl_coef, dtype), params)
+    return Instance(phi, log_pi0, d0, reward, skew, jnp.asarray(kl_coef, dtype), params)
+
+
+def _override(field, value, default, **bounds):
+    if value is None:
+        return default
+    if v.is_concrete(value) and jnp.ndim(value) == 0:
+        v.check_float(field, value, **bounds)
+    return value
 
 
 def instance_from_arrays(phi, log_pi0, reward, kl_coef, d0=None, skew=None, params=None) -> Instance:

@@ -1,5 +1,16 @@
-"""The command-line interface runs end to end."""
+"""The command-line interface runs end to end (demo, and list/run/plot on a test-only experiment)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments import registry, storage
 from experiments.cli import main
+from tests.test_engine import ToyExperiment
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_demo_prints_exact_values(capsys):
@@ -8,3 +19,78 @@ def test_demo_prints_exact_values(capsys):
     assert "optimal_value J(pi*)" in out and "nash_gap(nash)" in out
     gap_line = [l for l in out.splitlines() if "nash_gap(nash)" in l][0]
     assert abs(float(gap_line.split()[-1])) < 1e-6
+
+
+# ---- list / run / plot on a test-only experiment ----
+
+
+@pytest.fixture
+def toy():
+    exp = ToyExperiment(chunk_size=2)
+    registry.register("toy", exp, replace=True)
+    yield exp
+    registry.unregister("toy")
+
+
+def test_list_shows_names_and_descriptions(toy, capsys):
+    assert main(["list"]) == 0
+    assert "toy  toy experiment for the engine tests" in capsys.readouterr().out
+
+
+def test_run_then_plot_end_to_end(toy, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["run", "toy", "--seeds", "3", "--set", "shift=0.5", "method=shifted",
+                 "--set", "instance.kl_coef=2", "--out", str(out)])
+    assert code == 0
+    captured = capsys.readouterr()
+    run_dir = out / "toy"
+    assert captured.out.strip() == str(run_dir)
+    assert "[toy] call0: chunk 2/2 (seeds 2-2 of 3) done" in captured.err  # progress per chunk
+    assert {"results.csv", "manifest.json", "toy.png", "toy.svg"} <= {p.name for p in run_dir.iterdir()}
+    table = storage.read_results(run_dir)
+    assert len(table["seed"]) == 3 * 2 and sorted(set(table["n"])) == [4, 16]
+    manifest = storage.read_manifest(run_dir)
+    assert manifest["config"]["shift"] == 0.5 and manifest["config"]["instance"]["kl_coef"] == 2.0
+    assert manifest["seeds"] == 3 and manifest["dtype"] == "float64"
+    assert manifest["command"].startswith("rlhf-bandits run toy --seeds 3")
+
+    (run_dir / "toy.png").unlink()
+    assert main(["plot", str(run_dir)]) == 0
+    assert (run_dir / "toy.png").stat().st_size > 1000
+    assert main(["plot", str(out)]) == 0  # the output root re-plots every run inside
+    assert "toy.svg" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["run", "toy", "--set", "shift=fast"], ["shift='fast'", "expected a number"]),
+    (["run", "toy", "--set", "nosuch=1"], ["unknown field 'nosuch'", "allowed fields:", "instance.kl_coef"]),
+    (["run", "toy", "--set", "instance.kl_coef=0"], ["kl_coef=0.0 is not allowed"]),
+    (["run", "nope"], ["unknown experiment 'nope'", "available:", "toy"]),
+    (["run", "toy", "--preset", "huge"], ["unknown preset 'huge'", "available: quick, paper"]),
+])
+def test_usage_errors_exit_2_with_a_clear_message(toy, tmp_path, capsys, argv, words):
+    assert main(argv + ["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rlhf-bandits run: error: ") and "Traceback" not in err
+    for w in words:
+        assert w in err, (w, err)
+    assert not (tmp_path / "toy" / "results.csv").exists()
+
+
+def test_plot_of_a_directory_without_results_exits_2(tmp_path, capsys):
+    assert main(["plot", str(tmp_path)]) == 2
+    assert "holds no manifest.json" in capsys.readouterr().err
+
+
+def test_bad_seed_count_is_an_argument_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", "toy", "--seeds", "0"])
+    assert exit_.value.code == 2 and "must be an integer >= 1" in capsys.readouterr().err
+
+
+def test_module_entry_point_reports_unknown_names_without_traceback():
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-m", "experiments", "run", "no_such_experiment"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown experiment 'no_such_experiment'" in proc.stderr and "Traceback" not in proc.stderr

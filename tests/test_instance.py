@@ -137,3 +137,15 @@ def test_kl_coef_is_traced_not_static():
 def test_rank_promotion_raises_in_tests():
     with pytest.raises(ValueError, match="rank"):
         jnp.ones((3,)) + jnp.ones((2, 3))
+
+
+def test_traced_overrides_equal_config_values():
+    base = b.InstanceConfig(n_contexts=4, n_actions=6, dim=3)
+    fn = jax.jit(lambda k, c, s, e: b.make_instance(k, base, coverage=c, temperature=s, kl_coef=e))
+    got = fn(jax.random.key(3), 0.8, 10.0, 0.1)
+    ref = b.make_instance(jax.random.key(3), b.InstanceConfig(n_contexts=4, n_actions=6, dim=3, coverage=0.8,
+                                                              temperature=10.0, kl_coef=0.1))
+    for leaf_g, leaf_r in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(leaf_g, leaf_r, rtol=1e-12)
+    with pytest.raises(ValueError, match="coverage=2.0 is not allowed"):
+        b.make_instance(jax.random.key(3), base, coverage=2.0)

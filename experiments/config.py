@@ -1,0 +1,266 @@
+"""Typed ``field=value`` overrides of frozen dataclass configs, and config <-> dict conversion.
+
+``apply_overrides(config, ["n_samples=64", "instance.kl_coef=0.1", "sizes=16,64,256"])`` parses each
+value from the field's annotation and rebuilds the (nested) frozen dataclasses, so each config's own
+``__post_init__`` validates the result. Supported annotations: ``int``, ``float``, ``bool``, ``str``,
+``Literal[...]``, ``tuple[T, ...]`` / ``tuple[T1, T2]`` of those (written ``1,2,3`` or ``(1,2,3)``),
+``T | None`` (written ``none``) and nested dataclasses (set through dotted paths).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from typing import Any, Literal, Mapping, Sequence
+
+__all__ = ["apply_overrides", "config_from_dict", "config_hash", "config_to_dict", "parse_value",
+           "settable_fields"]
+
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+class _Unparsable(Exception):
+    pass
+
+
+def _is_config(value: Any) -> bool:
+    return dataclasses.is_dataclass(value)
+
+
+def _fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: (f, hints.get(f.name, Any)) for f in dataclasses.fields(cls) if f.init}
+
+
+def settable_fields(config: Any, prefix: str = "") -> list[str]:
+    """Every dotted path ``--set`` accepts for ``config`` (an instance or a dataclass type)."""
+    cls = config if isinstance(config, type) else type(config)
+    out = []
+    for name, (_, tp) in _fields(cls).items():
+        sub = getattr(config, name, None) if not isinstance(config, type) else None
+        if _is_config(sub) or (isinstance(tp, type) and dataclasses.is_dataclass(tp)):
+            out.extend(settable_fields(sub if sub is not None else tp, f"{prefix}{name}."))
+        else:
+            out.append(prefix + name)
+    return out
+
+
+def _union_args(tp: Any) -> tuple | None:
+    origin = typing.get_origin(tp)
+    if origin is typing.Union or origin is types.UnionType:
+        return typing.get_args(tp)
+    return None
+
+
+def describe_type(tp: Any) -> str:
+    """Human words for an annotation, used in error messages."""
+    if tp is bool:
+        return "a boolean (true/false)"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(c) for c in typing.get_args(tp))
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a comma-separated tuple of ({describe_type(args[0])}), e.g. 1,2,3"
+        return f"a tuple of {len(args)} values ({', '.join(describe_type(a) for a in args)})"
+    union = _union_args(tp)
+    if union is not None:
+        return " or ".join("none" if a is type(None) else describe_type(a) for a in union)
+    return getattr(tp, "__name__", repr(tp))
+
+
+def _parse(text: str, tp: Any) -> Any:
+    text = text.strip()
+    if tp is Any:
+        return text
+    if tp is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise _Unparsable
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        try:
+            x = float(text)  # "1e4" is a fine way to write 10000
+        except ValueError:
+            raise _Unparsable from None
+        if not x.is_integer() or abs(x) > 2**53:
+            raise _Unparsable
+        return int(x)
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise _Unparsable from None
+    if tp is str:
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            text = text[1:-1]
+        return text
+    if typing.get_origin(tp) is Literal:
+        for choice in typing.get_args(tp):
+            try:
+                if _parse(text, type(choice)) == choice:
+                    return choice
+            except _Unparsable:
+                continue
+        raise _Unparsable
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if text[:1] + text[-1:] in ("()", "[]"):
+            text = text[1:-1]
+        items = [t for t in (s.strip() for s in text.split(",")) if t] if text.strip() else []
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_parse(t, args[0]) for t in items)
+        if len(items) != len(args):
+            raise _Unparsable
+        return tuple(_parse(t, a) for t, a in zip(items, args))
+    union = _union_args(tp)
+    if union is not None:
+        if type(None) in union and text.lower() in ("none", "null"):
+            return None
+        for arg in union:
+            if arg is type(None):
+                continue
+            try:
+                return _parse(text, arg)
+            except _Unparsable:
+                continue
+        raise _Unparsable
+    raise _Unparsable
+
+
+def parse_value(field: str, text: str, tp: Any) -> Any:
+    """Parse ``text`` as annotation ``tp``; ``ValueError`` names the field, the value and the type."""
+    try:
+        return _parse(text, tp)
+    except _Unparsable:
+        raise ValueError(f"cannot set {field}={text!r}: expected {describe_type(tp)}.") from None
+
+
+def _split(override: str) -> tuple[str, str]:
+    if "=" not in override:
+        raise ValueError(f"override {override!r} must look like field=value (e.g. seed=3).")
+    path, text = override.split("=", 1)
+    path = path.strip()
+    if not path:
+        raise ValueError(f"override {override!r} must look like field=value (e.g. seed=3).")
+    return path, text
+
+
+def _unknown(path: str, config: Any, prefix: str) -> ValueError:
+    allowed = settable_fields(config, prefix)
+    return ValueError(f"unknown field {path!r} for {type(config).__name__}; allowed fields: "
+                      f"{', '.join(allowed)}.")
+
+
+def apply_overrides(config: Any, overrides: Sequence[str]) -> Any:
+    """A copy of frozen dataclass ``config`` with ``field=value`` overrides (dotted for nesting).
+
+    All overrides are parsed first, then each dataclass is rebuilt once (so cross-field checks in
+    ``__post_init__`` see every new value together). Later duplicates win. Raises ``ValueError`` for
+    a malformed override, an unknown field (listing the allowed ones), an unparsable value (naming
+    the field, value and expected type) and a rejected config (carrying ``__post_init__``'s message).
+    """
+    changes: dict[str, Any] = {}
+    for override in overrides:
+        path, text = _split(override)
+        parts = path.split(".")
+        node, node_changes, prefix = config, changes, ""
+        for i, part in enumerate(parts):
+            fields = _fields(type(node))
+            if part not in fields:
+                raise _unknown(path, config, "") if i == 0 else _unknown(path, node, prefix)
+            value = getattr(node, part)
+            last = i == len(parts) - 1
+            if _is_config(value):
+                if last:
+                    sub = settable_fields(value, f"{path}.")
+                    raise ValueError(f"{path} is a nested config: set its fields instead, e.g. "
+                                     f"{sub[0]}=... (allowed: {', '.join(sub)}).")
+                node_changes = node_changes.setdefault(part, {})
+                node, prefix = value, f"{prefix}{part}."
+            elif not last:
+                raise ValueError(f"{prefix}{part} is not a nested config, so {path!r} does not exist.")
+            else:
+                node_changes[part] = (parse_value(path, text, fields[part][1]), f"{path}={text}")
+    return _rebuild(config, changes)
+
+
+def _rebuild(config: Any, changes: Mapping[str, Any]) -> Any:
+    kwargs, shown = {}, []
+    for name, change in changes.items():
+        if isinstance(change, dict):
+            kwargs[name] = _rebuild(getattr(config, name), change)
+        else:
+            kwargs[name], text = change
+            shown.append(text)
+    try:
+        return dataclasses.replace(config, **kwargs)
+    except (ValueError, TypeError, AssertionError) as err:
+        raise ValueError(f"invalid {type(config).__name__} after {', '.join(shown)}: {err}") from err
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Nested plain dict of a (nested) dataclass config (tuples stay tuples; JSON makes them lists)."""
+    return dataclasses.asdict(config)
+
+
+def _coerce(field: str, value: Any, tp: Any) -> Any:
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{field} must be a mapping for {tp.__name__}, got {value!r}.")
+        return config_from_dict(tp, value, prefix=f"{field}.")
+    if typing.get_origin(tp) is tuple and isinstance(value, (list, tuple)):
+        args = typing.get_args(tp)
+        elems = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+        if len(elems) != len(value):
+            raise ValueError(f"{field}={value!r}: expected {describe_type(tp)}.")
+        return tuple(_coerce(f"{field}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, elems)))
+    union = _union_args(tp)
+    if union is not None:
+        if value is None and type(None) in union:
+            return None
+        for arg in union:
+            if arg is not type(None):
+                try:
+                    return _coerce(field, value, arg)
+                except ValueError:
+                    continue
+        raise ValueError(f"{field}={value!r}: expected {describe_type(tp)}.")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, bool, str) and not (type(value) is tp):
+        raise ValueError(f"{field}={value!r}: expected {describe_type(tp)}.")
+    return value
+
+
+def config_from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """Rebuild a config of type ``cls`` from ``config_to_dict``/JSON output (missing keys: defaults)."""
+    fields = _fields(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(prefix + u for u in unknown)} for {cls.__name__}; "
+                         f"allowed fields: {', '.join(prefix + f for f in fields)}.")
+    return cls(**{k: _coerce(prefix + k, v, fields[k][1]) for k, v in data.items()})
+
+
+def config_hash(*parts: Any) -> str:
+    """Short stable hash of JSON-able parts (configs are converted with ``config_to_dict``)."""
+    def plain(x):
+        return config_to_dict(x) if dataclasses.is_dataclass(x) and not isinstance(x, type) else x
+
+    text = json.dumps([plain(p) for p in parts], sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

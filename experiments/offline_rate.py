@@ -1,0 +1,227 @@
+"""offline-rate (THEORY.md E1): suboptimality against n for P1's offline algorithms, with P1's bounds.
+
+For each seed: one instance, one stream of comparisons ``a1, a2 ~ pi0`` whose nested prefixes are the
+data sets of size ``n``; a warm-started BT-MLE per ``n``; then MLE-Gibbs, pessimistic Option I and
+Option II (P1 §2.2), DPO and pessimistic DPO on a linear-softmax policy (P1 §2.3), all evaluated
+exactly. The bound of P1 that applies to each algorithm (``algorithms.offline``) is computed per
+seed with the comparator ``pi*``, together with whether ``theta*`` lies in the confidence set.
+
+Settings: the canonical one (uniform ``pi0``, ``kl_coef``) and a coverage panel (peaked ``pi0``,
+temperature ``panel_temperature``, ``panel_kl_coef``, one setting per ``c`` in ``panel_coverages``).
+All settings share one compiled program (coverage, temperature and kl_coef are traced arguments).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import bandits as b
+from algorithms import confidence as conf
+from algorithms import offline
+from algorithms.bt_mle import fit_bt_mle
+from algorithms.direct_preference import train_linear
+from bandits import validation as v
+from experiments import plotting
+from experiments.registry import Results, concat_tables, tidy
+from experiments.runner import run_vectorized, seed_keys
+
+ALGORITHMS = ("mle_gibbs", "option_i", "option_ii", "dpo", "pessimistic_dpo")
+LABELS = {"mle_gibbs": "MLE-Gibbs", "option_i": "Option I (pessimistic)",
+          "option_ii": "Option II (pessimistic)", "dpo": "DPO (linear softmax)",
+          "pessimistic_dpo": "pessimistic DPO"}
+# The quantity each algorithm's bound controls (see algorithms.offline): subopt or subopt_kl.
+BOUNDED = {"mle_gibbs": "subopt_kl", "option_i": "subopt", "option_ii": "subopt_kl"}
+
+description = "E1: offline suboptimality vs n (MLE-Gibbs, Option I/II, DPO, pessimistic DPO) with P1's bounds"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Fields reachable with ``--set field=value``; instance fields as in ``bandits.InstanceConfig``."""
+
+    n_contexts: int = 128
+    n_actions: int = 32
+    dim: int = 8
+    reward_norm: float = 2.0
+    kl_coef: float = 1.0
+    sample_sizes: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+    panel_coverages: tuple[float, ...] = (-0.8, 0.0, 0.8)
+    panel_temperature: float = 10.0
+    panel_kl_coef: float = 0.1
+    lam: float = 1.0
+    beta_mode: str = "sqrt_d"
+    c_beta: float = 1.0
+    delta: float = 0.05
+    reference_vector: str = "pi0"
+    algorithms: tuple[str, ...] = ALGORITHMS
+    dpo_steps: int = 200
+    dpo_learning_rate: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self):
+        b.InstanceConfig(n_contexts=self.n_contexts, n_actions=self.n_actions, dim=self.dim,
+                         reward_norm=self.reward_norm, kl_coef=self.kl_coef)
+        if not self.sample_sizes or any(int(n) < 1 for n in self.sample_sizes) or \
+                list(self.sample_sizes) != sorted(set(self.sample_sizes)):
+            v.fail("sample_sizes", self.sample_sizes, "a non-empty strictly increasing tuple of integers >= 1")
+        for c in self.panel_coverages:
+            v.check_float("panel_coverages", c, low=-1.0, high=1.0)
+        v.check_float("panel_temperature", self.panel_temperature, low=0.0)
+        v.check_float("panel_kl_coef", self.panel_kl_coef, low=0.0, low_open=True)
+        v.check_float("lam", self.lam, low=0.0, low_open=True)
+        v.check_choice("beta_mode", self.beta_mode, conf.BETA_MODES)
+        v.check_float("c_beta", self.c_beta, low=0.0, low_open=True)
+        v.check_float("delta", self.delta, low=0.0, high=1.0, low_open=True)
+        v.check_choice("reference_vector", self.reference_vector, conf.REFERENCE_VECTORS)
+        if not self.algorithms:
+            v.fail("algorithms", self.algorithms, "a non-empty tuple of " + ", ".join(ALGORITHMS))
+        for a in self.algorithms:
+            v.check_choice("algorithms", a, ALGORITHMS)
+        v.check_int("dpo_steps", self.dpo_steps, 1)
+        v.check_float("dpo_learning_rate", self.dpo_learning_rate, low=0.0, low_open=True)
+
+    @property
+    def instance(self) -> b.InstanceConfig:
+        return b.InstanceConfig(n_contexts=self.n_contexts, n_actions=self.n_actions, dim=self.dim,
+                                reward_norm=self.reward_norm, kl_coef=self.kl_coef)
+
+    def settings(self) -> list[tuple[str, float, float, float]]:
+        """(name, coverage, temperature, kl_coef) of every setting run."""
+        out = [("canonical", 0.0, 0.0, self.kl_coef)]
+        out += [(f"coverage{c:+.1f}", float(c), self.panel_temperature, self.panel_kl_coef)
+                for c in self.panel_coverages]
+        return out
+
+
+presets = {
+    "quick": Config(sample_sizes=(64, 256, 1024, 4096), dpo_steps=100),
+    "paper": Config(),
+}
+seeds = {"quick": 48, "paper": 1024}
+
+
+def per_seed(key, coverage, temperature, kl_coef, config: Config):
+    """All metrics of one seed and one setting: dict of ``[n_sizes, n_algorithms]`` arrays."""
+    k_inst, k_data = jax.random.split(key)
+    inst = b.make_instance(k_inst, config.instance, coverage=coverage, temperature=temperature,
+                           kl_coef=kl_coef)
+    n_max = config.sample_sizes[-1]
+    stream = b.sample_preference_data(k_data, inst, inst.log_pi0, inst.log_pi0, n_max)
+    z_all = b.feature_differences(inst, stream)
+    nu = conf.reference_vector(inst, config.reference_vector)
+    pi_star = b.optimal_policy(inst)
+    theta = jnp.zeros(config.dim, z_all.dtype)
+    w_dpo = w_pdpo = jnp.zeros(config.dim, z_all.dtype)
+    rows = []
+    for n in config.sample_sizes:
+        data = b.PreferenceData(*(f[:n] for f in stream))
+        z = z_all[:n]
+        theta = fit_bt_mle(z, data.y, data.mask, config.lam, theta0=theta).theta
+        beta = conf.confidence_radius(config.beta_mode, config.dim, n, config.lam, config.reward_norm,
+                                      config.delta, config.c_beta)
+        cs = conf.confidence_set(theta, conf.gram_matrix(z, data.mask, config.lam), beta)
+        in_cs = conf.contains(cs, inst.theta_star).astype(z.dtype)
+        metrics = {}
+        for name in config.algorithms:
+            if name == "mle_gibbs":
+                pi = offline.linear_gibbs(inst, theta)
+                bound = offline.plug_in_bound(inst, cs, pi_star, pi)
+            elif name == "option_i":
+                pi = offline.option_i_policy(inst, cs, nu)
+                bound = offline.option_i_bound(inst, cs, nu, pi_star)
+            elif name == "option_ii":
+                pi = offline.option_ii_policy(inst, cs, nu)
+                bound = offline.option_ii_bound(inst, cs, nu, pi_star)
+            elif name == "dpo":
+                fit = train_linear(data, inst.phi, inst.log_pi0, kl_coef, "dpo", init_w=w_dpo,
+                                   steps=config.dpo_steps, learning_rate=config.dpo_learning_rate)
+                pi, w_dpo, bound = fit.log_pi, fit.params, jnp.nan
+            else:
+                gamma = cs.beta * conf.pointwise_uncertainty(inst, cs.chol, nu)
+                fit = train_linear(data, inst.phi, inst.log_pi0, kl_coef, "pessimistic_dpo", gamma=gamma,
+                                   init_w=w_pdpo, steps=config.dpo_steps,
+                                   learning_rate=config.dpo_learning_rate)
+                pi, w_pdpo, bound = fit.log_pi, fit.params, jnp.nan
+            subopt = b.suboptimality(inst, pi)
+            subopt_kl = b.suboptimality_kl(inst, pi)
+            bounded = subopt_kl if BOUNDED.get(name) == "subopt_kl" else subopt
+            metrics[name] = {
+                "subopt": subopt, "subopt_kl": subopt_kl, "kl_to_ref": b.kl_to_reference(inst, pi),
+                "bound": jnp.asarray(bound, z.dtype),
+                "bound_holds": jnp.where(jnp.isnan(bound), jnp.nan, (bounded <= bound).astype(z.dtype)),
+                "in_confidence_set": in_cs, "beta": beta,
+                "error_sigma_norm": conf.primal_norm(cs.gram, theta - inst.theta_star),
+            }
+        rows.append(metrics)
+    names = list(config.algorithms)
+    keys = rows[0][names[0]].keys()
+    return {k: jnp.stack([jnp.stack([r[a][k] for a in names]) for r in rows]) for k in keys}
+
+
+def run(config: Config, seeds: int, progress) -> Results:
+    keys = seed_keys(config.seed, seeds)
+    tables, summary = [], {}
+    fn = lambda key, c, s, e: per_seed(key, c, s, e, config)
+    for setting, coverage, temperature, kl_coef in config.settings():
+        out = run_vectorized(fn, keys, np.float64(coverage), np.float64(temperature), np.float64(kl_coef),
+                             progress=progress, tag=setting)
+        # out[k]: [seeds, n_sizes, n_algorithms] -> rows (seed, n, algorithm)
+        table = tidy(out, seed=np.arange(seeds), n=np.asarray(config.sample_sizes),
+                     algorithm=np.asarray(config.algorithms))
+        count = len(table["seed"])
+        table["setting"] = np.full(count, setting)
+        table["coverage"] = np.full(count, coverage)
+        table["temperature"] = np.full(count, temperature)
+        table["kl_coef"] = np.full(count, kl_coef)
+        tables.append(table)
+        for i, alg in enumerate(config.algorithms):
+            y = out["subopt"][:, :, i]
+            if len(config.sample_sizes) >= 2 and np.all(y.mean(0) > 0):
+                fit = plotting.fit_loglog_slope(config.sample_sizes, y)
+                summary[f"{setting}/{alg}/slope"] = fit.slope
+                summary[f"{setting}/{alg}/slope_low"] = fit.low
+                summary[f"{setting}/{alg}/slope_high"] = fit.high
+            summary[f"{setting}/{alg}/subopt_n_min"] = float(y[:, 0].mean())
+            summary[f"{setting}/{alg}/subopt_n_max"] = float(y[:, -1].mean())
+            holds = out["bound_holds"][:, :, i]
+            if not np.all(np.isnan(holds)):
+                summary[f"{setting}/{alg}/bound_holds_frac"] = float(np.nanmean(holds))
+        summary[f"{setting}/in_confidence_set_frac"] = float(out["in_confidence_set"][:, :, 0].mean())
+    return Results(concat_tables(tables), summary)
+
+
+def plot(table, config: Config, out_dir: Path) -> list[Path]:
+    settings = list(dict.fromkeys(np.asarray(table["setting"]).tolist()))
+    fig, axes = plotting.figure(ncols=len(settings), size=(4.6, 4.0))
+    axes = np.atleast_1d(axes)
+    algorithms = list(dict.fromkeys(np.asarray(table["algorithm"]).tolist()))
+    colors = dict(zip(ALGORITHMS, plotting_colors()))
+    for ax, setting in zip(axes, settings):
+        first = np.asarray(table["setting"]) == setting
+        kl = float(np.asarray(table["kl_coef"])[first][0])
+        cov = float(np.asarray(table["coverage"])[first][0])
+        temp = float(np.asarray(table["temperature"])[first][0])
+        for alg in algorithms:
+            where = {"setting": setting, "algorithm": alg}
+            x, y = plotting.pivot(table, "n", "subopt", where=where)
+            plotting.band_plot(ax, x, y, LABELS.get(alg, alg), color=colors.get(alg), loglog=True,
+                               slope=bool(np.all(y.mean(0) > 0)))
+            if alg in ("option_i", "option_ii"):
+                _, bound = plotting.pivot(table, "n", "bound", where=where)
+                plotting.bound_plot(ax, x, bound.mean(0), f"P1 bound, {LABELS[alg].split(' ')[0]} "
+                                    f"{'I' if alg == 'option_i' else 'II'}", color=colors.get(alg))
+        pi0 = "uniform pi0" if temp == 0 else f"pi0: c={cov:+.1f}, s={temp:g}"
+        ax.set(title=f"{setting}: {pi0}, kl_coef={kl:g}", xlabel="n (comparisons)",
+               ylabel="J(pi*) - J(pi_hat)")
+        ax.legend(fontsize="x-small")
+    fig.suptitle(f"offline-rate: exact suboptimality vs n (mean, 95% band; d={config.dim}, "
+                 f"K={config.n_actions}, B={config.reward_norm:g}, beta={config.beta_mode} x {config.c_beta:g})")
+    return plotting.save_figure(fig, out_dir, "offline_rate")
+
+
+def plotting_colors():
+    return ["C0", "C1", "C2", "C3", "C4"]

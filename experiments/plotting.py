@@ -1,0 +1,180 @@
+"""Figure helpers (matplotlib, Agg backend): confidence bands over seeds, log-log slopes, bounds.
+
+- ``band_plot`` draws the mean over seeds and a 95% band ``mean +- t_{0.975, n-1} sd / sqrt(n)``.
+- ``fit_loglog_slope`` fits ``log mean_y = a + slope log x`` by least squares on the seed-mean curve;
+  its 95% interval is a percentile bootstrap over seeds (seeds resampled with replacement, the
+  seed-mean curve refitted; numpy generator seeded with ``seed``, so the interval is reproducible).
+- ``bound_plot`` draws a theoretical bound as a dashed curve beside the empirical ones.
+- ``save_figure`` checks that every panel is titled and labelled, adds the legend and writes PNG +
+  SVG atomically.
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Mapping, NamedTuple, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
+import numpy as np  # noqa: E402
+from scipy import stats  # noqa: E402
+
+from experiments.storage import atomic_write_bytes  # noqa: E402
+
+__all__ = ["Slope", "band_plot", "bound_plot", "figure", "fit_loglog_slope", "mean_ci", "pivot",
+           "save_figure", "set_loglog", "slope_label"]
+
+
+class Slope(NamedTuple):
+    slope: float
+    low: float
+    high: float
+    intercept: float
+
+
+def figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 3.8), **kwargs):
+    """``plt.subplots`` with a per-panel size; returns ``(fig, ax)`` (or an array of axes)."""
+    return plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=True,
+                        constrained_layout=True, **kwargs)
+
+
+def _by_seed(x: Any, y_by_seed: Any) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y_by_seed, dtype=float)
+    if y.ndim == 1:
+        y = y[None, :]
+    if x.ndim != 1 or y.ndim != 2 or y.shape[1] != x.shape[0]:
+        raise ValueError(f"expected x [n_points] and y_by_seed [n_seeds, n_points]; got x {x.shape}, "
+                         f"y_by_seed {y.shape}.")
+    return x, y
+
+
+def mean_ci(y_by_seed: Any, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over seeds (axis 0) and the Student-t interval ``mean +- t sd / sqrt(n)`` (none for n=1)."""
+    y = np.asarray(y_by_seed, dtype=float)
+    mean = y.mean(axis=0)
+    n = y.shape[0]
+    if n < 2:
+        return mean, mean.copy(), mean.copy()
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * y.std(axis=0, ddof=1) / np.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def band_plot(ax, x: Any, y_by_seed: Any, label: str, *, color: Any = None, marker: str | None = "o",
+              alpha: float = 0.2, loglog: bool = False, slope: bool = False, level: float = 0.95,
+              **line_kwargs: Any):
+    """Mean curve over seeds with its confidence band; ``slope=True`` appends the fitted log-log
+    slope and its CI to the label; ``loglog=True`` sets both axes to log scale. Returns the line."""
+    x, y = _by_seed(x, y_by_seed)
+    mean, low, high = mean_ci(y, level)
+    if slope:
+        label = slope_label(label, fit_loglog_slope(x, y, level=level))
+    (line,) = ax.plot(x, mean, label=label, color=color, marker=marker, markersize=3, **line_kwargs)
+    if y.shape[0] > 1:
+        ax.fill_between(x, low, high, color=line.get_color(), alpha=alpha, linewidth=0)
+    if loglog:
+        set_loglog(ax)
+    return line
+
+
+def set_loglog(ax) -> None:
+    """Log scales on both axes, ticks at 1-2-5 x 10^k labelled as plain numbers (no minor labels)."""
+    for axis, scale in ((ax.xaxis, ax.set_xscale), (ax.yaxis, ax.set_yscale)):
+        scale("log")
+        axis.set_major_locator(ticker.LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def bound_plot(ax, x: Any, bound: Any, label: str, *, color: Any = None, **line_kwargs: Any):
+    """A theoretical bound (or rate ``C n^-1/2``) as a dashed curve; returns the line."""
+    (line,) = ax.plot(np.asarray(x, float), np.asarray(bound, float), linestyle="--", label=label,
+                      color=color if color is not None else "0.35", **line_kwargs)
+    return line
+
+
+def fit_loglog_slope(x: Any, y_by_seed: Any, *, level: float = 0.95, n_boot: int = 2000,
+                     seed: int = 0) -> Slope:
+    """Slope of ``log(mean over seeds of y)`` against ``log x`` (least squares) and a bootstrap CI.
+
+    The interval resamples seeds with replacement ``n_boot`` times (``np.random.default_rng(seed)``)
+    and takes percentiles of the refitted slopes; with one seed it collapses to the point estimate.
+    Needs ``x > 0`` and positive seed means.
+    """
+    x, y = _by_seed(x, y_by_seed)
+    if x.size < 2 or np.any(x <= 0):
+        raise ValueError(f"fit_loglog_slope needs at least two positive x values, got {x}.")
+    lx = np.log(x) - np.log(x).mean()
+
+    def slopes(means: np.ndarray) -> np.ndarray:
+        if np.any(means <= 0) or not np.all(np.isfinite(means)):
+            raise ValueError("fit_loglog_slope needs positive finite seed means of y.")
+        ly = np.log(means)
+        return (ly - ly.mean(axis=-1, keepdims=True)) @ lx / (lx @ lx)
+
+    mean = y.mean(axis=0)
+    point = float(slopes(mean))
+    intercept = float(np.log(mean).mean() - point * np.log(x).mean())
+    n = y.shape[0]
+    if n < 2:
+        return Slope(point, point, point, intercept)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    boot = slopes(y[idx].mean(axis=1))
+    low, high = np.quantile(boot, [0.5 - level / 2, 0.5 + level / 2])
+    return Slope(point, float(low), float(high), intercept)
+
+
+def slope_label(label: str, fit: Slope) -> str:
+    return f"{label} (slope {fit.slope:.2f} [{fit.low:.2f}, {fit.high:.2f}])"
+
+
+def pivot(table: Mapping[str, Any], x: str, y: str, seed: str = "seed",
+          where: Mapping[str, Any] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """From a tidy table, the sorted ``x`` values and ``y`` as ``[n_seeds, n_x]`` (rows with
+    ``where`` column values only). Every (seed, x) pair must appear exactly once."""
+    mask = np.ones(len(np.asarray(table[x])), bool)
+    for col, val in (where or {}).items():
+        mask &= np.asarray(table[col]) == val
+    xs, seeds = np.asarray(table[x])[mask], np.asarray(table[seed])[mask]
+    ys = np.asarray(table[y], dtype=float)[mask]
+    ux, ix = np.unique(xs, return_inverse=True)
+    us, iseed = np.unique(seeds, return_inverse=True)
+    if len(ys) != len(ux) * len(us):
+        raise ValueError(f"pivot: expected one row per ({seed}, {x}) pair, got {len(ys)} rows for "
+                         f"{len(us)} seeds x {len(ux)} {x} values (filter with where=...).")
+    if len(np.unique(iseed * len(ux) + ix)) != len(ys):
+        raise ValueError(f"pivot: some ({seed}, {x}) pairs are missing or repeated.")
+    out = np.empty((len(us), len(ux)))
+    out[iseed, ix] = ys
+    return ux, out
+
+
+def save_figure(fig, out_dir: str | os.PathLike, stem: str,
+                formats: Sequence[str] = ("png", "svg"), dpi: int = 150) -> list[Path]:
+    """Check titles/labels, add legends, write ``out_dir/stem.<fmt>`` atomically, close the figure."""
+    problems = []
+    for i, ax in enumerate(fig.get_axes()):
+        if not ax.get_visible() or ax.get_label() == "<colorbar>":
+            continue
+        missing = [what for what, text in (("title", ax.get_title() or fig.get_suptitle()),
+                                           ("x label", ax.get_xlabel()), ("y label", ax.get_ylabel()))
+                   if not text]
+        if missing:
+            problems.append(f"panel {i}: no {', '.join(missing)}")
+        if ax.get_legend() is None and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize="small")
+    if problems:
+        plt.close(fig)
+        raise ValueError(f"figure {stem!r} is incomplete ({'; '.join(problems)}): every figure needs "
+                         "a title and axis labels.")
+    paths = []
+    for fmt in formats:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, dpi=dpi)
+        paths.append(atomic_write_bytes(Path(out_dir) / f"{stem}.{fmt}", buf.getvalue()))
+    plt.close(fig)
+    return paths

@@ -1,0 +1,190 @@
+"""The vectorized runner: one per-seed pure function, ``vmap``ped, jitted and sharded over devices.
+
+``run_vectorized(fn, keys, *args)`` returns ``vmap(fn, in_axes=(0, None, ...))(keys, *args)`` as NumPy
+arrays. The seed axis is sharded over all local devices (``NamedSharding`` over a 1-D ``("seeds",)``
+mesh), so the same call uses 1 CPU, N CPU devices (``JAX_NUM_CPU_DEVICES=N``) or several GPUs. Seeds
+can be processed in chunks of ``chunk_size`` (bounded memory, progress, resumption); each chunk is
+padded to a multiple of the device count and the padding is dropped. Compiled executables are kept
+(a small LRU) for functions identified by value (``functools.partial`` with hashable arguments).
+
+``seed_keys(root, n)[i]`` is ``fold_in(key(root), i)``, so seed ``i`` gets the same key whatever
+``n``, the chunking, the device count, or a disjoint range ``seed_keys(root, n, start)`` computed by
+another process.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import math
+import time
+from typing import Any, Callable, TextIO
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+__all__ = ["Progress", "run_vectorized", "seed_keys"]
+
+AXIS = "seeds"
+_CACHE_SIZE = 16
+_compiled: collections.OrderedDict = collections.OrderedDict()
+
+
+def seed_keys(root_seed: int, n: int, start: int = 0) -> jax.Array:
+    """Typed PRNG keys of seeds ``start .. start + n - 1``: key ``i`` is ``fold_in(key(root_seed), i)``."""
+    if n < 0 or start < 0:
+        raise ValueError(f"seed_keys needs n >= 0 and start >= 0, got n={n}, start={start}.")
+    root = jax.random.key(root_seed)
+    index = jnp.arange(start, start + n, dtype=jnp.uint32)  # uint32: same keys with or without x64
+    return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(root, index)
+
+
+class Progress:
+    """Run context handed to ``experiment.run`` and on to ``run_vectorized``.
+
+    Reports each chunk on ``stream`` (silent when ``None``), records per-call timings (``calls``,
+    ``timings()``) and, with a ``store`` (``storage.ChunkStore``), saves finished chunks and reuses
+    them when an interrupted run is repeated. ``chunk_size`` (e.g. from ``--chunk-size``) takes
+    precedence over the experiment's own choice: it changes memory use, never the results.
+    """
+
+    def __init__(self, name: str = "", stream: TextIO | None = None, store: Any = None,
+                 chunk_size: int | None = None):
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size={chunk_size} is not allowed: chunk_size must be >= 1.")
+        self.name, self.stream, self.store, self.chunk_size = name, stream, store, chunk_size
+        self.calls: list[dict[str, Any]] = []
+
+    def message(self, text: str) -> None:
+        """Print one progress line (experiments may announce their phases)."""
+        if self.stream is not None:
+            prefix = f"[{self.name}] " if self.name else ""
+            print(prefix + text, file=self.stream, flush=True)
+
+    def timings(self) -> dict[str, Any]:
+        """Totals and per-call details for the manifest (seconds)."""
+        return {"compile_s": sum(c["compile_s"] for c in self.calls),
+                "run_s": sum(c["run_s"] for c in self.calls),
+                "resumed_chunks": sum(c["resumed_chunks"] for c in self.calls),
+                "calls": [dict(c) for c in self.calls]}
+
+
+def _padded(keys: jax.Array, size: int) -> jax.Array:
+    pad = size - keys.shape[0]
+    if pad == 0:
+        return keys
+    return jnp.concatenate([keys, jnp.broadcast_to(keys[-1:], (pad,) + keys.shape[1:])])
+
+
+def _run_chunk(compiled: Callable, keys: jax.Array, args: tuple) -> Any:
+    """Execute one chunk and wait for it (a separate function so tests can count executions)."""
+    return jax.block_until_ready(compiled(keys, *args))
+
+
+def _cache_key(fn: Callable, keys: jax.Array, args: tuple, size: int, devices: list) -> Any:
+    """Hashable identity of a compiled chunk, or ``None`` (lambdas/closures are never reused).
+
+    A ``functools.partial`` with hashable arguments (e.g. a frozen dataclass config) is identified
+    by its function and arguments, so a repeated run in one process reuses the executable.
+    """
+    ident: Any = fn
+    if isinstance(fn, functools.partial):
+        ident = (fn.func, fn.args, tuple(sorted(fn.keywords.items())))
+    leaves, treedef = jax.tree.flatten(args)
+    avals = tuple((np.shape(x), jnp.result_type(x), getattr(x, "weak_type", False)) for x in leaves)
+    flags = (jax.config.jax_enable_x64, jax.config.jax_numpy_rank_promotion,
+             jax.config.jax_default_matmul_precision)
+    key = (ident, treedef, avals, keys.dtype, keys.shape[1:], size, tuple(d.id for d in devices), flags)
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _check_outputs(shapes: Any) -> None:
+    for leaf in jax.tree.leaves(shapes):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            raise TypeError("run_vectorized: fn returned PRNG keys; return jax.random.key_data(key) instead.")
+
+
+def run_vectorized(fn: Callable[..., Any], keys: jax.Array, *args: Any, chunk_size: int | None = None,
+                   progress: Progress | None = None, tag: str | None = None,
+                   devices: list | None = None) -> Any:
+    """``vmap(fn)(keys, *args)`` jitted, seed axis sharded over ``devices``, as NumPy arrays.
+
+    ``fn(key, *args)`` handles one seed; ``args`` are shared by every seed and passed as traced,
+    replicated arrays (so new values do not recompile; put static choices in a closure). Chunks of
+    ``chunk_size`` seeds (``progress.chunk_size`` wins if set; default: all seeds at once) run one
+    after the other through one compiled executable. ``tag`` names this call's chunks in the store
+    (default ``call<i>``, the call's position within the run). ``devices`` defaults to all of this
+    process's devices (several processes: give each a disjoint ``seed_keys(root, n, start)`` range).
+    Timings go to ``progress.calls``: ``compile_s`` (tracing, lowering and compilation, zero when a
+    compiled executable is reused) and ``run_s`` (execution until ready, summed over chunks).
+    Pass ``functools.partial(one_seed, config=config)`` rather than a lambda to reuse the compiled
+    executable when the same configuration runs again in this process.
+    """
+    progress = progress if progress is not None else Progress()
+    tag = tag or f"call{len(progress.calls)}"
+    devices = list(devices) if devices is not None else jax.local_devices()
+    n = int(keys.shape[0])
+    if n < 1:
+        raise ValueError("run_vectorized needs at least one key.")
+    size = min(progress.chunk_size or chunk_size or n, n)
+    size = math.ceil(size / len(devices)) * len(devices)
+    n_chunks = math.ceil(n / size)
+
+    mesh = jax.make_mesh((len(devices),), (AXIS,), axis_types=(AxisType.Auto,), devices=devices)
+    seeds_sharding = NamedSharding(mesh, PartitionSpec(AXIS))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    batched = jax.vmap(fn, in_axes=(0,) + (None,) * len(args))
+    args = jax.device_put(args, replicated)
+    first = jax.device_put(_padded(keys[:size], size), seeds_sharding)
+    cache_key = _cache_key(fn, keys, args, size, devices)
+    compiled, shapes = _compiled.get(cache_key, (None, None)) if cache_key is not None else (None, None)
+    if compiled is not None:
+        _compiled.move_to_end(cache_key)
+    else:
+        shapes = jax.eval_shape(batched, first, *args)
+        _check_outputs(shapes)
+
+    record = {"tag": tag, "seeds": n, "chunk_size": size, "chunks": n_chunks, "devices": len(devices),
+              "compile_s": 0.0, "run_s": 0.0, "resumed_chunks": 0,
+              "reused_executable": compiled is not None}
+    progress.calls.append(record)
+    parts = []
+    for i in range(n_chunks):
+        start, stop = i * size, min((i + 1) * size, n)
+        where = f"{tag}: chunk {i + 1}/{n_chunks} (seeds {start}-{stop - 1} of {n})"
+        saved = progress.store.load(tag, i, start, stop, shapes) if progress.store is not None else None
+        if saved is not None:
+            parts.append(saved)
+            record["resumed_chunks"] += 1
+            progress.message(f"{where} reused from an interrupted run")
+            continue
+        if compiled is None:
+            t0 = time.perf_counter()
+            jitted = jax.jit(batched, in_shardings=(seeds_sharding,) + (replicated,) * len(args),
+                             out_shardings=seeds_sharding)
+            compiled = jitted.lower(first, *args).compile()
+            record["compile_s"] = time.perf_counter() - t0
+            progress.message(f"{tag}: compiled for {size} seeds on {len(devices)} device(s) "
+                             f"in {record['compile_s']:.2f} s")
+            if cache_key is not None:
+                _compiled[cache_key] = (compiled, shapes)
+                while len(_compiled) > _CACHE_SIZE:
+                    _compiled.popitem(last=False)
+        chunk = first if i == 0 else jax.device_put(_padded(keys[start:stop], size), seeds_sharding)
+        t0 = time.perf_counter()
+        out = _run_chunk(compiled, chunk, args)
+        seconds = time.perf_counter() - t0
+        record["run_s"] += seconds
+        out = jax.tree.map(lambda a: np.asarray(a)[: stop - start], out)
+        if progress.store is not None:
+            progress.store.save(tag, i, start, stop, out)
+        parts.append(out)
+        progress.message(f"{where} done in {seconds:.2f} s")
+    if len(parts) == 1:
+        return parts[0]
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)
