@@ -21,7 +21,7 @@ import numpy as np
 
 import bandits as b
 from algorithms import confidence as conf
-from algorithms import offline
+from algorithms import neural_mle, offline
 from algorithms.bt_mle import fit_bt_mle
 from algorithms.direct_preference import train_linear
 from bandits import validation as v
@@ -30,9 +30,12 @@ from experiments.registry import Results, concat_tables, tidy
 from experiments.runner import run_vectorized, seed_keys
 
 ALGORITHMS = ("mle_gibbs", "option_i", "option_ii", "dpo", "pessimistic_dpo")
+NEURAL_ALGORITHMS = ("mle_gibbs", "option_ii", "neural_gibbs", "neural_linear_pess", "ensemble_pess")
+ALL_ALGORITHMS = ALGORITHMS + NEURAL_ALGORITHMS[2:]
 LABELS = {"mle_gibbs": "MLE-Gibbs", "option_i": "Option I (pessimistic)",
           "option_ii": "Option II (pessimistic)", "dpo": "DPO (linear softmax)",
-          "pessimistic_dpo": "pessimistic DPO"}
+          "pessimistic_dpo": "pessimistic DPO", "neural_gibbs": "neural MLE-Gibbs",
+          "neural_linear_pess": "neural-linear pessimistic", "ensemble_pess": "ensemble pessimistic"}
 # The quantity each algorithm's bound controls (see algorithms.offline): subopt or subopt_kl.
 BOUNDED = {"mle_gibbs": "subopt_kl", "option_i": "subopt", "option_ii": "subopt_kl"}
 
@@ -57,14 +60,19 @@ class Config:
     c_beta: float = 1.0
     delta: float = 0.05
     reference_vector: str = "pi0"
-    algorithms: tuple[str, ...] = ALGORITHMS
+    algorithms: tuple[str, ...] = ()
     dpo_steps: int = 200
     dpo_learning_rate: float = 0.05
+    reward: str = "linear"
+    hidden: int = 32
+    neural_steps: int = 300
+    neural_learning_rate: float = 0.02
+    neural_beta: float = 1.0
+    ensemble_size: int = 4
     seed: int = 0
 
     def __post_init__(self):
-        b.InstanceConfig(n_contexts=self.n_contexts, n_actions=self.n_actions, dim=self.dim,
-                         reward_norm=self.reward_norm, kl_coef=self.kl_coef)
+        self.instance  # validates the instance fields
         if not self.sample_sizes or any(int(n) < 1 for n in self.sample_sizes) or \
                 list(self.sample_sizes) != sorted(set(self.sample_sizes)):
             v.fail("sample_sizes", self.sample_sizes, "a non-empty strictly increasing tuple of integers >= 1")
@@ -77,17 +85,28 @@ class Config:
         v.check_float("c_beta", self.c_beta, low=0.0, low_open=True)
         v.check_float("delta", self.delta, low=0.0, high=1.0, low_open=True)
         v.check_choice("reference_vector", self.reference_vector, conf.REFERENCE_VECTORS)
-        if not self.algorithms:
-            v.fail("algorithms", self.algorithms, "a non-empty tuple of " + ", ".join(ALGORITHMS))
+        allowed = ALL_ALGORITHMS if self.reward == "neural" else ALGORITHMS
         for a in self.algorithms:
-            v.check_choice("algorithms", a, ALGORITHMS)
+            v.check_choice("algorithms", a, allowed)
         v.check_int("dpo_steps", self.dpo_steps, 1)
         v.check_float("dpo_learning_rate", self.dpo_learning_rate, low=0.0, low_open=True)
+        v.check_int("neural_steps", self.neural_steps, 1)
+        v.check_float("neural_learning_rate", self.neural_learning_rate, low=0.0, low_open=True)
+        v.check_float("neural_beta", self.neural_beta, low=0.0)
+        v.check_int("ensemble_size", self.ensemble_size, 2)
 
     @property
     def instance(self) -> b.InstanceConfig:
         return b.InstanceConfig(n_contexts=self.n_contexts, n_actions=self.n_actions, dim=self.dim,
-                                reward_norm=self.reward_norm, kl_coef=self.kl_coef)
+                                reward_norm=self.reward_norm, kl_coef=self.kl_coef, reward=self.reward,
+                                hidden=self.hidden)
+
+    @property
+    def algorithm_names(self) -> tuple[str, ...]:
+        """``algorithms``, or the default set of the reward kind when empty."""
+        if self.algorithms:
+            return tuple(self.algorithms)
+        return NEURAL_ALGORITHMS if self.reward == "neural" else ALGORITHMS
 
     def settings(self) -> list[tuple[str, float, float, float]]:
         """(name, coverage, temperature, kl_coef) of every setting run."""
@@ -106,7 +125,7 @@ seeds = {"quick": 48, "paper": 1024}
 
 def per_seed(key, coverage, temperature, kl_coef, config: Config):
     """All metrics of one seed and one setting: dict of ``[n_sizes, n_algorithms]`` arrays."""
-    k_inst, k_data = jax.random.split(key)
+    k_inst, k_data, k_net = jax.random.split(key, 3)
     inst = b.make_instance(k_inst, config.instance, coverage=coverage, temperature=temperature,
                            kl_coef=kl_coef)
     n_max = config.sample_sizes[-1]
@@ -116,6 +135,9 @@ def per_seed(key, coverage, temperature, kl_coef, config: Config):
     pi_star = b.optimal_policy(inst)
     theta = jnp.zeros(config.dim, z_all.dtype)
     w_dpo = w_pdpo = jnp.zeros(config.dim, z_all.dtype)
+    linear_world = config.reward == "linear"
+    theta_star = inst.theta_star if linear_world else jnp.full(config.dim, jnp.nan, z_all.dtype)
+    net = neural_mle.init_network(k_net, config.dim, config.hidden, z_all.dtype)
     rows = []
     for n in config.sample_sizes:
         data = b.PreferenceData(*(f[:n] for f in stream))
@@ -124,9 +146,12 @@ def per_seed(key, coverage, temperature, kl_coef, config: Config):
         beta = conf.confidence_radius(config.beta_mode, config.dim, n, config.lam, config.reward_norm,
                                       config.delta, config.c_beta)
         cs = conf.confidence_set(theta, conf.gram_matrix(z, data.mask, config.lam), beta)
-        in_cs = conf.contains(cs, inst.theta_star).astype(z.dtype)
+        in_cs = jnp.where(linear_world, conf.contains(cs, theta_star).astype(z.dtype), jnp.nan)
+        if any(a.startswith(("neural", "ensemble")) for a in config.algorithm_names):
+            net = neural_mle.fit_network(net, inst.phi, data, config.lam, config.neural_steps,
+                                         config.neural_learning_rate).params
         metrics = {}
-        for name in config.algorithms:
+        for name in config.algorithm_names:
             if name == "mle_gibbs":
                 pi = offline.linear_gibbs(inst, theta)
                 bound = offline.plug_in_bound(inst, cs, pi_star, pi)
@@ -140,6 +165,17 @@ def per_seed(key, coverage, temperature, kl_coef, config: Config):
                 fit = train_linear(data, inst.phi, inst.log_pi0, kl_coef, "dpo", init_w=w_dpo,
                                    steps=config.dpo_steps, learning_rate=config.dpo_learning_rate)
                 pi, w_dpo, bound = fit.log_pi, fit.params, jnp.nan
+            elif name == "neural_gibbs":
+                pi, bound = b.gibbs_policy(inst.log_pi0, b.reward_table(net, inst.phi), kl_coef), jnp.nan
+            elif name == "neural_linear_pess":
+                gamma = neural_mle.neural_linear_uncertainty(inst, net, data, config.lam)
+                r_pess = b.reward_table(net, inst.phi) - config.neural_beta * gamma
+                pi, bound = b.gibbs_policy(inst.log_pi0, r_pess, kl_coef), jnp.nan
+            elif name == "ensemble_pess":
+                _, mean, spread = neural_mle.bootstrap_ensemble(
+                    jax.random.fold_in(k_net, n), inst, data, config.lam, config.ensemble_size, config.hidden,
+                    config.neural_steps, config.neural_learning_rate)
+                pi, bound = b.gibbs_policy(inst.log_pi0, mean - config.neural_beta * spread, kl_coef), jnp.nan
             else:
                 gamma = cs.beta * conf.pointwise_uncertainty(inst, cs.chol, nu)
                 fit = train_linear(data, inst.phi, inst.log_pi0, kl_coef, "pessimistic_dpo", gamma=gamma,
@@ -154,10 +190,10 @@ def per_seed(key, coverage, temperature, kl_coef, config: Config):
                 "bound": jnp.asarray(bound, z.dtype),
                 "bound_holds": jnp.where(jnp.isnan(bound), jnp.nan, (bounded <= bound).astype(z.dtype)),
                 "in_confidence_set": in_cs, "beta": beta,
-                "error_sigma_norm": conf.primal_norm(cs.gram, theta - inst.theta_star),
+                "error_sigma_norm": conf.primal_norm(cs.gram, theta - theta_star),
             }
         rows.append(metrics)
-    names = list(config.algorithms)
+    names = list(config.algorithm_names)
     keys = rows[0][names[0]].keys()
     return {k: jnp.stack([jnp.stack([r[a][k] for a in names]) for r in rows]) for k in keys}
 
@@ -171,14 +207,14 @@ def run(config: Config, seeds: int, progress) -> Results:
                              progress=progress, tag=setting)
         # out[k]: [seeds, n_sizes, n_algorithms] -> rows (seed, n, algorithm)
         table = tidy(out, seed=np.arange(seeds), n=np.asarray(config.sample_sizes),
-                     algorithm=np.asarray(config.algorithms))
+                     algorithm=np.asarray(config.algorithm_names))
         count = len(table["seed"])
         table["setting"] = np.full(count, setting)
         table["coverage"] = np.full(count, coverage)
         table["temperature"] = np.full(count, temperature)
         table["kl_coef"] = np.full(count, kl_coef)
         tables.append(table)
-        for i, alg in enumerate(config.algorithms):
+        for i, alg in enumerate(config.algorithm_names):
             y = out["subopt"][:, :, i]
             if len(config.sample_sizes) >= 2 and np.all(y.mean(0) > 0):
                 fit = plotting.fit_loglog_slope(config.sample_sizes, y)
@@ -190,7 +226,8 @@ def run(config: Config, seeds: int, progress) -> Results:
             holds = out["bound_holds"][:, :, i]
             if not np.all(np.isnan(holds)):
                 summary[f"{setting}/{alg}/bound_holds_frac"] = float(np.nanmean(holds))
-        summary[f"{setting}/in_confidence_set_frac"] = float(out["in_confidence_set"][:, :, 0].mean())
+        if config.reward == "linear":
+            summary[f"{setting}/in_confidence_set_frac"] = float(out["in_confidence_set"][:, :, 0].mean())
     return Results(concat_tables(tables), summary)
 
 
@@ -199,7 +236,7 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
     fig, axes = plotting.figure(ncols=len(settings), size=(4.6, 4.0))
     axes = np.atleast_1d(axes)
     algorithms = list(dict.fromkeys(np.asarray(table["algorithm"]).tolist()))
-    colors = dict(zip(ALGORITHMS, plotting_colors()))
+    colors = {a: f"C{i}" for i, a in enumerate(ALL_ALGORITHMS)}
     for ax, setting in zip(axes, settings):
         first = np.asarray(table["setting"]) == setting
         kl = float(np.asarray(table["kl_coef"])[first][0])
@@ -222,6 +259,3 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
                  f"K={config.n_actions}, B={config.reward_norm:g}, beta={config.beta_mode} x {config.c_beta:g})")
     return plotting.save_figure(fig, out_dir, "offline_rate")
 
-
-def plotting_colors():
-    return ["C0", "C1", "C2", "C3", "C4"]

@@ -85,6 +85,8 @@ __all__ = ["BUILTIN", "DEFAULT_SEEDS", "Results", "as_results", "concat_tables",
 # name -> module path; add a built-in experiment with one line.
 BUILTIN: dict[str, str] = {
     "offline-rate": "experiments.offline_rate",
+    "fast-rate": "experiments.fast_rate",
+    "reward-kl": "experiments.reward_kl",
 }
 
 DEFAULT_SEEDS = {"quick": 8, "paper": 100}

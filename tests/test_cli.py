@@ -34,7 +34,8 @@ def toy():
 
 def test_list_shows_names_and_descriptions(toy, capsys):
     assert main(["list"]) == 0
-    assert "toy  toy experiment for the engine tests" in capsys.readouterr().out
+    lines = capsys.readouterr().out.splitlines()
+    assert any(l.split(None, 1) == ["toy", "toy experiment for the engine tests"] for l in lines), lines
 
 
 def test_run_then_plot_end_to_end(toy, tmp_path, capsys):

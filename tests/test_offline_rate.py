@@ -1,0 +1,54 @@
+"""offline-rate: config validation, a tiny end-to-end run, the table's contents and the figure."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+from experiments import offline_rate as e
+from experiments.runner import Progress
+
+TINY = dataclasses.replace(e.presets["quick"], n_contexts=8, n_actions=6, dim=3, sample_sizes=(16, 64),
+                           panel_coverages=(0.8,), dpo_steps=20)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("sample_sizes", (64, 32), "sample_sizes=.* strictly increasing"),
+    ("panel_coverages", (1.5,), "panel_coverages=1.5 is not allowed"),
+    ("beta_mode", "huge", "beta_mode='huge' is not allowed"),
+    ("algorithms", ("dpo", "ppo"), "algorithms='ppo' is not allowed"),
+    ("algorithms", ("neural_gibbs",), "algorithms='neural_gibbs' is not allowed"),
+    ("kl_coef", 0.0, "kl_coef=0.0 is not allowed"),
+    ("ensemble_size", 1, "ensemble_size=1 is not allowed"),
+    ("reward", "quadratic", "reward='quadratic' is not allowed"),
+])
+def test_config_validation(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        dataclasses.replace(TINY, **{field: value})
+
+
+def test_tiny_run_table_and_plot(tmp_path):
+    res = e.run(TINY, 4, Progress())
+    t = res.table
+    for col in ("algorithm", "seed", "n", "coverage", "kl_coef", "subopt", "subopt_kl", "kl_to_ref", "bound",
+                "bound_holds", "in_confidence_set", "setting"):
+        assert col in t
+    assert len(t["seed"]) == 4 * 2 * len(e.ALGORITHMS) * 2
+    assert np.all(t["subopt"] >= -1e-12) and np.all(t["subopt_kl"] >= t["subopt"] - 1e-12)
+    assert set(np.unique(t["setting"])) == {"canonical", "coverage+0.8"}
+    pess = t["algorithm"] == "option_ii"
+    assert np.all(np.isfinite(t["bound"][pess]))
+    # the deterministic implication: inside the confidence set, the bound holds
+    inside = pess & (t["in_confidence_set"] == 1.0)
+    assert np.all(t["bound_holds"][inside] == 1.0)
+    assert np.all(np.isnan(t["bound"][t["algorithm"] == "dpo"]))
+    paths = e.plot(t, TINY, tmp_path)
+    assert {p.suffix for p in paths} == {".png", ".svg"} and all(p.stat().st_size > 0 for p in paths)
+
+
+def test_neural_reward_runs_with_misspecified_linear_baseline():
+    cfg = dataclasses.replace(TINY, reward="neural", hidden=4, panel_coverages=(), neural_steps=20,
+                              algorithms=("mle_gibbs", "neural_gibbs"))
+    t = e.run(cfg, 2, Progress()).table
+    assert set(np.unique(t["algorithm"])) == {"mle_gibbs", "neural_gibbs"}
+    assert np.all(np.isnan(t["in_confidence_set"]))
+    assert np.all(np.isfinite(t["subopt"])) and np.all(t["subopt"] >= -1e-12)

@@ -1,0 +1,159 @@
+"""reward-kl (E2): config validation, a tiny end-to-end run + plot, exact optimality of Gibbs(r*) at
+every grid point, and the RS panel tied to the exact laws of algorithms.rejection_sampling."""
+import dataclasses
+
+import numpy as np
+import pytest
+
+import bandits as b
+from algorithms import rejection_sampling as rs
+from experiments import registry
+from experiments import reward_kl as rk
+from experiments.runner import Progress, seed_keys
+
+TINY = rk.Config(n_contexts=4, n_actions=6, dim=3, n=48, n_kl=4, kl_min=0.03, kl_max=3.0,
+                 rs_budgets=(4, 9), rs_stages=2, seed=3)
+SEEDS = 3
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("n", 0, "n"),
+    ("kl_min", 0.0, "kl_min"),
+    ("kl_max", 0.01, "kl_max"),
+    ("rs_budgets", (3,), "rs_budgets"),        # < 2 * rs_stages
+    ("rs_budgets", (16, 8), "rs_budgets"),     # not increasing
+    ("rs_budgets", (), "rs_budgets"),
+    ("rs_stages", 0, "rs_stages"),
+    ("rs_schedule", "cosine", "rs_schedule"),
+    ("rs_geometric_ratio", 1.0, "rs_geometric_ratio"),
+    ("coverage", 1.5, "coverage"),
+    ("beta_mode", "nope", "beta_mode"),
+])
+def test_config_validation(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(rk.Config(), **{field: value})
+
+
+def test_registered_and_presets_valid():
+    assert registry.get("reward-kl") is rk
+    assert set(rk.presets) == {"quick", "paper"}
+    assert len(rk.presets["paper"].kl_coefs) == 12
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return rk.run(TINY, SEEDS, Progress())
+
+
+def _rows(table, **where):
+    mask = np.ones(len(table["seed"]), bool)
+    for k, val in where.items():
+        mask &= np.asarray(table[k]) == val
+    return mask
+
+
+def test_tiny_run_and_plot(tiny, tmp_path):
+    t = tiny.table
+    for col in ("panel", "algorithm", "seed", "kl_coef", "budget", "kl_to_ref", "true_reward", "value",
+                "value_gap", "acceptance_rate", "overall_acceptance", "expected_accepted"):
+        assert col in t, col
+    n_front = SEEDS * TINY.n_kl * len(rk.FRONTIER)
+    n_rs = SEEDS * TINY.n_kl * len(rk.RS) * len(TINY.rs_budgets)
+    assert tiny.n_rows == n_front + n_rs
+    assert _rows(t, panel="frontier").sum() == n_front
+    rs_mask = _rows(t, panel="rs")
+    assert np.all(np.isfinite(t["acceptance_rate"][rs_mask]))
+    assert np.all((t["acceptance_rate"][rs_mask] > 0) & (t["acceptance_rate"][rs_mask] <= 1 + 1e-12))
+    assert np.all(t["kl_to_ref"] >= -1e-12)
+    assert "frontier/mle_gibbs/peak_true_reward" in tiny.summary
+    paths = rk.plot(t, TINY, tmp_path)
+    names = {p.name for p in paths}
+    assert {"reward_kl_frontier.png", "reward_kl_rs_frontier.png", "reward_kl_rs_acceptance.png"} <= names
+    assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_gibbs_true_maximizes_J_at_every_grid_point(tiny):
+    """J_eta(pi) <= J_eta(pi*_eta) for every algorithm, seed, budget and kl_coef (exact identity
+    J(pi*) - J(pi) = eta E KL(pi||pi*) >= 0; only float rounding is tolerated)."""
+    t = tiny.table
+    best = {}
+    for i in np.flatnonzero(_rows(t, panel="frontier", algorithm="gibbs_true")):
+        best[(t["seed"][i], t["kl_coef"][i])] = t["value"][i]
+    assert len(best) == SEEDS * TINY.n_kl
+    others = np.flatnonzero(~_rows(t, algorithm="gibbs_true"))
+    star = np.array([best[(t["seed"][i], t["kl_coef"][i])] for i in others])
+    excess = t["value"][others] - star
+    assert np.all(excess <= 1e-10 * (1 + np.abs(star))), excess.max()
+    np.testing.assert_allclose(t["value_gap"][others], star - t["value"][others], atol=1e-10)
+    # A non-trivial check: the estimated policies are strictly worse somewhere.
+    assert excess.min() < -1e-4
+
+
+def test_rs_panel_matches_exact_laws(tiny):
+    """Recompute seed 0's RS rows directly from algorithms.rejection_sampling (own schedule)."""
+    t = tiny.table
+    key = seed_keys(TINY.seed, SEEDS)[0]
+    inst0, theta, _ = rk.fit_offline(key, TINY)
+    proxy = np.asarray(inst0.phi @ theta)
+    log_pi0 = inst0.log_pi0
+    n_stages = TINY.rs_stages
+    for eta in TINY.kl_coefs:
+        inst = inst0._replace(kl_coef=np.float64(eta))
+        etas = np.array([n_stages * eta / k for k in range(1, n_stages + 1)])  # 1/eta_k = k/(N eta)
+        for budget in TINY.rs_budgets:
+            counts = rs.split_budget(budget, n_stages)
+            expected = {}
+            for mode in ("empirical", "exact"):
+                one = rs.accepted_law(log_pi0, proxy, eta, max_reward=mode, n_candidates=budget)
+                expected[f"rso_{mode}"] = (one.log_law, float(np.mean(one.acceptance_rate)),
+                                           budget * float(np.mean(one.acceptance_rate)))
+                multi = rs.multistep_law(log_pi0, proxy, etas, max_reward=mode, n_candidates=counts)
+                last = float(np.mean(multi.acceptance_rate[-1]))
+                expected[f"multistep_{mode}"] = (multi.log_law[-1], last, counts[-1] * last)
+            for alg, (log_law, rate, accepted) in expected.items():
+                i = np.flatnonzero(_rows(t, panel="rs", algorithm=alg, seed=0, budget=budget)
+                                   & np.isclose(t["kl_coef"], eta, rtol=1e-12))
+                assert len(i) == 1, (alg, budget, eta)
+                i = i[0]
+                np.testing.assert_allclose(t["true_reward"][i], float(b.expected_reward(inst, log_law)), rtol=1e-8)
+                np.testing.assert_allclose(t["kl_to_ref"][i], float(b.kl_to_reference(inst, log_law)),
+                                           rtol=1e-7, atol=1e-12)
+                np.testing.assert_allclose(t["acceptance_rate"][i], rate, rtol=1e-8)
+                np.testing.assert_allclose(t["expected_accepted"][i], accepted, rtol=1e-8)
+            # Exact M: both samplers output Gibbs(r_hat) = MLE-Gibbs; the stage rates telescope.
+            gibbs = np.flatnonzero(_rows(t, panel="frontier", algorithm="mle_gibbs", seed=0)
+                                   & np.isclose(t["kl_coef"], eta, rtol=1e-12))[0]
+            for alg in ("rso_exact", "multistep_exact"):
+                i = np.flatnonzero(_rows(t, panel="rs", algorithm=alg, seed=0, budget=budget)
+                                   & np.isclose(t["kl_coef"], eta, rtol=1e-12))[0]
+                np.testing.assert_allclose(t["true_reward"][i], t["true_reward"][gibbs], rtol=1e-9)
+            one = np.flatnonzero(_rows(t, panel="rs", algorithm="rso_exact", seed=0, budget=budget)
+                                 & np.isclose(t["kl_coef"], eta, rtol=1e-12))[0]
+            multi = np.flatnonzero(_rows(t, panel="rs", algorithm="multistep_exact", seed=0, budget=budget)
+                                   & np.isclose(t["kl_coef"], eta, rtol=1e-12))[0]
+            # Per context prod_k alpha_k = alpha_one; the table holds context means, so compare exactly
+            # per context through the library and check the table's one-step mean.
+            rates = rs.multistep_law(log_pi0, proxy, etas).acceptance_rate
+            np.testing.assert_allclose(np.prod(np.asarray(rates), 0),
+                                       np.asarray(rs.exact_acceptance_rate(log_pi0, proxy, eta)), rtol=1e-9)
+            np.testing.assert_allclose(t["overall_acceptance"][multi], np.mean(np.prod(np.asarray(rates), 0)),
+                                       rtol=1e-8)
+            assert t["min_stage_acceptance"][multi] >= t["acceptance_rate"][one] - 1e-12
+
+
+def test_rs_empirical_law_matches_monte_carlo_sampler():
+    """The empirical-M one-step law the panel uses agrees with the simulated RSO sampler."""
+    import jax
+    key = seed_keys(TINY.seed, SEEDS)[1]
+    inst0, theta, _ = rk.fit_offline(key, TINY)
+    proxy = inst0.phi @ theta
+    eta, budget = 0.3, 6
+    law = np.exp(np.asarray(rs.accepted_law(inst0.log_pi0, proxy, eta, max_reward="empirical",
+                                            n_candidates=budget).log_law))
+    sample = jax.vmap(lambda k: rs.rejection_sample(k, inst0.log_pi0, proxy, eta, budget, "empirical"))(
+        jax.random.split(jax.random.key(7), 4000))
+    actions, accepted = np.asarray(sample.actions), np.asarray(sample.accepted)  # [draws, n_x, budget]
+    for x in range(TINY.n_contexts):
+        counts = np.bincount(actions[:, x][accepted[:, x]], minlength=TINY.n_actions)
+        freq = counts / counts.sum()
+        assert np.max(np.abs(freq - law[x])) < 0.03, (x, freq, law[x])
