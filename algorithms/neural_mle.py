@@ -103,6 +103,18 @@ def centred_reward(instance: Instance, params: MLPReward) -> jax.Array:
     return r - jnp.sum(jnp.exp(instance.log_pi0) * r, axis=-1, keepdims=True)
 
 
+def bootstrap_counts(key: jax.Array, mask: jax.Array) -> jax.Array:
+    """Multinomial resample counts: ``sum(mask)`` draws, uniform over the valid rows, shape ``[n]``.
+
+    Inverse-CDF sampling over the cumulative mask (memory ``O(n)``; a Gumbel-max categorical over
+    ``n`` rows would need ``O(n^2)``).
+    """
+    n_valid = jnp.sum(mask)
+    rank = jnp.floor(jax.random.uniform(key, mask.shape) * n_valid) + 1.0
+    draws = jnp.minimum(jnp.searchsorted(jnp.cumsum(mask), rank, side="left"), mask.shape[0] - 1)
+    return jnp.zeros(mask.shape, jnp.int32).at[draws].add((jnp.arange(mask.shape[0]) < n_valid).astype(jnp.int32))
+
+
 def bootstrap_ensemble(key: jax.Array, instance: Instance, data: PreferenceData, lam, members: int,
                        hidden: int, steps: int = 300, learning_rate=0.02,
                        init: MLPReward | None = None) -> tuple[MLPReward, jax.Array, jax.Array]:
@@ -110,14 +122,10 @@ def bootstrap_ensemble(key: jax.Array, instance: Instance, data: PreferenceData,
     ensemble-mean centred reward ``[n_x, K]``, ensemble std ``Gamma [n_x, K]``)."""
     v.check_int("members", members, 2)
     keys = jax.random.split(key, members)
-    n_valid = jnp.sum(data.mask)
 
     def one(k):
         k_init, k_boot = jax.random.split(k)
-        logits = jnp.where(data.mask, 0.0, -jnp.inf)
-        draws = jax.random.categorical(k_boot, logits, shape=data.x.shape)
-        counts = jnp.zeros(data.x.shape, instance.phi.dtype).at[draws].add(
-            jnp.where(jnp.arange(data.x.shape[0]) < n_valid, 1.0, 0.0))
+        counts = bootstrap_counts(k_boot, data.mask).astype(instance.phi.dtype)
         start = init_network(k_init, instance.dim, hidden, instance.phi.dtype) if init is None else init
         fit = fit_network(start, instance.phi, data, lam, steps, learning_rate, weights=counts)
         return fit.params

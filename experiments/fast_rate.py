@@ -377,8 +377,10 @@ def run(config: Config, seeds: int, progress) -> Results:
 
 
 def _reference(ax, x, y0, power, label):
+    """Dashed ``y0 (n / n_0)^power`` from the first point: long dashes for -1, short for -1/2."""
     x = np.asarray(x, float)
-    plotting.bound_plot(ax, x, y0 * (x / x[0]) ** power, label, linewidth=1.0)
+    style = {"dashes": (7, 3), "color": "0.15"} if power == -1.0 else {"dashes": (2, 2), "color": "0.45"}
+    plotting.bound_plot(ax, x, y0 * (x / x[0]) ** power, label, linewidth=1.1, **style)
 
 
 def _rows(table, **where):
@@ -401,8 +403,9 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
         first = None
         for alg in algs:
             x, y = plotting.pivot(table, "n", "subopt", where={"panel": panel, "algorithm": alg})
-            plotting.band_plot(ax, x, y, LABELS[alg], color=COLORS[alg], loglog=True,
-                               slope=bool(np.all(y.mean(0) > 0)))
+            fit = safe_slope(x, y)
+            label = LABELS[alg] if np.isnan(fit.slope) else plotting.slope_label(LABELS[alg], fit)
+            plotting.band_plot(ax, x, y, label, color=COLORS[alg], loglog=True)
             first = y.mean(0)[0] if first is None else max(first, y.mean(0)[0])
         _reference(ax, x, first, -1.0, "reference slope -1")
         _reference(ax, x, first, -0.5, "reference slope -1/2")
@@ -434,13 +437,14 @@ def _plot_margin(ax, table, kl):
         env, low, high = envelope_band(y)
         fit = envelope_slope(x, y)
         for j in range(len(gaps)):
-            ax.plot(x, y[:, j].mean(0), color=COLORS[alg], alpha=0.18, linewidth=0.7)
+            single = y[:, j].mean(0)                     # zero (all seeds right) is left out on log axes
+            ax.plot(x, np.where(single > 0, single, np.nan), color=COLORS[alg], alpha=0.18, linewidth=0.7)
         line, = ax.plot(x, env, color=COLORS[alg], marker="o", markersize=3,
                         label=plotting.slope_label(f"worst case over gaps, {LABELS[alg]}", fit))
         ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
         starts.append(env[0])
         floors.append(env.min())
-    ax.plot([], [], color="0.5", alpha=0.5, linewidth=0.7, label="single gaps (thin)")
+    ax.plot([], [], color="0.5", alpha=0.5, linewidth=0.7, label="single gaps (thin; 0 omitted)")
     _reference(ax, x, max(starts), -1.0, "reference slope -1")
     _reference(ax, x, max(starts), -0.5, "reference slope -1/2")
     plotting.set_loglog(ax)

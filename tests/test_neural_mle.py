@@ -84,3 +84,14 @@ def test_fit_vmap_equals_loop():
         single = nm.fit_network(jax.tree.map(lambda p: p[i], starts), inst.phi, data, 1.0, steps=20).params
         for lb, ls in zip(batched, single):
             np.testing.assert_allclose(lb[i], ls, rtol=1e-9, atol=1e-12)
+
+
+def test_bootstrap_counts_resample_only_valid_rows():
+    """Counts sum to the number of valid rows, never touch masked ones, and are uniform on average."""
+    mask = jnp.asarray(np.arange(40) % 5 != 3)
+    counts = np.stack([np.asarray(nm.bootstrap_counts(jax.random.key(i), mask)) for i in range(300)])
+    assert np.all(counts.sum(-1) == int(mask.sum()))
+    assert np.all(counts[:, ~np.asarray(mask)] == 0)
+    # each valid row is drawn Binomial(32, 1/32) times: mean 1 per row over 300 resamples
+    per_row = counts[:, np.asarray(mask)].mean(0)
+    assert np.all(np.abs(per_row - 1.0) < 0.35)
