@@ -233,8 +233,12 @@ def run(config: Config, seeds: int, progress) -> Results:
 
 def plot(table, config: Config, out_dir: Path) -> list[Path]:
     settings = list(dict.fromkeys(np.asarray(table["setting"]).tolist()))
-    fig, axes = plotting.figure(ncols=len(settings), size=(4.6, 4.0))
-    axes = np.atleast_1d(axes)
+    ncols = min(2, len(settings))
+    nrows = -(-len(settings) // ncols)
+    fig, axes = plotting.figure(ncols=ncols, nrows=nrows, size=(6.0, 4.6))
+    axes = np.atleast_1d(axes).ravel()
+    for ax in axes[len(settings):]:
+        ax.set_visible(False)
     algorithms = list(dict.fromkeys(np.asarray(table["algorithm"]).tolist()))
     colors = {a: f"C{i}" for i, a in enumerate(ALL_ALGORITHMS)}
     for ax, setting in zip(axes, settings):
@@ -255,7 +259,9 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
         ax.set(title=f"{setting}: {pi0}, kl_coef={kl:g}", xlabel="n (comparisons)",
                ylabel="J(pi*) - J(pi_hat)")
         ax.legend(fontsize="x-small")
-    fig.suptitle(f"offline-rate: exact suboptimality vs n (mean, 95% band; d={config.dim}, "
-                 f"K={config.n_actions}, B={config.reward_norm:g}, beta={config.beta_mode} x {config.c_beta:g})")
+    seeds = len(np.unique(np.asarray(table["seed"])))
+    fig.suptitle(f"offline-rate: exact suboptimality vs n, {seeds} seeds (mean, 95% band)\n"
+                 f"d={config.dim}, K={config.n_actions}, n_x={config.n_contexts}, B={config.reward_norm:g}, "
+                 f"reward={config.reward}, beta={config.beta_mode} x {config.c_beta:g}, lambda={config.lam:g}")
     return plotting.save_figure(fig, out_dir, "offline_rate")
 
