@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from bandits.instance import Instance
-from bandits.preferences import labels_from_probability, preference_margin
+from bandits.preferences import labels_from_probability
 
 
 class PreferenceData(NamedTuple):
@@ -40,10 +40,9 @@ def comparison_keys(key: jax.Array, index: jax.Array) -> tuple[jax.Array, ...]:
 
 
 def preference_probability(instance: Instance, x, a1, a2) -> jax.Array:
-    """True ``P(x, a1, a2)`` for index arrays of equal shape."""
-    margin = jax.vmap(preference_margin, in_axes=(0, 0, None, 0, 0))(
-        instance.reward[x], instance.phi[x], instance.skew, a1, a2)
-    return jax.nn.sigmoid(margin)
+    """True ``P(x, a1, a2)`` for index arrays of equal shape (gathers only the two actions' features)."""
+    bilinear = jnp.einsum("...i,ij,...j->...", instance.phi[x, a1], instance.skew, instance.phi[x, a2])
+    return jax.nn.sigmoid(instance.reward[x, a1] - instance.reward[x, a2] + bilinear)
 
 
 def sample_labels(keys: jax.Array, instance: Instance, x, a1, a2, deterministic: bool = False) -> jax.Array:
