@@ -14,11 +14,6 @@ from jax.scipy.linalg import cho_factor, cho_solve
 _STEPS = 2.0 ** -jnp.arange(12)  # backtracking candidates 1, 1/2, ..., 1/2048, evaluated at once
 
 
-def autodiff_grad_hess(value_fn: Callable) -> Callable:
-    """``x -> (grad, hessian)`` of ``value_fn`` by automatic differentiation."""
-    return lambda x: (jax.grad(value_fn)(x), jax.hessian(value_fn)(x))
-
-
 def newton_step(value_fn: Callable, grad_hess_fn: Callable, x: jax.Array):
     """One damped step ``x - t H^{-1} g`` with Armijo backtracking; returns (x_new, decrement, step).
 

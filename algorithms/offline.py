@@ -30,8 +30,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from algorithms.confidence import (ConfidenceSet, dual_norm, expected_feature, pointwise_uncertainty,
-                                   primal_norm)
+from algorithms.confidence import (ConfidenceSet, dual_norm, expected_feature, expected_uncertainty,
+                                   pointwise_uncertainty, primal_norm)
 from algorithms.newton import damped_newton, default_tol
 from bandits import Instance, context_mean, gibbs_policy, log_partition
 
@@ -111,7 +111,7 @@ def option_ii_bound(instance: Instance, cs: ConfidenceSet, nu: jax.Array, log_pi
 
 def option_i_bound(instance: Instance, cs: ConfidenceSet, nu: jax.Array, log_pi: jax.Array) -> jax.Array:
     """``2 beta ||phi_bar(pi) - nu||_{Sigma^{-1}}``."""
-    return 2.0 * cs.beta * dual_norm(cs.chol, expected_feature(instance, log_pi) - instance.d0 @ nu)
+    return 2.0 * cs.beta * expected_uncertainty(instance, cs.chol, nu, log_pi)
 
 
 def plug_in_bound(instance: Instance, cs: ConfidenceSet, log_pi: jax.Array, log_pi_hat: jax.Array) -> jax.Array:

@@ -121,11 +121,7 @@ def _check_policy_and_reward(log_pi0, reward) -> tuple[jax.Array, jax.Array]:
         if np.any(np.isnan(lp)) or np.any(lp == np.inf):
             raise ValueError("log_pi0 contains NaN or +inf, which is not allowed: log_pi0 must hold "
                              "log-probabilities (-inf marks an action outside the support).")
-        sums = np.exp(lp).sum(-1)
-        if not np.allclose(sums, 1.0, atol=1e-5):
-            i = int(np.argmax(np.abs(sums - 1.0)))
-            raise ValueError(f"log_pi0[{i}] sums to {sums[i]!r} in probability, which is not allowed: "
-                             "each row must be a normalised log-policy (probabilities summing to 1).")
+        v.check_normalized_rows("log_pi0", lp)
     return log_pi0, reward
 
 

@@ -180,11 +180,7 @@ def _check_values(phi, log_pi0, reward, d0, skew) -> None:
         raise ValueError(
             f"log_pi0[{bad[0]}, {bad[1]}]={log_pi0[tuple(bad)]!r} is not allowed: the reference policy "
             "needs positive mass on every action (finite log-probabilities), or KLs are infinite.")
-    sums = np.exp(log_pi0).sum(-1)
-    if not np.allclose(sums, 1.0, atol=1e-5):
-        i = int(np.argmax(np.abs(sums - 1.0)))
-        raise ValueError(f"log_pi0[{i}] sums to {sums[i]!r} in probability, which is not allowed: "
-                         "each row must be a normalised log-policy (probabilities summing to 1).")
+    v.check_normalized_rows("log_pi0", log_pi0)
     if np.any(d0 < 0) or not np.isclose(d0.sum(), 1.0, atol=1e-6):
         raise ValueError(f"d0 (sum {d0.sum()!r}, min {d0.min()!r}) is not allowed: d0 must be a "
                          "probability vector (non-negative, summing to 1).")

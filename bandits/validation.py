@@ -59,3 +59,12 @@ def check_shape(field: str, array: Any, shape: tuple[int, ...]) -> None:
     if got != tuple(shape):
         raise ValueError(
             f"{field} has shape {got}, which is not allowed: {field} must have shape {tuple(shape)}.")
+
+
+def check_normalized_rows(field: str, log_p) -> None:
+    """Each row of the log-probabilities ``log_p`` must sum to 1 in probability (tolerance 1e-5)."""
+    sums = np.exp(np.asarray(log_p)).sum(-1)
+    if not np.allclose(sums, 1.0, atol=1e-5):
+        i = int(np.argmax(np.abs(sums - 1.0)))
+        raise ValueError(f"{field}[{i}] sums to {sums[i]!r} in probability, which is not allowed: "
+                         "each row must be a normalised log-policy (probabilities summing to 1).")
