@@ -3,8 +3,9 @@
 Knows nothing about learning (DESIGN.md §1). See THEORY.md §1, §3.1, §8.1 for the mathematics.
 """
 from bandits import _xla_workarounds  # noqa: F401  (before JAX's CPU backend starts)
-from bandits.data import (PreferenceData, comparison_keys, concatenate, feature_differences,
-                          preference_probability, sample_labels, sample_preference_data, with_size)
+from bandits.data import (PreferenceData, comparison_uniforms, inverse_cdf, concatenate, feature_differences,
+                          preference_probability, sample_joint_preference_data, sample_labels,
+                          sample_preference_data, with_size)
 from bandits.evaluation import (context_mean, expected_kl, expected_reward, kl_to_reference,
                                 optimal_policy, optimal_value, preference_matrices, suboptimality,
                                 suboptimality_kl, value, win_rate)

@@ -1,13 +1,16 @@
 """Preference data: fixed-shape arrays sampled from a pair of policies (THEORY.md §1.4; DESIGN.md §2-3).
 
 Comparison ``i`` is drawn as ``x ~ d0``, ``a1 ~ pi1(.|x)``, ``a2 ~ pi2(.|x)``, ``y ~ Bernoulli(P(x,a1,a2))``,
-from its own key ``fold_in(key, i)`` split into named sub-keys (context, first action, second
-action, label). Hence:
+from its own key ``fold_in(key, i)``, which gives four uniforms ``(u_x, u_1, u_2, u_y)``; each draw is
+the inverse CDF of its law at its uniform (``x = min{j : F_d0(j) > u_x}``, likewise the actions,
+``y = 1[u_y < P]``). Four uniforms per comparison, instead of one Gumbel per context and per action
+of a Gumbel-max categorical, is what keeps sampling cheap beside the estimators. Hence:
 
 - nested prefixes: the first ``n`` comparisons of a stream of length ``N >= n`` are exactly the data
   set of size ``n`` drawn with the same key, so growing sample sizes come from one stream;
 - common random numbers: two policy pairs compared on one key see the same contexts and the same
-  label uniforms (and the same actions wherever their policies agree).
+  label uniforms, and their actions are coupled monotonically (equal wherever the two CDFs put the
+  uniform in the same action, so close policies draw mostly the same actions).
 
 ``mask`` marks valid rows so that buffers keep a fixed shape (``with_size`` masks a prefix).
 """
@@ -17,6 +20,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.scipy.special import logsumexp
 
 from bandits.instance import Instance
 from bandits.preferences import labels_from_probability
@@ -34,9 +38,23 @@ class PreferenceData(NamedTuple):
         return self.x.shape[-1]
 
 
-def comparison_keys(key: jax.Array, index: jax.Array) -> tuple[jax.Array, ...]:
-    """The four named sub-keys of comparison ``index``: (context, action 1, action 2, label)."""
-    return tuple(jax.random.split(jax.random.fold_in(key, index), 4))
+def comparison_uniforms(key: jax.Array, index: jax.Array, dtype=jnp.float32) -> jax.Array:
+    """The uniforms ``(u_x, u_1, u_2, u_y)`` of comparison ``index`` (shape ``index.shape + (4,)``)."""
+    draw = lambda i: jax.random.uniform(jax.random.fold_in(key, i), (4,), dtype)
+    return jax.vmap(draw)(jnp.ravel(index)).reshape(jnp.shape(index) + (4,))
+
+
+def inverse_cdf(probs: jax.Array, u: jax.Array) -> jax.Array:
+    """``min{j : sum_{k<=j} p_k > u}`` per row of ``probs [..., K]`` at ``u [...]``, as int32.
+
+    Rows are renormalised first, and the result is clipped to ``K - 1`` in case rounding leaves the
+    last cumulative sum below ``u``. An action of probability zero is never drawn (its cumulative sum
+    equals its predecessor's, which already exceeds ``u`` if the search reached it).
+    """
+    cdf = jnp.cumsum(probs, axis=-1)
+    cdf = cdf / cdf[..., -1:]
+    index = jnp.sum(cdf <= u[..., None], axis=-1)
+    return jnp.minimum(index, probs.shape[-1] - 1).astype(jnp.int32)
 
 
 def preference_probability(instance: Instance, x, a1, a2) -> jax.Array:
@@ -45,23 +63,42 @@ def preference_probability(instance: Instance, x, a1, a2) -> jax.Array:
     return jax.nn.sigmoid(instance.reward[x, a1] - instance.reward[x, a2] + bilinear)
 
 
-def sample_labels(keys: jax.Array, instance: Instance, x, a1, a2, deterministic: bool = False) -> jax.Array:
-    """One label per comparison from per-comparison label keys ``keys [n]``."""
-    uniforms = jax.vmap(jax.random.uniform)(keys)
+def sample_labels(uniforms: jax.Array, instance: Instance, x, a1, a2, deterministic: bool = False) -> jax.Array:
+    """Labels ``1[u < P(x, a1, a2)]`` (or the majority if ``deterministic``) from label uniforms ``u``."""
     prob = preference_probability(instance, x, a1, a2)
     return labels_from_probability(prob, uniforms.astype(prob.dtype), deterministic)
 
 
 def sample_preference_data(key: jax.Array, instance: Instance, log_pi1: jax.Array, log_pi2: jax.Array,
                            n: int, deterministic: bool = False, start: int = 0) -> PreferenceData:
-    """``n`` comparisons (indices ``start .. start + n - 1`` of the stream of ``key``) from ``(pi1, pi2)``."""
-    index = start + jnp.arange(n)
-    kx, k1, k2, ky = jax.vmap(comparison_keys, in_axes=(None, 0))(key, index)
-    log_d0 = jnp.log(instance.d0)
-    x = jax.vmap(lambda k: jax.random.categorical(k, log_d0))(kx).astype(jnp.int32)
-    a1 = jax.vmap(jax.random.categorical)(k1, log_pi1[x]).astype(jnp.int32)
-    a2 = jax.vmap(jax.random.categorical)(k2, log_pi2[x]).astype(jnp.int32)
-    y = sample_labels(ky, instance, x, a1, a2, deterministic)
+    """``n`` comparisons (indices ``start .. start + n - 1`` of the stream of ``key``) from ``(pi1, pi2)``.
+
+    ``log_pi1``, ``log_pi2``: ``[n_x, K]`` log-probabilities (rows need not be exactly normalised).
+    """
+    u = comparison_uniforms(key, start + jnp.arange(n), instance.phi.dtype)
+    x = inverse_cdf(jnp.broadcast_to(instance.d0, (n,) + instance.d0.shape), u[:, 0])
+    a1 = inverse_cdf(jnp.exp(log_pi1[x]), u[:, 1])
+    a2 = inverse_cdf(jnp.exp(log_pi2[x]), u[:, 2])
+    y = sample_labels(u[:, 3], instance, x, a1, a2, deterministic)
+    return PreferenceData(x, a1, a2, y, jnp.ones((n,), bool))
+
+
+def sample_joint_preference_data(key: jax.Array, instance: Instance, log_joint: jax.Array, n: int,
+                                 deterministic: bool = False, start: int = 0) -> PreferenceData:
+    """``n`` comparisons whose action pair ``(a1, a2)`` follows a joint law ``log_joint [n_x, K, K]``.
+
+    ``a1`` is drawn from the first marginal and ``a2`` from the conditional row ``P(a2 | x, a1)``,
+    both by inverse CDF with the same uniforms as ``sample_preference_data`` (so a product law
+    ``log_pi1[:, :, None] + log_pi2[:, None, :]`` reproduces its draws up to rounding, and common
+    random numbers hold across the two samplers).
+    """
+    u = comparison_uniforms(key, start + jnp.arange(n), instance.phi.dtype)
+    x = inverse_cdf(jnp.broadcast_to(instance.d0, (n,) + instance.d0.shape), u[:, 0])
+    joint = jnp.exp(log_joint - logsumexp(log_joint, axis=(1, 2), keepdims=True))
+    first = jnp.sum(joint, axis=2)
+    a1 = inverse_cdf(first[x], u[:, 1])
+    a2 = inverse_cdf(joint[x, a1], u[:, 2])
+    y = sample_labels(u[:, 3], instance, x, a1, a2, deterministic)
     return PreferenceData(x, a1, a2, y, jnp.ones((n,), bool))
 
 

@@ -72,7 +72,7 @@ def test_stage_two_actions_follow_pi_hat0():
     counts = np.bincount(actions, minlength=4)
     p_hat0 = np.exp(np.asarray(out.log_pi_hat0[0]))
     p0 = np.exp(np.asarray(inst.log_pi0[0]))
-    assert np.max(np.abs(p_hat0 - p0)) > 0.1            # the two laws are distinguishable
+    assert np.max(np.abs(p_hat0 - p0)) > 0.03           # the two laws differ by more than sampling noise
     assert stats.chisquare(counts, p_hat0 * counts.sum()).pvalue > 1e-3
     assert stats.chisquare(counts, p0 * counts.sum()).pvalue < 1e-6
     first = np.concatenate([np.asarray(out.data.a1[:m]), np.asarray(out.data.a2[:m])])
