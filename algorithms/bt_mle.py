@@ -47,6 +47,11 @@ def _grad_hess(theta, z, y, mask, lam):
     return grad, hess
 
 
+def bt_hessian(theta, z, mask, lam) -> jax.Array:
+    """``lam I + sum_i mask_i sigma'(<theta, z_i>) z_i z_i^T``: the Hessian of ``l`` (the Laplace precision)."""
+    return _grad_hess(theta, z, jnp.zeros(z.shape[0], z.dtype), mask, lam)[1]
+
+
 def _newton(theta0, z, y, mask, lam, max_iter, tol):
     return damped_newton(lambda t: bt_negative_log_likelihood(t, z, y, mask, lam),
                          lambda t: _grad_hess(t, z, y, mask, lam), theta0, max_iter, tol)

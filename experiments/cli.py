@@ -2,7 +2,7 @@
 
   list                                   experiment names and one-line descriptions
   run NAME [--preset P] [--seeds N] [--set FIELD=VALUE ...] [--out DIR] [--chunk-size C] [--no-x64]
-                                         run, write DIR/NAME/{results.csv,manifest.json,figures}
+           [--plugin FILE.py|MODULE ...] run, write DIR/NAME/{results.csv,manifest.json,figures}
   plot DIR                               re-draw figures from DIR's results.csv + manifest.json
   demo                                   one instance and its exact values
 """
@@ -19,15 +19,54 @@ from typing import Sequence, TextIO
 PROG = "rlhf-bandits"
 
 
+def load_plugins(specs: Sequence[str]) -> list[str]:
+    """Import each plugin (a ``.py`` file path or an importable module name) for its registrations
+    (``algorithms.strategies.register``, ``experiments.registry.register``, ...); returns the specs
+    as recorded in the manifest (file paths made absolute, so ``plot`` can import them again)."""
+    import importlib
+    import importlib.util
+
+    from experiments.registry import UsageError
+
+    recorded = []
+    for spec in specs:
+        path = Path(spec)
+        try:
+            if spec.endswith(".py") or path.exists():
+                if not path.is_file():
+                    raise UsageError(f"plugin={spec!r} is not allowed: no such file (give a .py file or "
+                                     "an importable module name).")
+                path = path.resolve()
+                import hashlib
+                name = f"rlhf_bandits_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+                if name not in sys.modules:
+                    module_spec = importlib.util.spec_from_file_location(name, path)
+                    module = importlib.util.module_from_spec(module_spec)
+                    sys.modules[name] = module
+                    try:
+                        module_spec.loader.exec_module(module)
+                    except BaseException:
+                        del sys.modules[name]
+                        raise
+                recorded.append(str(path))
+            else:
+                importlib.import_module(spec)
+                recorded.append(spec)
+        except ModuleNotFoundError as err:
+            raise UsageError(f"plugin={spec!r} is not allowed: {err} (give a .py file or an importable "
+                             "module name).") from err
+    return recorded
+
+
 def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
                    overrides: Sequence[str] = (), out: str | Path = "results", x64: bool = True,
                    chunk_size: int | None = None, stream: TextIO | None = None,
-                   command: Sequence[str] | None = None) -> Path:
+                   command: Sequence[str] | None = None, plugins: Sequence[str] = ()) -> Path:
     """Run experiment ``name`` and write ``out/name/`` (results.csv, figures, then manifest.json).
 
     Configuration errors (unknown name, preset or field, bad value) raise ``ValueError`` before any
     computation. Finished seed chunks are kept until the run completes, so repeating an interrupted
-    command resumes it. Returns the run directory.
+    command resumes it. ``plugins`` are imported first (``load_plugins``). Returns the run directory.
     """
     import jax
     import jax.numpy as jnp
@@ -37,6 +76,7 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
     from experiments.config import apply_overrides, config_hash, config_to_dict
     from experiments.runner import Progress
 
+    plugins = load_plugins(plugins)
     experiment = registry.get(name)
     try:
         config = apply_overrides(registry.preset(experiment, name, preset), overrides)
@@ -64,8 +104,16 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
     table = results.table
     non_finite = {k: int((~np.isfinite(v)).sum()) for k, v in table.items()
                   if v.dtype.kind == "f" and not np.all(np.isfinite(v))}
-    if non_finite:
-        progress.message(f"WARNING: non-finite values in results: {non_finite}")
+    # NaN in a column the experiment declares in `nan_columns` means "not applicable" (e.g. no bound
+    # for that algorithm); anything else non-finite is suspect.
+    nan_ok = set(getattr(experiment, "nan_columns", ()))
+    suspect = {k: int((~np.isfinite(table[k]) & ~(np.isnan(table[k]) & (k in nan_ok))).sum())
+               for k in non_finite}
+    suspect = {k: c for k, c in suspect.items() if c}
+    if suspect:
+        progress.message(f"WARNING: non-finite values in results: {suspect}")
+    if set(non_finite) - set(suspect):
+        progress.message("NaN marks 'not applicable' in: " + ", ".join(sorted(set(non_finite) - set(suspect))))
     csv_path, digest_csv = storage.write_results(run_dir, table)
     plot_error = None
     try:  # a plotting bug must not lose the results: they are recorded, `plot DIR` retries
@@ -78,6 +126,7 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
         "description": registry.describe(experiment),
         "preset": preset,
         "overrides": list(overrides),
+        "plugins": plugins,
         "config_type": f"{type(config).__module__}.{type(config).__qualname__}",
         "config": config_to_dict(config),
         "config_hash": digest,
@@ -128,6 +177,7 @@ def replot(path: str | Path, stream: TextIO | None = None) -> list[Path]:
     for run_dir in run_dirs:
         try:
             manifest = storage.read_manifest(run_dir)
+            load_plugins(manifest.get("plugins", []))
             experiment = registry.get(manifest["experiment"])
             cls = type(experiment.presets.get(manifest.get("preset"))
                        or next(iter(experiment.presets.values())))
@@ -187,7 +237,7 @@ def _list(args) -> int:
 
 def _run(args) -> int:
     run_dir = run_experiment(args.name, args.preset, args.seeds, args.overrides, args.out, args.x64,
-                             args.chunk_size, sys.stderr, [PROG, *args.argv])
+                             args.chunk_size, sys.stderr, [PROG, *args.argv], args.plugins)
     print(run_dir)
     return 0
 
@@ -218,6 +268,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seeds per chunk (memory, progress and resumption; results do not change)")
     run.add_argument("--x64", action=argparse.BooleanOptionalAction, default=True,
                      help="float64 (default) or float32 with --no-x64; recorded in the manifest")
+    run.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE.py|MODULE",
+                     help="import this first, for its registrations (e.g. a new exploration strategy); "
+                     "repeatable; recorded in the manifest")
     run.set_defaults(func=_run)
 
     plot = sub.add_parser("plot", help="re-draw figures from results.csv + manifest.json")

@@ -39,6 +39,7 @@ LABELS = {"mle_gibbs": "MLE-Gibbs", "option_i": "Option I (pessimistic)",
 # The quantity each algorithm's bound controls (see algorithms.offline): subopt or subopt_kl.
 BOUNDED = {"mle_gibbs": "subopt_kl", "option_i": "subopt", "option_ii": "subopt_kl"}
 
+nan_columns = ("bound", "bound_holds", "in_confidence_set", "error_sigma_norm")
 description = "E1: offline suboptimality vs n (MLE-Gibbs, Option I/II, DPO, pessimistic DPO) with P1's bounds"
 
 

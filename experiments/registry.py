@@ -7,6 +7,7 @@ An experiment is a module (or any object) with these attributes::
     seeds: dict[str, int]                 # default seed count per preset (optional; see DEFAULT_SEEDS)
     def run(config, seeds: int, progress: Progress) -> Results | dict[str, np.ndarray]
     def plot(table: dict[str, np.ndarray], config, out_dir: Path) -> list[Path]
+    nan_columns: tuple[str, ...]          # optional: columns where NaN means "not applicable"
 
 ``run`` computes everything for ``seeds`` seeds and returns a tidy columnar table (one row per
 algorithm x seed x sample size or round; columns are 1-D NumPy arrays of equal length) plus optional
@@ -87,6 +88,13 @@ BUILTIN: dict[str, str] = {
     "offline-rate": "experiments.offline_rate",
     "fast-rate": "experiments.fast_rate",
     "reward-kl": "experiments.reward_kl",
+    "online-explore": "experiments.online_explore",
+    "batch-size": "experiments.batch_size",
+    "hybrid": "experiments.hybrid",
+    "bonus-compare": "experiments.bonus_compare",
+    "omd-vs-mle": "experiments.omd_vs_mle",
+    "active-vs-random": "experiments.active_vs_random",
+    "deployment-regret": "experiments.deployment_regret",
 }
 
 DEFAULT_SEEDS = {"quick": 8, "paper": 100}

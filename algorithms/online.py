@@ -1,0 +1,181 @@
+"""P1's batch-online and hybrid loop (Xiong et al., ICML 2024, online GSHF; THEORY.md §2.4-2.5).
+
+One seed, ``T + 1`` iterations of a ``lax.scan`` with fixed-shape buffers (vmap over seeds outside)::
+
+    D <- D_off (hybrid; empty online)
+    for t = 0 .. T:
+        theta_t  <- BT-MLE on D (warm-started from theta_{t-1})
+        Sigma_t  <- lam I + sum_{z in D} z z^T,  beta_t <- radius(n_t = |D|)     (sum-normalised Gram)
+        pi_t     <- Gibbs(<theta_t, phi>)          agent "gibbs": P1's main agent
+                    DPO(+bonus) on D                agent "dpo": iterative DPO / XPO / VPO / SELM
+        record the metrics of pi_t (its data: n_t comparisons, t m of them online)
+        (a1, a2) ~ strategy(view_t)                 m comparisons x ~ d0, labels from the true oracle
+        D <- D ∪ D_t
+
+The metrics at iteration ``t`` are those of the policy trained on ``t`` online batches, so
+``queries = t m`` (iteration ``T``'s batch is drawn but never used). Per iteration:
+
+- ``subopt = J(pi*) - J(pi_t)``, ``subopt_kl = subopt + eta E_x KL(pi* || pi_t)`` (exact);
+- ``regret_kl``: the cumulative KL-regularised regret of the queries made so far,
+  ``sum_{s < t} m subopt_kl(pi_s)`` (each of the ``m`` queries of batch ``s`` is made with ``pi_s``);
+- ``kl_to_ref`` of ``pi_t`` and ``kl_to_ref_explorer``: ``E_x KL(P(a2 | x) || pi0)`` of the
+  strategy's second action;
+- ``confidence_width``: ``beta_t ||phi_bar(pi*) - phi_bar(pi0)||_{Sigma_t^{-1}}``, the coverage term of
+  P1's online/hybrid bound (THEORY.md §2.4; the quantity E4 tracks);
+- ``bound``: on the event ``theta* in C_t``, ``subopt_kl(Gibbs(theta_t)) <= beta_t
+  ||phi_bar(pi*) - phi_bar(pi_t)||_{Sigma_t^{-1}}`` (the plug-in bound of ``algorithms.offline``,
+  which holds for any data-collection rule since it is deterministic given the data); NaN for the
+  DPO agent; ``in_confidence_set``: ``||theta_t - theta*||_{Sigma_t} <= beta_t``;
+- ``strategy_info``: the strategy's diagnostic (the enhancer: whether ``Pi_t`` had a non-trivial member).
+
+Randomness: the online comparisons of batch ``t`` are indices ``t m .. t m + m - 1`` of one stream
+(``bandits.data``), so strategies run on one seed share contexts and label uniforms (common random
+numbers); strategies get their own key per iteration.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from algorithms import confidence as conf
+from algorithms import iterative_dpo, strategies
+from algorithms.bt_mle import bt_hessian, fit_bt_mle
+from algorithms.offline import linear_gibbs, plug_in_bound
+from bandits import (Instance, LinearReward, PreferenceData, expected_kl, feature_differences, kl_to_reference,
+                     optimal_policy, sample_joint_preference_data, suboptimality)
+from bandits import validation as v
+
+AGENTS = ("gibbs", "dpo")
+
+
+@dataclasses.dataclass(frozen=True)
+class OnlineSettings:
+    """Static settings of the loop (hashable: one compiled program per distinct value)."""
+
+    iterations: int = 16            # T (the loop runs T + 1 evaluations)
+    batch_size: int = 64            # m
+    lam: float = 1.0
+    beta_mode: str = "sqrt_d"
+    c_beta: float = 1.0
+    delta: float = 0.05
+    reward_norm: float = 2.0        # B in the theory radius
+    reference_vector: str = "pi0"
+    newton_steps: int = 30
+    agent: str = "gibbs"
+    bonus: str = "none"             # dpo agent: none | xpo | vpo | selm
+    bonus_coef: float = 0.0         # alpha
+    restart: bool = False           # dpo agent: restart from pi0 each iteration instead of warm start
+    dpo_policy: str = "linear"      # dpo agent's policy class: linear | tabular
+    dpo_steps: int = 100
+    dpo_learning_rate: float = 0.05
+    options: strategies.StrategyOptions = strategies.StrategyOptions()
+
+    def __post_init__(self):
+        v.check_int("iterations", self.iterations, 0)
+        v.check_int("batch_size", self.batch_size, 1)
+        v.check_float("lam", self.lam, low=0.0, low_open=True)
+        v.check_choice("beta_mode", self.beta_mode, conf.BETA_MODES)
+        v.check_float("c_beta", self.c_beta, low=0.0, low_open=True)
+        v.check_float("delta", self.delta, low=0.0, high=1.0, low_open=True)
+        v.check_float("reward_norm", self.reward_norm, low=0.0, low_open=True)
+        v.check_choice("reference_vector", self.reference_vector, conf.REFERENCE_VECTORS)
+        v.check_int("newton_steps", self.newton_steps, 1)
+        v.check_choice("agent", self.agent, AGENTS)
+        v.check_choice("bonus", self.bonus, iterative_dpo.BONUSES)
+        if self.agent == "gibbs" and self.bonus != "none":
+            v.fail("bonus", self.bonus, "'none' for agent='gibbs' (a likelihood bonus needs agent='dpo')")
+        v.check_float("bonus_coef", self.bonus_coef, low=0.0)
+        v.check_choice("dpo_policy", self.dpo_policy, iterative_dpo.POLICY_CLASSES)
+        v.check_int("dpo_steps", self.dpo_steps, 1)
+        v.check_float("dpo_learning_rate", self.dpo_learning_rate, low=0.0, low_open=True)
+
+
+class OnlineTrace(NamedTuple):
+    """Per-iteration metrics, each ``[T + 1]`` (module docstring)."""
+
+    queries: jax.Array
+    subopt: jax.Array
+    subopt_kl: jax.Array
+    regret_kl: jax.Array
+    kl_to_ref: jax.Array
+    kl_to_ref_explorer: jax.Array
+    confidence_width: jax.Array
+    bound: jax.Array
+    in_confidence_set: jax.Array
+    strategy_info: jax.Array
+
+
+def empty_data(capacity: int) -> PreferenceData:
+    zeros = jnp.zeros((capacity,), jnp.int32)
+    return PreferenceData(zeros, zeros, zeros, zeros, jnp.zeros((capacity,), bool))
+
+
+def _write(buffer: PreferenceData, batch: PreferenceData, offset) -> PreferenceData:
+    return PreferenceData(*(jax.lax.dynamic_update_slice(b, n, (offset,)) for b, n in zip(buffer, batch)))
+
+
+def run_online(key: jax.Array, instance: Instance, strategy: strategies.Strategy, settings: OnlineSettings,
+               offline: PreferenceData | None = None) -> OnlineTrace:
+    """Run the loop on one instance (module docstring); ``offline``: the hybrid's initial data."""
+    s = settings
+    dtype = instance.phi.dtype
+    m, n_iter = s.batch_size, s.iterations + 1
+    n_off = 0 if offline is None else offline.capacity
+    buffer = empty_data(n_off + n_iter * m)
+    if offline is not None:
+        buffer = _write(buffer, offline, 0)
+    k_data, k_strategy = jax.random.split(key)
+    public = strategies.public_view(instance)
+    nu = conf.reference_vector(instance, s.reference_vector)
+    pi_star = optimal_policy(instance)
+    linear_world = isinstance(instance.params, LinearReward)
+    theta_star = instance.theta_star if linear_world else jnp.full(instance.dim, jnp.nan, dtype)
+    lam = jnp.asarray(s.lam, dtype)
+
+    def iteration(carry, t):
+        buf, theta_prev, params_prev, log_pi_prev, regret = carry
+        z = feature_differences(instance, buf)
+        theta = fit_bt_mle(z, buf.y, buf.mask, lam, theta0=theta_prev, max_iter=s.newton_steps).theta
+        gram = conf.gram_matrix(z, buf.mask, lam)
+        n_t = jnp.sum(buf.mask)
+        beta = conf.confidence_radius(s.beta_mode, instance.dim, n_t, lam, s.reward_norm, s.delta, s.c_beta)
+        cs = conf.confidence_set(theta, gram, beta.astype(dtype))
+        if s.agent == "gibbs":
+            params, log_pi = params_prev, linear_gibbs(instance, theta)
+            log_pi_cal = instance.log_pi0
+        else:
+            log_pi_cal = iterative_dpo.calibration_policy(s.bonus, instance.log_pi0, log_pi_prev)
+            init = dpo_init if s.restart else params_prev
+            params = iterative_dpo.train_dpo_agent(s.dpo_policy, init, instance, buf, log_pi_cal, s.bonus,
+                                                   jnp.asarray(s.bonus_coef, dtype), s.dpo_steps,
+                                                   s.dpo_learning_rate)
+            log_pi = iterative_dpo.policy_log_probs(s.dpo_policy, params, instance)
+        view = strategies.StrategyView(
+            instance=public, theta=theta, confidence=cs, nu=nu, log_pi=log_pi, log_pi_cal=log_pi_cal,
+            reward_hat=instance.phi @ theta, uncertainty=conf.pointwise_uncertainty(instance, cs.chol, nu),
+            hessian=bt_hessian(theta, z, buf.mask, lam), iteration=t,
+            key=jax.random.fold_in(k_strategy, t), options=s.options)
+        pair = strategy(view)
+        batch = sample_joint_preference_data(k_data, instance, pair.log_joint, m, start=t * m)
+        new_buf = _write(buf, batch, n_off + t * m)
+
+        subopt = suboptimality(instance, log_pi)
+        subopt_kl = subopt + instance.kl_coef * expected_kl(instance, pi_star, log_pi)
+        coverage = conf.expected_feature(instance, pi_star) - conf.expected_feature(instance, instance.log_pi0)
+        bound = plug_in_bound(instance, cs, pi_star, log_pi) if s.agent == "gibbs" else jnp.asarray(jnp.nan, dtype)
+        record = OnlineTrace(
+            queries=(t * m).astype(dtype), subopt=subopt, subopt_kl=subopt_kl, regret_kl=regret,
+            kl_to_ref=kl_to_reference(instance, log_pi),
+            kl_to_ref_explorer=kl_to_reference(instance, strategies.second_marginal(pair)),
+            confidence_width=beta * conf.dual_norm(cs.chol, coverage),
+            bound=bound, in_confidence_set=conf.contains(cs, theta_star).astype(dtype),
+            strategy_info=pair.info.astype(dtype))
+        return (new_buf, theta, params, log_pi, regret + m * subopt_kl), record
+
+    dpo_init = iterative_dpo.initial_params(s.dpo_policy, instance)
+    init = (buffer, jnp.zeros(instance.dim, dtype), dpo_init, instance.log_pi0, jnp.asarray(0.0, dtype))
+    _, trace = jax.lax.scan(iteration, init, jnp.arange(n_iter))
+    return trace

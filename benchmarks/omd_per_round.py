@@ -1,0 +1,96 @@
+"""Benchmark (DESIGN.md §8; P3 §4.1-4.2, THEORY.md §9.1 item 17): per-round time of one-pass OMD vs MLE refit vs t.
+
+For each t in --rounds: the cost of round t (one update on comparison t, given the state after t-1
+rounds), for
+  ours-omd    algorithms.omd.omd_step, jitted (O(d^2), flat in t)
+  ours-mle    algorithms.mle_refit.mle_step, jitted, buffer of exactly t rows (warm-started Newton, O(t))
+  np-omd      the same OMD step in plain NumPy (Sherman-Morrison, no projection)
+  np-mle      scipy.optimize.minimize(L-BFGS-B) on the first t rows, warm-started at theta_{t-1}
+Compile excluded (one warm-up call), block_until_ready, median of --repeats. Speed is measured, never
+asserted. Run a tiny check with:  PYTHONPATH=. python benchmarks/omd_per_round.py --rounds 8,32 --repeats 3
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--dim", type=int, default=8)
+    parser.add_argument("--rounds", default="16,64,256,1024,4096")
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--lam", type=float, default=1.0)
+    parser.add_argument("--eta", type=float, default=3.35)
+    args = parser.parse_args(argv)
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    from scipy.optimize import minimize
+    from algorithms import mle_refit, omd
+
+    rounds = [int(r) for r in args.rounds.split(",")]
+    rng = np.random.default_rng(0)
+    n, d = max(rounds), args.dim
+    f = rng.standard_normal((n, 2, d))
+    f /= np.linalg.norm(f, axis=-1, keepdims=True)
+    z = f[:, 0] - f[:, 1]
+    theta_star = rng.standard_normal(d)
+    theta_star *= 2 / np.linalg.norm(theta_star)
+    y = (rng.uniform(size=n) < 1 / (1 + np.exp(-z @ theta_star))).astype(float)
+
+    def timed(fn, *a):
+        jax.block_until_ready(fn(*a))
+        ts = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*a))
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+
+    omd_fit = jax.jit(omd.omd_fit)
+    omd_step = jax.jit(omd.omd_step)
+    mle_step = jax.jit(mle_refit.mle_step)
+    report = []
+    for t in rounds:
+        mask = jnp.arange(n) < t - 1
+        state = omd_fit(jnp.asarray(z), jnp.asarray(y), mask, args.lam, args.eta)
+        row = {"t": t, "ours-omd": timed(omd_step, state, jnp.asarray(z[t - 1]), y[t - 1], args.eta)}
+        th, hinv = np.asarray(state.theta), np.asarray(state.hess_inv)
+
+        def np_omd():
+            u = z[t - 1] @ th
+            s = 1 / (1 + np.exp(-u))
+            w = hinv @ (np.sqrt(args.eta * s * (1 - s)) * z[t - 1])
+            tilde = hinv - np.outer(w, w) / (1 + np.sqrt(args.eta * s * (1 - s)) * z[t - 1] @ w)
+            new = th - args.eta * tilde @ ((s - y[t - 1]) * z[t - 1])
+            s2 = 1 / (1 + np.exp(-z[t - 1] @ new))
+            w2 = hinv @ (np.sqrt(s2 * (1 - s2)) * z[t - 1])
+            return new, hinv - np.outer(w2, w2) / (1 + np.sqrt(s2 * (1 - s2)) * z[t - 1] @ w2)
+        row["np-omd"] = timed(np_omd)
+        prev = mle_refit.mle_init(t, d, args.lam, jnp.float64)
+        prev = prev._replace(z=jnp.asarray(z[:t]).at[t - 1].set(0.0), y=jnp.asarray(y[:t]).at[t - 1].set(0.0),
+                             count=jnp.asarray(t - 1, jnp.int32))
+        warm = np.zeros(d) if t == 1 else np.asarray(
+            mle_step(prev._replace(count=jnp.asarray(t - 2, jnp.int32)), jnp.asarray(z[t - 2]), y[t - 2],
+                     args.lam).theta)
+        prev = prev._replace(theta=jnp.asarray(warm))
+        row["ours-mle"] = timed(mle_step, prev, jnp.asarray(z[t - 1]), y[t - 1], args.lam)
+        zs, ss = z[:t], 2 * y[:t] - 1
+
+        def np_mle():
+            fval = lambda th_: np.sum(np.logaddexp(0, -ss * (zs @ th_))) + 0.5 * args.lam * th_ @ th_
+            grad = lambda th_: -(zs.T @ (ss / (1 + np.exp(ss * (zs @ th_))))) + args.lam * th_
+            return minimize(fval, warm, jac=grad, method="L-BFGS-B", options={"gtol": 1e-10}).x
+        row["np-mle"] = timed(np_mle)
+        report.append(row)
+        print(json.dumps(row))
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,241 @@
+"""The online loop, its strategies, pairings, enhancer and DPO agent (THEORY.md §2.4-2.5, §6, §9.2)."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import bandits as b
+from algorithms import confidence as conf
+from algorithms import iterative_dpo, online, strategies
+from algorithms.bt_mle import bt_hessian
+from algorithms.enhancer import enhancer_objective, enhancer_policy
+from algorithms.offline import linear_gibbs
+from algorithms.pairings import PAIRINGS, pairing_law
+
+CFG = b.InstanceConfig(n_contexts=6, n_actions=5, dim=3, reward_norm=2.0, kl_coef=0.3)
+SETTINGS = online.OnlineSettings(iterations=5, batch_size=16, newton_steps=20, dpo_steps=20)
+
+
+def _instance(seed, coverage=-0.8, temperature=4.0):
+    return b.make_instance(jax.random.key(seed), CFG, jnp.float64, coverage=coverage, temperature=temperature)
+
+
+@given(st.integers(0, 10_000), st.sampled_from(PAIRINGS))
+@settings(max_examples=8)
+def test_pairing_laws_match_brute_force_enumeration(seed, name):
+    """Exact order-statistic laws against enumerating all K^k draws (K = 3, k = 4)."""
+    rng = np.random.default_rng(seed)
+    k, n_actions = 4, 3
+    p = rng.dirichlet(np.ones(n_actions), size=2)
+    score = rng.normal(size=(2, n_actions))
+    got = np.exp(np.asarray(pairing_law(name, jnp.log(jnp.asarray(p)), jnp.asarray(score), k)))
+    want = np.zeros((2, n_actions, n_actions))
+    for x in range(2):
+        rank = np.argsort(np.argsort(score[x], kind="stable"), kind="stable")
+        for draws in itertools.product(range(n_actions), repeat=k):
+            srt = sorted(draws, key=lambda a: rank[a])
+            if name == "max_min":
+                pairs = [(srt[-1], srt[0])]
+            elif name == "best_second":
+                pairs = [(srt[-1], srt[-2])]
+            elif name == "best_quartile":
+                pairs = [(srt[-1], srt[k // 4])]
+            else:
+                pairs = [(srt[-1], srt[j]) for j in range(k - 1)]
+            for a1, a2 in pairs:
+                want[x, a1, a2] += np.prod(p[x, list(draws)]) / len(pairs)
+    np.testing.assert_allclose(got, want, atol=1e-13)
+
+
+def test_joint_sampler_reproduces_independent_sampler():
+    """A product law through the joint sampler gives the independent sampler's draws (same uniforms)."""
+    inst = _instance(0)
+    lp1 = inst.log_pi0
+    lp2 = b.gibbs_policy(inst.log_pi0, inst.reward, inst.kl_coef)
+    key = jax.random.key(3)
+    ind = b.sample_preference_data(key, inst, lp1, lp2, 400)
+    joint = b.sample_joint_preference_data(key, inst, strategies.independent(lp1, lp2).log_joint, 400)
+    for f_ind, f_joint in zip(ind, joint):
+        np.testing.assert_array_equal(f_ind, f_joint)
+
+
+def _view(seed, n=40, beta=1.0):
+    """A StrategyView after ``n`` random comparisons from pi0 (what the loop builds at one iteration)."""
+    inst = _instance(seed)
+    data = b.sample_preference_data(jax.random.key(seed + 1), inst, inst.log_pi0, inst.log_pi0, n)
+    z = b.feature_differences(inst, data)
+    from algorithms.bt_mle import fit_bt_mle
+    theta = fit_bt_mle(z, data.y, data.mask, 1.0).theta
+    cs = conf.confidence_set(theta, conf.gram_matrix(z, data.mask, 1.0), beta)
+    nu = conf.reference_vector(inst, "pi0")
+    return inst, strategies.StrategyView(
+        instance=strategies.public_view(inst), theta=theta, confidence=cs, nu=nu,
+        log_pi=linear_gibbs(inst, theta), log_pi_cal=inst.log_pi0, reward_hat=inst.phi @ theta,
+        uncertainty=conf.pointwise_uncertainty(inst, cs.chol, nu), hessian=bt_hessian(theta, z, data.mask, 1.0),
+        iteration=jnp.asarray(0), key=jax.random.key(seed + 2), options=strategies.StrategyOptions())
+
+
+@given(st.integers(0, 10_000), st.sampled_from([0.1, 1.0, 5.0]))
+@settings(max_examples=6)
+def test_enhancer_is_always_in_the_plausible_set(seed, beta):
+    """Invariant 11: pi1_t is in Pi_t (Gamma = KL = 0) and the enhancer's pick satisfies the constraint."""
+    inst, view = _view(seed % 50, beta=beta)
+    log_pi2, nontrivial = enhancer_policy(view)
+    gamma, kl = enhancer_objective(view, jnp.stack([view.log_pi, log_pi2]))
+    assert float(gamma[0]) == 0.0 and abs(float(kl[0])) < 1e-14
+    assert float(kl[1]) <= float(gamma[1]) + 1e-12
+    # independent check of Pi_t's definition with NumPy
+    p1, p2 = np.exp(np.asarray(view.log_pi)), np.exp(np.asarray(log_pi2))
+    d0, phi = np.asarray(inst.d0), np.asarray(inst.phi)
+    kl_np = inst.kl_coef * np.sum(d0 * np.sum(p2 * (np.log(p2) - np.log(p1)), -1))
+    diff = d0 @ np.einsum("xa,xad->xd", p1 - p2, phi)
+    gram = np.asarray(view.confidence.gram)
+    gamma_np = beta * np.sqrt(diff @ np.linalg.solve(gram, diff))
+    assert kl_np <= gamma_np + 1e-12
+    if float(nontrivial):
+        assert gamma_np > 0
+
+
+def test_enhancer_beats_every_feasible_candidate_it_searched_and_grows_with_beta():
+    _, view = _view(1, beta=1.0)
+    _, big = _view(1, beta=10.0)
+    g_small = enhancer_objective(view, enhancer_policy(view)[0][None])[0][0]
+    g_big = enhancer_objective(big, enhancer_policy(big)[0][None])[0][0] / 10.0
+    # a larger radius enlarges Pi_t, so the (radius-free) uncertainty reached cannot shrink much
+    assert float(g_big) >= float(g_small) - 1e-9
+
+
+def test_strategies_return_normalised_joint_laws_and_never_see_the_reward():
+    inst, view = _view(2)
+    for name in strategies.STRATEGIES:
+        pair = strategies.get(name)(view)
+        assert pair.log_joint.shape == (CFG.n_contexts, CFG.n_actions, CFG.n_actions)
+        total = jax.scipy.special.logsumexp(pair.log_joint, axis=(1, 2))
+        np.testing.assert_allclose(total, 0.0, atol=1e-12)
+    assert float(jnp.abs(view.instance.reward).max()) == 0.0
+    assert float(jnp.abs(inst.reward).max()) > 0.0
+
+
+def test_register_validates_and_registers():
+    with pytest.raises(ValueError, match="strategy name"):
+        strategies.register("self_play", lambda view: None)
+    with pytest.raises(ValueError, match="strategy name"):
+        strategies.register("bad name!", lambda view: None)
+    with pytest.raises(ValueError, match="strategy"):
+        strategies.get("no_such_strategy")
+    try:
+        strategies.register_bonus("test_sq_bonus", lambda view: view.uncertainty ** 2)
+        _, view = _view(3)
+        pair = strategies.get("test_sq_bonus")(view)
+        want = b.gibbs_policy(view.instance.log_pi0, view.reward_hat + view.uncertainty ** 2,
+                              view.instance.kl_coef)
+        np.testing.assert_allclose(strategies.second_marginal(pair), want, atol=1e-12)
+    finally:
+        strategies.STRATEGIES.pop("test_sq_bonus", None)
+
+
+@pytest.mark.parametrize("bonus", ["xpo", "vpo", "selm"])
+def test_likelihood_bonus_with_zero_coefficient_is_dpo(bonus):
+    """Invariant 17: XPO/VPO/SELM with alpha = 0 equal DPO (same objective, same trained policy)."""
+    inst = _instance(4)
+    data = b.sample_preference_data(jax.random.key(5), inst, inst.log_pi0, inst.log_pi0, 60)
+    prev = b.gibbs_policy(inst.log_pi0, inst.reward, inst.kl_coef)
+    for policy in iterative_dpo.POLICY_CLASSES:
+        init = iterative_dpo.initial_params(policy, inst)
+        cal = iterative_dpo.calibration_policy(bonus, inst.log_pi0, prev)
+        plain = iterative_dpo.train_dpo_agent(policy, init, inst, data, cal, "none", 0.0, 30, 0.1)
+        zero = iterative_dpo.train_dpo_agent(policy, init, inst, data, cal, bonus, 0.0, 30, 0.1)
+        np.testing.assert_array_equal(plain, zero)
+        some = iterative_dpo.train_dpo_agent(policy, init, inst, data, cal, bonus, 0.5, 30, 0.1)
+        assert float(jnp.abs(some - plain).max()) > 1e-6
+
+
+def test_bonus_objective_matches_numpy():
+    inst = _instance(6)
+    data = b.sample_preference_data(jax.random.key(7), inst, inst.log_pi0, inst.log_pi0, 30)
+    logits = jax.random.normal(jax.random.key(8), inst.log_pi0.shape, jnp.float64)
+    log_pi = jax.nn.log_softmax(logits, -1)
+    prev = jax.nn.log_softmax(jax.random.normal(jax.random.key(9), inst.log_pi0.shape, jnp.float64), -1)
+    got = iterative_dpo.dpo_bonus_objective(log_pi, inst, data, prev, 0.7, 1.0)
+    lp, l0, x = np.asarray(log_pi), np.asarray(inst.log_pi0), np.asarray(data.x)
+    win = np.where(np.asarray(data.y) == 1, np.asarray(data.a1), np.asarray(data.a2))
+    lose = np.where(np.asarray(data.y) == 1, np.asarray(data.a2), np.asarray(data.a1))
+    h = (lp[x, win] - l0[x, win]) - (lp[x, lose] - l0[x, lose])
+    dpo = np.mean(np.log1p(np.exp(-float(inst.kl_coef) * h)))
+    bonus = np.sum(np.asarray(inst.d0) * np.sum(np.exp(np.asarray(prev)) * (lp - l0), -1))
+    np.testing.assert_allclose(float(got), dpo + 0.7 * bonus, rtol=1e-12)
+
+
+def _run(strategy="enhancer", settings_=SETTINGS, seed=0, offline=None):
+    inst = _instance(seed)
+    return inst, online.run_online(jax.random.key(seed + 10), inst, strategies.get(strategy), settings_, offline)
+
+
+def test_trace_invariants_on_every_strategy():
+    """queries = m t; regret non-decreasing and equal to the cumulative m subopt_kl; subopt_kl >= subopt
+    >= 0; the uncertainty of a fixed direction never grows (invariant 8); the bound holds on the event."""
+    const = online.OnlineSettings(iterations=5, batch_size=16, newton_steps=20, beta_mode="const", c_beta=3.0)
+    for name in ("enhancer", "pi0", "optimism", "thompson", "max_min", "uniform"):
+        _, tr = _run(name, const)
+        tr = jax.tree.map(np.asarray, tr)
+        np.testing.assert_array_equal(tr.queries, 16 * np.arange(6))
+        assert np.all(np.diff(tr.regret_kl) >= 0)
+        np.testing.assert_allclose(tr.regret_kl[1:], np.cumsum(16 * tr.subopt_kl)[:-1], rtol=1e-12)
+        assert np.all(tr.subopt >= -1e-12) and np.all(tr.subopt_kl >= tr.subopt - 1e-12)
+        assert np.all(np.diff(tr.confidence_width) <= 1e-12)
+        on_event = tr.in_confidence_set == 1
+        assert np.all(tr.subopt_kl[on_event] <= tr.bound[on_event] + 1e-12)
+        assert np.all(tr.kl_to_ref >= -1e-12) and np.all(tr.kl_to_ref_explorer >= -1e-12)
+
+
+def test_first_iteration_is_pi0_and_pi0_strategy_explorer_is_pi0():
+    inst, tr = _run("pi0")
+    assert abs(float(tr.kl_to_ref[0])) < 1e-12
+    np.testing.assert_allclose(tr.kl_to_ref_explorer, 0.0, atol=1e-12)
+    np.testing.assert_allclose(tr.subopt[0], b.suboptimality(inst, inst.log_pi0), rtol=1e-12)
+
+
+def test_enhancer_reports_feasibility_and_loop_matches_offline_refit():
+    """The loop's iteration-t policy equals Gibbs of the BT-MLE refitted from scratch on its data."""
+    inst, tr = _run("enhancer")
+    assert set(np.unique(np.asarray(tr.strategy_info)).tolist()) <= {0.0, 1.0}
+    # hybrid: with offline data and one iteration, iteration 0 is offline MLE-Gibbs
+    off = b.sample_preference_data(jax.random.key(99), inst, inst.log_pi0, inst.log_pi0, 50)
+    one = online.OnlineSettings(iterations=1, batch_size=8, newton_steps=50)
+    tr_h = online.run_online(jax.random.key(1), inst, strategies.get("pi0"), one, off)
+    from algorithms.bt_mle import fit_bt_mle
+    theta = fit_bt_mle(b.feature_differences(inst, off), off.y, off.mask, 1.0).theta
+    np.testing.assert_allclose(tr_h.subopt[0], b.suboptimality(inst, linear_gibbs(inst, theta)), rtol=1e-9)
+
+
+def test_run_online_jit_and_vmap_agree_with_eager_loop():
+    inst = _instance(0)
+    fn = lambda k: online.run_online(k, inst, strategies.get("thompson"), SETTINGS)
+    keys = jax.random.split(jax.random.key(4), 2)
+    batched = jax.vmap(fn)(keys)
+    for i in range(2):
+        single = jax.jit(fn)(keys[i])
+        for f_b, f_s in zip(batched, single):
+            np.testing.assert_allclose(f_b[i], f_s, rtol=1e-9, atol=1e-12)
+
+
+def test_dpo_agent_runs_restart_and_warm_start_differ():
+    warm = online.OnlineSettings(iterations=3, batch_size=16, agent="dpo", dpo_steps=20)
+    cold = online.OnlineSettings(iterations=3, batch_size=16, agent="dpo", dpo_steps=20, restart=True)
+    _, tw = _run("max_min", warm)
+    _, tc = _run("max_min", cold)
+    assert np.all(np.isnan(np.asarray(tw.bound)))
+    np.testing.assert_allclose(tw.subopt[:2], tc.subopt[:2], rtol=1e-12)   # identical until a warm start exists
+    assert abs(float(tw.subopt[-1] - tc.subopt[-1])) > 1e-9
+
+
+def test_settings_validation():
+    with pytest.raises(ValueError, match="bonus"):
+        online.OnlineSettings(bonus="xpo")
+    with pytest.raises(ValueError, match="batch_size"):
+        online.OnlineSettings(batch_size=0)
+    with pytest.raises(ValueError, match="agent"):
+        online.OnlineSettings(agent="ppo")
