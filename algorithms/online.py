@@ -12,6 +12,12 @@ One seed, ``T + 1`` iterations of a ``lax.scan`` with fixed-shape buffers (vmap 
         (a1, a2) ~ strategy(view_t)                 m comparisons x ~ d0, labels from the true oracle
         D <- D ∪ D_t
 
+Reward learner (``learner``): ``linear``, the BT-MLE above; or ``neural``, an MLP reward
+(``algorithms.neural_mle``) refitted by ``neural_steps`` warm-started Adam steps per iteration, whose
+last hidden layer ``h(x, a)`` serves as the features of a neural-linear world: ``theta_t`` is the output
+weights, ``Sigma_t = lam I + sum (h(a1) - h(a2))(h(a1) - h(a2))^T``, so every strategy runs unchanged on
+``view.instance.phi = h`` (its ``bound`` and ``in_confidence_set`` are NaN: no exact confidence set).
+
 The metrics at iteration ``t`` are those of the policy trained on ``t`` online batches, so
 ``queries = t m`` (iteration ``T``'s batch is drawn but never used). Per iteration:
 
@@ -41,14 +47,16 @@ import jax
 import jax.numpy as jnp
 
 from algorithms import confidence as conf
-from algorithms import iterative_dpo, strategies
+from algorithms import iterative_dpo, neural_mle, strategies
 from algorithms.bt_mle import bt_hessian, fit_bt_mle
 from algorithms.offline import linear_gibbs, plug_in_bound
 from bandits import (Instance, LinearReward, PreferenceData, expected_kl, feature_differences, kl_to_reference,
                      optimal_policy, sample_joint_preference_data, suboptimality)
 from bandits import validation as v
+from bandits.rewards import mlp_features
 
 AGENTS = ("gibbs", "dpo")
+LEARNERS = ("linear", "neural")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,6 +79,10 @@ class OnlineSettings:
     dpo_policy: str = "linear"      # dpo agent's policy class: linear | tabular
     dpo_steps: int = 100
     dpo_learning_rate: float = 0.05
+    learner: str = "linear"         # reward model: linear BT-MLE, or an MLP (neural-linear uncertainty)
+    neural_hidden: int = 32
+    neural_steps: int = 30          # warm-started Adam steps per iteration
+    neural_learning_rate: float = 0.02
     options: strategies.StrategyOptions = strategies.StrategyOptions()
 
     def __post_init__(self):
@@ -84,6 +96,10 @@ class OnlineSettings:
         v.check_choice("reference_vector", self.reference_vector, conf.REFERENCE_VECTORS)
         v.check_int("newton_steps", self.newton_steps, 1)
         v.check_choice("agent", self.agent, AGENTS)
+        v.check_choice("learner", self.learner, LEARNERS)
+        v.check_int("neural_hidden", self.neural_hidden, 1)
+        v.check_int("neural_steps", self.neural_steps, 1)
+        v.check_float("neural_learning_rate", self.neural_learning_rate, low=0.0, low_open=True)
         v.check_choice("bonus", self.bonus, iterative_dpo.BONUSES)
         if self.agent == "gibbs" and self.bonus != "none":
             v.fail("bonus", self.bonus, "'none' for agent='gibbs' (a likelihood bonus needs agent='dpo')")
@@ -127,24 +143,36 @@ def run_online(key: jax.Array, instance: Instance, strategy: strategies.Strategy
     buffer = empty_data(n_off + n_iter * m)
     if offline is not None:
         buffer = _write(buffer, offline, 0)
-    k_data, k_strategy = jax.random.split(key)
+    k_data, k_strategy, k_net = jax.random.split(key, 3)
     public = strategies.public_view(instance)
-    nu = conf.reference_vector(instance, s.reference_vector)
     pi_star = optimal_policy(instance)
     linear_world = isinstance(instance.params, LinearReward)
-    theta_star = instance.theta_star if linear_world else jnp.full(instance.dim, jnp.nan, dtype)
+    theta_star = instance.theta_star if linear_world else None
     lam = jnp.asarray(s.lam, dtype)
 
+    def learn_reward(buf, learner_prev):
+        """(features world, linear weights on its features, feature differences, learner state)."""
+        if s.learner == "linear":
+            z = feature_differences(instance, buf)
+            theta = fit_bt_mle(z, buf.y, buf.mask, lam, theta0=learner_prev, max_iter=s.newton_steps).theta
+            return public, theta, z, theta
+        net = neural_mle.fit_network(learner_prev, instance.phi, buf, lam, s.neural_steps,
+                                     s.neural_learning_rate).params
+        world = public._replace(phi=mlp_features(net, instance.phi))
+        z = jnp.where(buf.mask[:, None], world.phi[buf.x, buf.a1] - world.phi[buf.x, buf.a2], 0.0)
+        return world, net.w2, z, net
+
     def iteration(carry, t):
-        buf, theta_prev, params_prev, log_pi_prev, regret = carry
-        z = feature_differences(instance, buf)
-        theta = fit_bt_mle(z, buf.y, buf.mask, lam, theta0=theta_prev, max_iter=s.newton_steps).theta
+        buf, learner_prev, params_prev, log_pi_prev, regret = carry
+        world, theta, z, learner = learn_reward(buf, learner_prev)
+        dim = world.phi.shape[-1]
         gram = conf.gram_matrix(z, buf.mask, lam)
         n_t = jnp.sum(buf.mask)
-        beta = conf.confidence_radius(s.beta_mode, instance.dim, n_t, lam, s.reward_norm, s.delta, s.c_beta)
+        beta = conf.confidence_radius(s.beta_mode, dim, n_t, lam, s.reward_norm, s.delta, s.c_beta)
         cs = conf.confidence_set(theta, gram, beta.astype(dtype))
+        nu = conf.reference_vector(world, s.reference_vector)
         if s.agent == "gibbs":
-            params, log_pi = params_prev, linear_gibbs(instance, theta)
+            params, log_pi = params_prev, linear_gibbs(world, theta)
             log_pi_cal = instance.log_pi0
         else:
             log_pi_cal = iterative_dpo.calibration_policy(s.bonus, instance.log_pi0, log_pi_prev)
@@ -154,8 +182,8 @@ def run_online(key: jax.Array, instance: Instance, strategy: strategies.Strategy
                                                    s.dpo_learning_rate)
             log_pi = iterative_dpo.policy_log_probs(s.dpo_policy, params, instance)
         view = strategies.StrategyView(
-            instance=public, theta=theta, confidence=cs, nu=nu, log_pi=log_pi, log_pi_cal=log_pi_cal,
-            reward_hat=instance.phi @ theta, uncertainty=conf.pointwise_uncertainty(instance, cs.chol, nu),
+            instance=world, theta=theta, confidence=cs, nu=nu, log_pi=log_pi, log_pi_cal=log_pi_cal,
+            reward_hat=world.phi @ theta, uncertainty=conf.pointwise_uncertainty(world, cs.chol, nu),
             hessian=bt_hessian(theta, z, buf.mask, lam), iteration=t,
             key=jax.random.fold_in(k_strategy, t), options=s.options)
         pair = strategy(view)
@@ -164,18 +192,24 @@ def run_online(key: jax.Array, instance: Instance, strategy: strategies.Strategy
 
         subopt = suboptimality(instance, log_pi)
         subopt_kl = subopt + instance.kl_coef * expected_kl(instance, pi_star, log_pi)
-        coverage = conf.expected_feature(instance, pi_star) - conf.expected_feature(instance, instance.log_pi0)
-        bound = plug_in_bound(instance, cs, pi_star, log_pi) if s.agent == "gibbs" else jnp.asarray(jnp.nan, dtype)
+        coverage = conf.expected_feature(world, pi_star) - conf.expected_feature(world, instance.log_pi0)
+        exact = s.agent == "gibbs" and s.learner == "linear" and linear_world
+        bound = plug_in_bound(world, cs, pi_star, log_pi) if exact else jnp.asarray(jnp.nan, dtype)
+        in_cs = (conf.contains(cs, theta_star).astype(dtype) if s.learner == "linear" and linear_world
+                 else jnp.asarray(jnp.nan, dtype))
         record = OnlineTrace(
             queries=(t * m).astype(dtype), subopt=subopt, subopt_kl=subopt_kl, regret_kl=regret,
             kl_to_ref=kl_to_reference(instance, log_pi),
             kl_to_ref_explorer=kl_to_reference(instance, strategies.second_marginal(pair)),
             confidence_width=beta * conf.dual_norm(cs.chol, coverage),
-            bound=bound, in_confidence_set=conf.contains(cs, theta_star).astype(dtype),
-            strategy_info=pair.info.astype(dtype))
-        return (new_buf, theta, params, log_pi, regret + m * subopt_kl), record
+            bound=bound, in_confidence_set=in_cs, strategy_info=pair.info.astype(dtype))
+        return (new_buf, learner, params, log_pi, regret + m * subopt_kl), record
 
     dpo_init = iterative_dpo.initial_params(s.dpo_policy, instance)
-    init = (buffer, jnp.zeros(instance.dim, dtype), dpo_init, instance.log_pi0, jnp.asarray(0.0, dtype))
+    if s.learner == "linear":
+        learner0 = jnp.zeros(instance.dim, dtype)
+    else:
+        learner0 = neural_mle.init_network(k_net, instance.dim, s.neural_hidden, dtype)
+    init = (buffer, learner0, dpo_init, instance.log_pi0, jnp.asarray(0.0, dtype))
     _, trace = jax.lax.scan(iteration, init, jnp.arange(n_iter))
     return trace

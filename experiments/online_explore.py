@@ -19,6 +19,11 @@ Columns: ``algorithm, setting, coverage, temperature, kl_coef, batch_size, seed,
 queries, subopt, subopt_kl, regret_kl, kl_to_ref, kl_to_ref_explorer, confidence_width, bound,
 bound_holds, in_confidence_set, strategy_info`` (definitions in ``algorithms.online``; ``bound`` is
 P1's plug-in bound for the Gibbs agent, NaN for the DPO agent).
+
+Neural rewards (``--set reward=neural``): the learner becomes the MLP reward of
+``algorithms.online`` (``learner=auto``; ``neural_steps`` warm-started Adam steps per iteration) and
+every uncertainty-based strategy runs on its last-layer features (neural-linear); ``--set
+learner=linear`` keeps the misspecified linear BT-MLE as the baseline.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ import numpy as np
 
 import bandits as b
 from algorithms import strategies
-from algorithms.online import OnlineSettings, run_online
+from algorithms.online import LEARNERS, OnlineSettings, run_online
 from bandits import validation as v
 from experiments import plotting
 from experiments.registry import Results, concat_tables, tidy
@@ -89,10 +94,13 @@ class Config:
     reference_vector: str = "pi0"
     newton_steps: int = 30
     k: int = 4
-    bonus_coef: float = 0.1
+    bonus_coef: float = 0.001
     dpo_steps: int = 100
     dpo_learning_rate: float = 0.2
     dpo_policy: str = "linear"
+    learner: str = "auto"            # auto: the reward's kind; "linear" on a neural reward is misspecified
+    neural_steps: int = 30
+    neural_learning_rate: float = 0.02
     algorithms: tuple[str, ...] = ()
     seed: int = 0
 
@@ -104,6 +112,7 @@ class Config:
             v.fail("settings", self.settings, f"a non-empty tuple of {SETTINGS}")
         v.check_float("hard_coverage", self.hard_coverage, low=-1.0, high=1.0)
         v.check_float("hard_temperature", self.hard_temperature, low=0.0)
+        v.check_choice("learner", self.learner, ("auto",) + LEARNERS)
         for a in self.algorithms:
             algorithm_spec(a)
         self.online_settings()
@@ -127,7 +136,15 @@ class Config:
             reward_norm=self.reward_norm, reference_vector=self.reference_vector,
             newton_steps=self.newton_steps, bonus_coef=self.bonus_coef, dpo_steps=self.dpo_steps,
             dpo_learning_rate=self.dpo_learning_rate, dpo_policy=self.dpo_policy,
+            learner=self.learner_kind, neural_hidden=self.hidden, neural_steps=self.neural_steps,
+            neural_learning_rate=self.neural_learning_rate,
             options=strategies.StrategyOptions(k=self.k), **overrides)
+
+    @property
+    def learner_kind(self) -> str:
+        if self.learner != "auto":
+            return self.learner
+        return "neural" if self.reward == "neural" else "linear"
 
     def setting_values(self, name: str) -> tuple[float, float]:
         """(coverage, temperature) of a setting."""
@@ -188,8 +205,6 @@ def run_algorithms(config: Config, algorithms, keys, progress, settings_names=No
 def _table(out, config: Config, alg: str, setting: str, settings: OnlineSettings, offline_size: int, n_seeds: int):
     coverage, temperature = config.setting_values(setting)
     out["bound_holds"] = np.where(np.isnan(out["bound"]), np.nan, (out["subopt_kl"] <= out["bound"]).astype(float))
-    if config.reward != "linear":
-        out["in_confidence_set"] = np.full_like(out["subopt"], np.nan)
     table = tidy(out, seed=np.arange(n_seeds), iteration=np.arange(settings.iterations + 1))
     count = len(table["seed"])
     table.update(algorithm=np.full(count, alg), setting=np.full(count, setting),
@@ -228,7 +243,7 @@ def run(config: Config, seeds: int, progress) -> Results:
         holds = part["bound_holds"]
         if np.any(~np.isnan(holds)):
             summary[f"{setting}/bound_holds_frac"] = float(np.nanmean(holds))
-        if config.reward == "linear":
+        if config.learner_kind == "linear" and config.reward == "linear":
             summary[f"{setting}/in_confidence_set_frac"] = float(np.nanmean(part["in_confidence_set"]))
     return Results(table, summary)
 
@@ -252,7 +267,8 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
             plotting.band_plot(row[1], x, r, alg, color=colors[alg], linestyle=styles[alg])
         if "enhancer" in algorithms:
             x, bound = plotting.pivot(table, "queries", "bound", where={"setting": setting, "algorithm": "enhancer"})
-            keep = x > 0
+            keep = (x > 0) & np.all(np.isfinite(bound), axis=0)
+        if "enhancer" in algorithms and np.any(keep):
             plotting.bound_plot(row[0], x[keep], np.nanmean(bound, 0)[keep], "P1 plug-in bound (enhancer)",
                                 color=colors["enhancer"])
         pi0 = "uniform pi0" if temperature == 0 else f"pi0: c={coverage:+.1f}, s={temperature:g}"
@@ -264,5 +280,5 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
     fig.suptitle(f"online-explore: main agent under each strategy, {n_seeds} seeds (mean, 95% band); dashed: DPO agent\n"
                  f"d={config.dim}, K={config.n_actions}, n_x={config.n_contexts}, B={config.reward_norm:g}, "
                  f"kl_coef={config.kl_coef:g}, m={config.batch_size}, T={config.iterations}, "
-                 f"beta={config.beta_mode} x {config.c_beta:g}")
+                 f"beta={config.beta_mode} x {config.c_beta:g}, reward={config.reward}, learner={config.learner_kind}")
     return plotting.save_figure(fig, out_dir, "online_explore")

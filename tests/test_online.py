@@ -239,3 +239,23 @@ def test_settings_validation():
         online.OnlineSettings(batch_size=0)
     with pytest.raises(ValueError, match="agent"):
         online.OnlineSettings(agent="ppo")
+
+
+def test_neural_learner_runs_on_last_layer_features():
+    """Neural reward, neural learner: strategies see hidden-layer features; no exact bound or event."""
+    cfg = b.InstanceConfig(n_contexts=6, n_actions=5, dim=3, reward_norm=2.0, kl_coef=0.3, reward="neural", hidden=4)
+    inst = b.make_instance(jax.random.key(0), cfg, jnp.float64, coverage=-0.8, temperature=4.0)
+    seen = []
+
+    def spy(view):
+        seen.append(view.instance.phi.shape)
+        return strategies.get("enhancer")(view)
+
+    neural = online.OnlineSettings(iterations=3, batch_size=16, learner="neural", neural_hidden=4, neural_steps=10)
+    tr = jax.tree.map(np.asarray, online.run_online(jax.random.key(1), inst, spy, neural))
+    assert seen[0] == (6, 5, 4)
+    assert np.all(np.isnan(tr.bound)) and np.all(np.isnan(tr.in_confidence_set))
+    assert np.all(np.isfinite(tr.subopt)) and np.all(np.isfinite(tr.confidence_width))
+    linear = online.OnlineSettings(iterations=3, batch_size=16)
+    tr_lin = jax.tree.map(np.asarray, online.run_online(jax.random.key(1), inst, strategies.get("enhancer"), linear))
+    assert np.all(np.isnan(tr_lin.bound)) and np.all(np.isnan(tr_lin.in_confidence_set))  # misspecified
