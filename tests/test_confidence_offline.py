@@ -160,3 +160,26 @@ def test_invariant20_option_i_objective_convex_and_gradient(seed):
     eps = 1e-6
     fd = np.array([(lse(theta + eps * e) - lse(theta - eps * e)) / (2 * eps) for e in jnp.eye(3)])
     np.testing.assert_allclose(fd, c.expected_feature(inst, o.linear_gibbs(inst, theta)), atol=1e-8)
+
+
+def test_invariant6_theory_radius_covers_theta_star():
+    """Invariant 6 (statistical): over many seeds, ||theta_hat - theta*||_Sigma <= beta_theory(delta) with
+    frequency >= 1 - delta (one-sided binomial test at level 1e-3); the sqrt_d radius is reported, not tested."""
+    from scipy import stats as sstats
+    from algorithms.bt_mle import fit_bt_mle
+
+    cfg = b.InstanceConfig(n_contexts=6, n_actions=5, dim=3, reward_norm=1.0, kl_coef=1.0)
+    delta, n, seeds = 0.1, 200, 300
+
+    def one(key):
+        k_inst, k_data = jax.random.split(key)
+        inst = b.make_instance(k_inst, cfg, jnp.float64)
+        data = b.sample_preference_data(k_data, inst, inst.log_pi0, inst.log_pi0, n)
+        z = b.feature_differences(inst, data)
+        theta = fit_bt_mle(z, data.y, data.mask, 1.0).theta
+        beta = c.confidence_radius("theory", cfg.dim, n, 1.0, cfg.reward_norm, delta)
+        cs = c.confidence_set(theta, c.gram_matrix(z, data.mask, 1.0), beta)
+        return c.contains(cs, inst.theta_star)
+
+    hits = int(np.asarray(jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(0), seeds))).sum())
+    assert sstats.binomtest(hits, seeds, 1 - delta, alternative="less").pvalue > 1e-3

@@ -259,3 +259,31 @@ def test_neural_learner_runs_on_last_layer_features():
     linear = online.OnlineSettings(iterations=3, batch_size=16)
     tr_lin = jax.tree.map(np.asarray, online.run_online(jax.random.key(1), inst, strategies.get("enhancer"), linear))
     assert np.all(np.isnan(tr_lin.bound)) and np.all(np.isnan(tr_lin.in_confidence_set))  # misspecified
+
+
+@given(st.integers(0, 10_000), st.sampled_from([0.1, 1.0, 4.0]), st.sampled_from([0.5, 1.0, 2.0]))
+@settings(max_examples=10)
+def test_elliptical_potential_lemma(seed, lam, norm):
+    """Invariant 9 on the loop's primitives (gram_matrix over a growing prefix, dual_norm):
+    sum_t min(1, ||z_t||^2_{Sigma_t^-1}) <= 2 log det(Sigma_{T+1}) / det(lam I) <= 2 d log(1 + T L^2 / (d lam))."""
+    rng = np.random.default_rng(seed)
+    n, d = 24, 3
+    z = rng.normal(size=(n, d))
+    z *= (norm * rng.uniform(0.2, 1.0, size=(n, 1))) / np.linalg.norm(z, axis=1, keepdims=True)
+    zj = jnp.asarray(z)
+
+    def width(t):
+        gram = conf.gram_matrix(zj, jnp.arange(n) < t, lam)
+        return conf.dual_norm(jnp.linalg.cholesky(gram), zj[t]) ** 2
+
+    widths = np.asarray(jax.vmap(width)(jnp.arange(n)))
+    total = np.minimum(1.0, widths).sum()
+    full = np.asarray(conf.gram_matrix(zj, jnp.ones(n, bool), lam))
+    log_ratio = np.linalg.slogdet(full)[1] - d * np.log(lam)
+    assert total <= 2 * log_ratio + 1e-9
+    assert 2 * log_ratio <= 2 * d * np.log1p(n * norm**2 / (d * lam)) + 1e-9
+    # bonus monotonicity (invariant 8): widths of a fixed vector never grow as data is added
+    v0 = jnp.asarray(rng.normal(size=d))
+    fixed = [float(conf.dual_norm(jnp.linalg.cholesky(conf.gram_matrix(zj, jnp.arange(n) < t, lam)), v0))
+             for t in (0, 8, 16, 24)]
+    assert all(b <= a + 1e-12 for a, b in zip(fixed, fixed[1:]))
