@@ -16,6 +16,24 @@ is an array), every policy is evaluated exactly with the TRUE reward ``r*``:
   Monte Carlo noise beyond the seed (instance + data). With the exact M both samplers' output law is
   Gibbs(r_hat) (they differ only in acceptance), with the empirical M they differ in law.
 
+Neural true reward (``--set reward=neural``; issue 3): ``r*`` is a random MLP (``bandits.MLPReward``,
+width ``hidden``), so the linear BT-MLE above is misspecified (its rows are kept: ``mle_gibbs`` and
+``option_ii`` measure what the linear theory buys when it is wrong). The frontier panel adds
+``neural_gibbs`` = Gibbs(r_net), with ``r_net`` the neural BT-MLE (``algorithms.neural_mle.fit_network``,
+``neural_steps`` Adam steps at ``neural_learning_rate`` on the same offline data, fitted once per seed:
+it does not depend on ``kl_coef``), and ``neural_linear_pess`` = Gibbs(r_net - neural_beta Gamma_h),
+``Gamma_h`` the neural-linear uncertainty on the network's last-layer features (THEORY.md §8.1(ii);
+the Option II form, as in ``offline-rate``). ``option_i`` is dropped for neural rewards: it is a second
+linear pessimistic policy, and ``option_ii`` is the linear counterpart of ``neural_linear_pess`` (same
+``Gibbs(r_hat - beta Gamma)`` form), so the pairs (mle_gibbs, option_ii) and (neural_gibbs,
+neural_linear_pess) answer "does pessimism mitigate over-optimization" for each reward model. The rs
+panel uses ``r_net`` as its proxy when the reward is neural (RSO ranks candidates with the trained
+reward model, and the realizable one is what practice would train; the linear proxy's
+over-optimization is already in the frontier panel); its exact-M rows then equal ``neural_gibbs``.
+``proxy_reward`` is ``E_pi r_hat`` for the reward model the policy optimizes: ``<theta_hat, phi>``
+for ``gibbs_true``, ``mle_gibbs`` and the Options, ``r_net`` for the neural policies, and the panel's
+proxy in the rs panel.
+
 Columns: ``panel, algorithm, seed, kl_coef, budget`` (0 in the frontier panel), ``kl_to_ref``
 (``E_x KL(pi||pi0)``), ``true_reward`` (``E_x E_pi r*``), ``value`` (``J_{kl_coef}(pi)`` with ``r*``),
 ``value_gap`` (``J(pi*) - J(pi) >= 0``), ``proxy_reward`` (``E_pi r_hat``) and, in the rs panel,
@@ -36,7 +54,7 @@ import numpy as np
 
 import bandits as b
 from algorithms import confidence as conf
-from algorithms import offline
+from algorithms import neural_mle, offline
 from algorithms import rejection_sampling as rs
 from algorithms.bt_mle import fit_bt_mle
 from bandits import validation as v
@@ -45,17 +63,26 @@ from experiments.registry import Results, concat_tables, tidy
 from experiments.runner import run_vectorized, seed_keys
 
 FRONTIER = ("gibbs_true", "mle_gibbs", "option_ii", "option_i")
+NEURAL_FRONTIER = ("gibbs_true", "mle_gibbs", "option_ii", "neural_gibbs", "neural_linear_pess")
 RS = ("rso_empirical", "multistep_empirical", "rso_exact", "multistep_exact")
 SCHEDULES = ("inverse_linear", "geometric")
 LABELS = {"gibbs_true": "Gibbs(r*) (exact frontier)", "mle_gibbs": "MLE-Gibbs (proxy r_hat)",
           "option_ii": "Option II (pessimistic)", "option_i": "Option I (pessimistic)",
           "rso_empirical": "one-step RSO, empirical M", "multistep_empirical": "multi-step RS, empirical M",
           "rso_exact": "one-step RS, exact M (= Gibbs(r_hat))",
-          "multistep_exact": "multi-step RS, exact M (= Gibbs(r_hat))"}
+          "multistep_exact": "multi-step RS, exact M (= Gibbs(r_hat))",
+          "neural_gibbs": "neural MLE-Gibbs (proxy r_net)", "neural_linear_pess": "neural-linear pessimistic"}
+NEURAL_LABELS = {"mle_gibbs": "linear MLE-Gibbs (misspecified)", "option_ii": "linear Option II (misspecified)"}
 COLORS = {"gibbs_true": "k", "mle_gibbs": "C3", "option_ii": "C2", "option_i": "C0",
-          "rso_empirical": "C1", "multistep_empirical": "C4", "rso_exact": "C3", "multistep_exact": "C9"}
+          "rso_empirical": "C1", "multistep_empirical": "C4", "rso_exact": "C3", "multistep_exact": "C9",
+          "neural_gibbs": "C1", "neural_linear_pess": "C4"}
 METRICS = ("kl_to_ref", "true_reward", "value", "value_gap", "proxy_reward", "acceptance_rate",
            "overall_acceptance", "min_stage_acceptance", "expected_accepted")
+
+# (pessimistic policy, the Gibbs policy of the same reward model) pairs compared in the summary.
+PESSIMISM_PAIRS = (("option_i", "mle_gibbs"), ("option_ii", "mle_gibbs"),
+                   ("neural_linear_pess", "neural_gibbs"))
+NET_STREAM = 1  # fold_in index of the neural BT-MLE's initialisation key (the linear run's keys are untouched)
 
 TIE = 1e-9  # |difference| treated as float rounding in the summary's who-beats-whom fractions
 
@@ -85,12 +112,15 @@ class Config:
     rs_stages: int = 3
     rs_schedule: str = "inverse_linear"
     rs_geometric_ratio: float = 4.0
+    reward: str = "linear"
+    hidden: int = 32
+    neural_steps: int = 300
+    neural_learning_rate: float = 0.02
+    neural_beta: float = 1.0
     seed: int = 0
 
     def __post_init__(self):
-        b.InstanceConfig(n_contexts=self.n_contexts, n_actions=self.n_actions, dim=self.dim,
-                         reward_norm=self.reward_norm, coverage=self.coverage,
-                         temperature=self.temperature)
+        self.instance  # validates the instance fields (reward, hidden included)
         v.check_int("n", self.n, 1)
         v.check_float("kl_min", self.kl_min, low=0.0, low_open=True)
         v.check_float("kl_max", self.kl_max, low=0.0, low_open=True)
@@ -110,12 +140,19 @@ class Config:
                 or list(budgets) != sorted(set(budgets)) or min(budgets) < 2 * self.rs_stages:
             v.fail("rs_budgets", budgets, "a non-empty strictly increasing tuple of integers >= 2 * rs_stages "
                    f"= {2 * self.rs_stages} (every stage gets at least 2 proposals per prompt)")
+        v.check_int("neural_steps", self.neural_steps, 1)
+        v.check_float("neural_learning_rate", self.neural_learning_rate, low=0.0, low_open=True)
+        v.check_float("neural_beta", self.neural_beta, low=0.0)
 
     @property
     def instance(self) -> b.InstanceConfig:
         return b.InstanceConfig(n_contexts=self.n_contexts, n_actions=self.n_actions, dim=self.dim,
                                 reward_norm=self.reward_norm, coverage=self.coverage,
-                                temperature=self.temperature)
+                                temperature=self.temperature, reward=self.reward, hidden=self.hidden)
+
+    @property
+    def frontier_algorithms(self) -> tuple[str, ...]:
+        return NEURAL_FRONTIER if self.reward == "neural" else FRONTIER
 
     @property
     def kl_coefs(self) -> np.ndarray:
@@ -139,17 +176,37 @@ def schedule(kl_coef, config: Config) -> jax.Array:
     return kl_coef * config.rs_geometric_ratio ** (config.rs_stages - k)
 
 
-def fit_offline(key, config: Config):
-    """Instance (kl_coef is overridden later), the BT-MLE and its confidence set of one seed."""
+def offline_data(key, config: Config):
+    """Instance (kl_coef is overridden later) and its ``n`` comparisons ``a1, a2 ~ pi0`` of one seed."""
     k_inst, k_data = jax.random.split(key)
     inst = b.make_instance(k_inst, config.instance)
-    data = b.sample_preference_data(k_data, inst, inst.log_pi0, inst.log_pi0, config.n)
+    return inst, b.sample_preference_data(k_data, inst, inst.log_pi0, inst.log_pi0, config.n)
+
+
+def fit_offline(key, config: Config):
+    """Instance (kl_coef is overridden later), the BT-MLE and its confidence set of one seed."""
+    inst, theta, cs, _ = _fit_linear(key, config)
+    return inst, theta, cs
+
+
+def _fit_linear(key, config: Config):
+    inst, data = offline_data(key, config)
     z = b.feature_differences(inst, data)
     theta = fit_bt_mle(z, data.y, data.mask, config.lam).theta
     beta = conf.confidence_radius(config.beta_mode, config.dim, config.n, config.lam, config.reward_norm,
                                   config.delta, config.c_beta)
     cs = conf.confidence_set(theta, conf.gram_matrix(z, data.mask, config.lam), beta)
-    return inst, theta, cs
+    return inst, theta, cs, data
+
+
+def fit_neural(key, inst, data, config: Config):
+    """Neural BT-MLE reward table ``r_net [n_x, K]`` (Adam from a fresh initialisation) and its
+    neural-linear uncertainty ``Gamma_h [n_x, K]`` (``algorithms.neural_mle``), both independent of
+    ``kl_coef``."""
+    net = neural_mle.init_network(jax.random.fold_in(key, NET_STREAM), config.dim, config.hidden, inst.phi.dtype)
+    net = neural_mle.fit_network(net, inst.phi, data, config.lam, config.neural_steps,
+                                 config.neural_learning_rate).params
+    return b.reward_table(net, inst.phi), neural_mle.neural_linear_uncertainty(inst, net, data, config.lam)
 
 
 def _metrics(inst, log_pi, proxy):
@@ -178,19 +235,26 @@ def rs_laws(log_pi0, proxy, kl_coef, budget: int, config: Config):
 
 def per_seed(key, kl_coefs, config: Config):
     """Frontier metrics ``[n_kl, n_frontier]`` and RS metrics ``[n_budgets, n_kl, n_rs]`` of one seed."""
-    inst0, theta, cs = fit_offline(key, config)
+    inst0, theta, cs, data = _fit_linear(key, config)
     nu = conf.reference_vector(inst0, config.reference_vector)
     proxy = inst0.phi @ theta
     nan = jnp.full((), jnp.nan, proxy.dtype)
+    neural = config.reward == "neural"
+    if neural:
+        r_net, gamma_h = fit_neural(key, inst0, data, config)
+        r_net_pess = r_net - config.neural_beta * gamma_h
+    rs_proxy = r_net if neural else proxy
 
     def frontier(eta):
         inst = inst0._replace(kl_coef=eta.astype(proxy.dtype))
-        pols = {"gibbs_true": b.optimal_policy(inst), "mle_gibbs": offline.linear_gibbs(inst, theta),
-                "option_ii": offline.option_ii_policy(inst, cs, nu),
-                "option_i": offline.option_i_policy(inst, cs, nu)}
+        pols = {"gibbs_true": lambda: b.optimal_policy(inst), "mle_gibbs": lambda: offline.linear_gibbs(inst, theta),
+                "option_ii": lambda: offline.option_ii_policy(inst, cs, nu),
+                "option_i": lambda: offline.option_i_policy(inst, cs, nu),
+                "neural_gibbs": lambda: b.gibbs_policy(inst.log_pi0, r_net, inst.kl_coef),
+                "neural_linear_pess": lambda: b.gibbs_policy(inst.log_pi0, r_net_pess, inst.kl_coef)}
         rows = []
-        for name in FRONTIER:
-            m = _metrics(inst, pols[name], proxy)
+        for name in config.frontier_algorithms:
+            m = _metrics(inst, pols[name](), r_net if name.startswith("neural") else proxy)
             m.update(acceptance_rate=nan, overall_acceptance=nan, min_stage_acceptance=nan,
                      expected_accepted=nan)
             rows.append(m)
@@ -198,11 +262,11 @@ def per_seed(key, kl_coefs, config: Config):
 
     def rs_panel(eta, budget):
         inst = inst0._replace(kl_coef=eta.astype(proxy.dtype))
-        laws = rs_laws(inst.log_pi0, proxy, inst.kl_coef, budget, config)
+        laws = rs_laws(inst.log_pi0, rs_proxy, inst.kl_coef, budget, config)
         rows = []
         for name in RS:
             log_law, rate, overall, lowest, n_last = laws[name]
-            m = _metrics(inst, log_law, proxy)
+            m = _metrics(inst, log_law, rs_proxy)
             m.update(acceptance_rate=b.context_mean(inst, rate), overall_acceptance=b.context_mean(inst, overall),
                      min_stage_acceptance=b.context_mean(inst, lowest),
                      expected_accepted=n_last * b.context_mean(inst, rate))
@@ -221,7 +285,7 @@ def run(config: Config, seeds: int, progress) -> Results:
     out = run_vectorized(functools.partial(per_seed, config=config), keys, etas, progress=progress,
                          tag="reward_kl")
     seed_ids = np.arange(seeds)
-    front = tidy(out["frontier"], seed=seed_ids, kl_coef=etas, algorithm=np.asarray(FRONTIER))
+    front = tidy(out["frontier"], seed=seed_ids, kl_coef=etas, algorithm=np.asarray(config.frontier_algorithms))
     front = {"panel": np.full(len(front["seed"]), "frontier"), "budget": np.zeros(len(front["seed"]), int),
              **front}
     rs_table = tidy(out["rs"], seed=seed_ids, budget=np.asarray(config.rs_budgets), kl_coef=etas,
@@ -253,7 +317,7 @@ def summarize(out, config: Config) -> dict[str, float]:
     etas = config.kl_coefs
     s = {}
     f = {k: np.asarray(v) for k, v in out["frontier"].items()}  # [seeds, n_kl, n_alg]
-    idx = {a: i for i, a in enumerate(FRONTIER)}
+    idx = {a: i for i, a in enumerate(config.frontier_algorithms)}
     for a, i in idx.items():
         r = f["true_reward"][:, :, i].mean(0)
         j = int(np.argmax(r))
@@ -264,23 +328,29 @@ def summarize(out, config: Config) -> dict[str, float]:
         s[f"frontier/{a}/kl_to_ref_at_kl_min"] = float(f["kl_to_ref"][:, 0, i].mean())
         s[f"frontier/{a}/max_value_gap"] = float(f["value_gap"][:, :, i].max())
     s["frontier/min_value_gap_over_all"] = float(f["value_gap"].min())
-    r_mle = f["true_reward"][:, :, idx["mle_gibbs"]]
-    s["frontier/mle_gibbs/overoptimization_drop"] = float(r_mle.mean(0).max() - r_mle.mean(0)[0])
-    drop = r_mle.max(1) - r_mle[:, 0]
-    s["frontier/mle_gibbs/overoptimized_seed_frac"] = float(np.mean(drop > 1e-9))
-    for a in ("option_i", "option_ii"):
-        d = f["true_reward"][:, :, idx[a]] - r_mle
+    for a in ("mle_gibbs", "neural_gibbs"):
+        if a in idx:
+            r = f["true_reward"][:, :, idx[a]]
+            s[f"frontier/{a}/overoptimization_drop"] = float(r.mean(0).max() - r.mean(0)[0])
+            s[f"frontier/{a}/overoptimized_seed_frac"] = float(np.mean(r.max(1) - r[:, 0] > 1e-9))
+    for a, ref in PESSIMISM_PAIRS:
+        if a not in idx:
+            continue
+        # Keys of the linear pairs keep their historical names ("..._beats_mle").
+        tag = "mle" if ref == "mle_gibbs" else ref
+        r_ref = f["true_reward"][:, :, idx[ref]]
+        d = f["true_reward"][:, :, idx[a]] - r_ref
         dm, h = d.mean(0), _ci_half(d)
-        s[f"frontier/{a}_beats_mle/true_reward_grid_frac"] = float(np.mean(dm > 0))
-        s[f"frontier/{a}_beats_mle/true_reward_grid_frac_significant"] = float(np.mean(dm - h > 0))
-        dv = f["value"][:, :, idx[a]] - f["value"][:, :, idx["mle_gibbs"]]
-        s[f"frontier/{a}_beats_mle/value_grid_frac"] = float(np.mean(dv.mean(0) > 0))
-        s[f"frontier/{a}_beats_mle/value_grid_frac_significant"] = float(np.mean(dv.mean(0) - _ci_half(dv) > 0))
-        s[f"frontier/{a}_minus_mle/true_reward_at_kl_min"] = float(dm[0])
+        s[f"frontier/{a}_beats_{tag}/true_reward_grid_frac"] = float(np.mean(dm > 0))
+        s[f"frontier/{a}_beats_{tag}/true_reward_grid_frac_significant"] = float(np.mean(dm - h > 0))
+        dv = f["value"][:, :, idx[a]] - f["value"][:, :, idx[ref]]
+        s[f"frontier/{a}_beats_{tag}/value_grid_frac"] = float(np.mean(dv.mean(0) > 0))
+        s[f"frontier/{a}_beats_{tag}/value_grid_frac_significant"] = float(np.mean(dv.mean(0) - _ci_half(dv) > 0))
+        s[f"frontier/{a}_minus_{tag}/true_reward_at_kl_min"] = float(dm[0])
         dom = _frontier_domination(f["kl_to_ref"][:, :, idx[a]].mean(0), f["true_reward"][:, :, idx[a]].mean(0),
-                                   f["kl_to_ref"][:, :, idx["mle_gibbs"]].mean(0), r_mle.mean(0))
+                                   f["kl_to_ref"][:, :, idx[ref]].mean(0), r_ref.mean(0))
         if np.any(~np.isnan(dom)):
-            s[f"frontier/{a}_above_mle_curve_at_equal_kl/frac"] = float(np.nanmean(dom > 0))
+            s[f"frontier/{a}_above_{tag}_curve_at_equal_kl/frac"] = float(np.nanmean(dom > 0))
     g = {k: np.asarray(v) for k, v in out["rs"].items()}  # [seeds, n_budgets, n_kl, n_rs]
     ri = {a: i for i, a in enumerate(RS)}
     for bi, budget in enumerate(config.rs_budgets):
@@ -347,19 +417,24 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
     setting = (f"pi0: c={config.coverage:+.1f}, s={config.temperature:g}; n={config.n} pi0 comparisons; "
                f"d={config.dim}, K={config.n_actions}, B={config.reward_norm:g}; {n_seeds} seeds; "
                "mean with 95% CI")
+    present = set(np.asarray(table["algorithm"])[panel == "frontier"].tolist())
+    neural = "neural_gibbs" in present
+    if neural:
+        setting = f"MLP r* (hidden {config.hidden}); " + setting
     paths = []
+    labels = {**LABELS, **NEURAL_LABELS} if neural else LABELS
     # Figure 1: frontier + over-optimization.
     fig, axes = plotting.figure(ncols=3, size=(5.2, 4.4))
-    for alg in FRONTIER:
+    for alg in [a for a in FRONTIER + NEURAL_FRONTIER[3:] if a in present]:
         where = {"panel": "frontier", "algorithm": alg}
-        x_eta, km, rm = _frontier_points(axes[0], table, where, LABELS[alg], COLORS[alg])
+        x_eta, km, rm = _frontier_points(axes[0], table, where, labels[alg], COLORS[alg])
         if alg == "mle_gibbs":
             _annotate_eta(axes[0], x_eta, km, rm)
         x, y = plotting.pivot(table, "kl_coef", "true_reward", where=where)
-        plotting.band_plot(axes[1], x, y, LABELS[alg], color=COLORS[alg])
+        plotting.band_plot(axes[1], x, y, labels[alg], color=COLORS[alg])
         x, y = plotting.pivot(table, "kl_coef", "value_gap", where=where)
         if alg != "gibbs_true":
-            plotting.band_plot(axes[2], x, y, LABELS[alg], color=COLORS[alg], loglog=True)
+            plotting.band_plot(axes[2], x, y, labels[alg], color=COLORS[alg], loglog=True)
     axes[0].set_xscale("log")
     axes[0].set(title="Reward-KL frontier (points: kl_coef grid)", xlabel="E_x KL(pi || pi0)",
                 ylabel="true reward E_x E_pi r*")
@@ -370,7 +445,10 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
     for ax in axes:
         ax.legend(fontsize="x-small")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"reward-kl: Gibbs(r*), MLE-Gibbs and pessimistic offline GSHF\n{setting}", fontsize="medium")
+    what = ("neural true reward (MLP r*): linear MLE-Gibbs and Option II are misspecified; neural BT-MLE "
+            f"r_net ({config.neural_steps} Adam steps), neural-linear pessimism beta={config.neural_beta:g}"
+            if neural else "Gibbs(r*), MLE-Gibbs and pessimistic offline GSHF")
+    fig.suptitle(f"reward-kl: {what}\n{setting}", fontsize="medium")
     paths += plotting.save_figure(fig, out_dir, "reward_kl_frontier")
 
     # Figure 2: RS frontiers per budget.
@@ -398,7 +476,8 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
                xlabel="E_x KL(pi || pi0)", ylabel="true reward E_x E_pi r*")
         ax.legend(fontsize="x-small")
         ax.grid(alpha=0.3)
-    fig.suptitle("reward-kl: exact accepted laws of RS on the MLE proxy r_hat, evaluated with r*\n"
+    fig.suptitle(f"reward-kl: exact accepted laws of RS on the {'neural' if neural else 'linear'} MLE proxy r_hat, "
+                 "evaluated with r*\n"
                  f"multi-step: {config.rs_stages} stages, {config.rs_schedule} schedule; exact-M multi-step "
                  "has the same law as exact-M one-step (not drawn)\n" + setting, fontsize="small")
     paths += plotting.save_figure(fig, out_dir, "reward_kl_rs_frontier")
