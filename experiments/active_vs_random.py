@@ -278,7 +278,7 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
             else:
                 loglog_ok = loglog
             plotting.band_plot(ax, x, y, name, color=e8.COLORS[est], linestyle=styles[sel], loglog=loglog_ok)
-        ax.set_xscale("log")
+        plotting.set_logx(ax)
         ax.set(title=label, xlabel="labels used", ylabel=label)
         ax.legend(fontsize="xx-small")
     fig.suptitle(f"active-vs-random: pool {config.pool}, budget {config.budget}, B={config.reward_norm:g}")

@@ -357,7 +357,7 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
     norms = sorted(set(np.asarray(table["reward_norm"], float).tolist()))
     algs = [a for a in ESTIMATORS if a in set(np.asarray(table["algorithm"]).tolist())]
     panels = [("estimation_error", "||theta_t - theta*||_2", True), ("heldout_accuracy", "held-out accuracy", False),
-              ("heldout_logloss", "held-out log-loss", False), ("seconds", "seconds per round (seed 0)", True)]
+              ("heldout_logloss", "held-out log-loss", False), ("seconds", "s per round, seed 0", True)]
     fig, axes = plotting.figure(ncols=len(panels), nrows=len(norms), size=(4.2, 3.2))
     axes = np.asarray(axes).reshape(len(norms), len(panels))
     for i, bnorm in enumerate(norms):
@@ -374,7 +374,7 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
                 x, y = plotting.pivot(sub, "t", metric)
                 plotting.band_plot(ax, x, y, LABELS[alg], color=COLORS[alg], loglog=loglog)
             if not loglog:
-                ax.set_xscale("log")
+                plotting.set_logx(ax)
             kappa = 2.0 + math.exp(2 * bnorm) + math.exp(-2 * bnorm)
             ax.set(title=f"B={bnorm:g} (kappa={kappa:.3g}): {label}", xlabel="t (comparisons)", ylabel=label)
             ax.legend(fontsize="xx-small")

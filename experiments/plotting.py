@@ -83,11 +83,20 @@ def band_plot(ax, x: Any, y_by_seed: Any, label: str, *, color: Any = None, mark
 
 def set_loglog(ax) -> None:
     """Log scales on both axes, ticks at 1-2-5 x 10^k labelled as plain numbers (no minor labels)."""
-    for axis, scale in ((ax.xaxis, ax.set_xscale), (ax.yaxis, ax.set_yscale)):
-        scale("log")
-        axis.set_major_locator(ticker.LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
-        axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        axis.set_minor_formatter(ticker.NullFormatter())
+    set_logx(ax)
+    _log_axis(ax.yaxis, ax.set_yscale)
+
+
+def set_logx(ax) -> None:
+    """Log scale on x only, with the ticks of ``set_loglog``."""
+    _log_axis(ax.xaxis, ax.set_xscale)
+
+
+def _log_axis(axis, scale) -> None:
+    scale("log")
+    axis.set_major_locator(ticker.LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(ticker.NullFormatter())
 
 
 def bound_plot(ax, x: Any, bound: Any, label: str, *, color: Any = None, **line_kwargs: Any):
