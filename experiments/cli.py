@@ -91,7 +91,11 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
     run_dir.mkdir(parents=True, exist_ok=True)
     with jax.enable_x64(x64):
         dtype = jnp.dtype(jnp.result_type(float)).name
-        digest = config_hash(name, config, n_seeds, dtype)
+        # The environment (git revision included) is read once, before running: the manifest must name
+        # the code that computed the results, and saved chunks are reused only by the same code and
+        # plugins (a dirty tree cannot be told apart from its commit: do not edit code mid-run).
+        env = storage.environment()
+        digest = config_hash(name, config, n_seeds, dtype, env["git"], env["versions"]["rlhf-bandits"], plugins)
         store = storage.ChunkStore(run_dir / storage.CHUNKS / digest)
         progress = Progress(name, stream, store, chunk_size)
         if store.count():
@@ -133,7 +137,7 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
         "seeds": n_seeds,
         "dtype": dtype,
         "x64": x64,
-        **storage.environment(),
+        **env,
         "timings": {"compile_s": timings["compile_s"], "run_s": timings["run_s"], "wall_s": wall,
                     "calls": timings["calls"]},
         "resumed_chunks": timings["resumed_chunks"],

@@ -95,3 +95,28 @@ def test_module_entry_point_reports_unknown_names_without_traceback():
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "unknown experiment 'no_such_experiment'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_manifest_names_the_code_at_the_start_and_resumption_is_per_revision(toy, tmp_path, monkeypatch):
+    """The git revision is read before running (a commit made mid-run must not be recorded), and saved
+    chunks of an interrupted run are keyed by it (other code does not reuse them)."""
+    from experiments import config as config_module
+
+    state = {"rev": "A"}
+    monkeypatch.setattr(storage, "git_revision", lambda path=None: {"revision": state["rev"], "dirty": False})
+    original_run = toy.run
+
+    def run_then_commit(*args, **kwargs):
+        out = original_run(*args, **kwargs)
+        state["rev"] = "B"          # someone commits while the run is in flight
+        return out
+
+    monkeypatch.setattr(toy, "run", run_then_commit)
+    digests = []
+    real_hash = config_module.config_hash
+    monkeypatch.setattr(config_module, "config_hash", lambda *p: digests.append(real_hash(*p)) or digests[-1])
+    assert main(["run", "toy", "--seeds", "2", "--out", str(tmp_path)]) == 0
+    assert storage.read_manifest(tmp_path / "toy")["git"]["revision"] == "A"
+    assert main(["run", "toy", "--seeds", "2", "--out", str(tmp_path)]) == 0
+    assert storage.read_manifest(tmp_path / "toy")["git"]["revision"] == "B"
+    assert len(digests) == 2 and digests[0] != digests[1]
