@@ -25,6 +25,8 @@ With ``alpha = 0`` all four are DPO exactly (THEORY.md §9.2 invariant 17).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -53,13 +55,13 @@ def policy_log_probs(policy: str, params: jax.Array, instance: Instance) -> jax.
     return jax.nn.log_softmax(params, axis=-1)
 
 
-def bonus_coefficients(bonus: str, alpha, kl_coef) -> tuple[jax.Array, float]:
+def bonus_coefficients(bonus: str, alpha, kl_coef):
     """``(coef, c)`` of the named bonus (module docstring)."""
     v.check_choice("bonus", bonus, BONUSES)
     if bonus == "none":
-        return jnp.zeros_like(jnp.asarray(kl_coef)), 0.0
+        return 0.0 * kl_coef, 0.0
     if bonus == "xpo":
-        return alpha + jnp.zeros_like(kl_coef), 0.0
+        return alpha + 0.0 * kl_coef, 0.0
     return alpha * kl_coef, 1.0
 
 
@@ -79,10 +81,36 @@ def dpo_bonus_objective(log_pi: jax.Array, instance: Instance, data: PreferenceD
     return loss + coef * bonus
 
 
+class AgentParams(NamedTuple):
+    """The DPO agent's bonus as numbers (traceable: one compiled loop serves every bonus).
+
+    ``coef`` and ``ref_coef`` as in ``bonus_coefficients``; ``previous_calibration``: 1 to calibrate on
+    ``pi_{t-1}`` (SELM), 0 for ``pi0``; ``restart``: 1 to restart from ``pi0`` each iteration.
+    """
+
+    coef: jax.Array
+    ref_coef: jax.Array
+    previous_calibration: jax.Array
+    restart: jax.Array
+
+
+def agent_params(bonus: str, alpha: float, kl_coef: float, restart: bool) -> tuple[float, float, float, float]:
+    """``AgentParams`` values of a named bonus, as plain floats (for a static table)."""
+    coef, ref_coef = bonus_coefficients(bonus, alpha, kl_coef)
+    return float(coef), float(ref_coef), float(bonus == "selm"), float(restart)
+
+
 def train_dpo_agent(policy: str, init_params: jax.Array, instance: Instance, data: PreferenceData,
                     log_pi_cal: jax.Array, bonus: str, alpha, steps: int, learning_rate) -> jax.Array:
     """``steps`` Adam steps on ``L`` from ``init_params``; returns the parameters (traceable, no jit)."""
     coef, ref_coef = bonus_coefficients(bonus, alpha, instance.kl_coef)
+    return train_dpo_agent_with(policy, init_params, instance, data, log_pi_cal, coef, ref_coef, steps,
+                                learning_rate)
+
+
+def train_dpo_agent_with(policy: str, init_params: jax.Array, instance: Instance, data: PreferenceData,
+                         log_pi_cal: jax.Array, coef, ref_coef, steps: int, learning_rate) -> jax.Array:
+    """``train_dpo_agent`` with the bonus given as (possibly traced) ``coef`` and ``ref_coef``."""
     objective = lambda w: dpo_bonus_objective(policy_log_probs(policy, w, instance), instance, data,
                                               log_pi_cal, coef, ref_coef)
     opt = optax.adam(learning_rate)

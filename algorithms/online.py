@@ -134,8 +134,13 @@ def _write(buffer: PreferenceData, batch: PreferenceData, offset) -> PreferenceD
 
 
 def run_online(key: jax.Array, instance: Instance, strategy: strategies.Strategy, settings: OnlineSettings,
-               offline: PreferenceData | None = None) -> OnlineTrace:
-    """Run the loop on one instance (module docstring); ``offline``: the hybrid's initial data."""
+               offline: PreferenceData | None = None,
+               agent: iterative_dpo.AgentParams | None = None) -> OnlineTrace:
+    """Run the loop on one instance (module docstring); ``offline``: the hybrid's initial data.
+
+    ``agent`` (DPO agent only) overrides ``settings.bonus``, ``bonus_coef`` and ``restart`` with traced
+    numbers, so that one compiled program serves several bonuses (``iterative_dpo.AgentParams``).
+    """
     s = settings
     dtype = instance.phi.dtype
     m, n_iter = s.batch_size, s.iterations + 1
@@ -175,11 +180,11 @@ def run_online(key: jax.Array, instance: Instance, strategy: strategies.Strategy
             params, log_pi = params_prev, linear_gibbs(world, theta)
             log_pi_cal = instance.log_pi0
         else:
-            log_pi_cal = iterative_dpo.calibration_policy(s.bonus, instance.log_pi0, log_pi_prev)
-            init = dpo_init if s.restart else params_prev
-            params = iterative_dpo.train_dpo_agent(s.dpo_policy, init, instance, buf, log_pi_cal, s.bonus,
-                                                   jnp.asarray(s.bonus_coef, dtype), s.dpo_steps,
-                                                   s.dpo_learning_rate)
+            log_pi_cal = jnp.where(agent.previous_calibration > 0, log_pi_prev, instance.log_pi0)
+            init = jax.tree.map(lambda a, b_: jnp.where(agent.restart > 0, a, b_), dpo_init, params_prev)
+            params = iterative_dpo.train_dpo_agent_with(s.dpo_policy, init, instance, buf, log_pi_cal,
+                                                        agent.coef, agent.ref_coef, s.dpo_steps,
+                                                        s.dpo_learning_rate)
             log_pi = iterative_dpo.policy_log_probs(s.dpo_policy, params, instance)
         view = strategies.StrategyView(
             instance=world, theta=theta, confidence=cs, nu=nu, log_pi=log_pi, log_pi_cal=log_pi_cal,
@@ -206,6 +211,11 @@ def run_online(key: jax.Array, instance: Instance, strategy: strategies.Strategy
         return (new_buf, learner, params, log_pi, regret + m * subopt_kl), record
 
     dpo_init = iterative_dpo.initial_params(s.dpo_policy, instance)
+    if agent is None:
+        agent = iterative_dpo.AgentParams(*(jnp.asarray(x, dtype) for x in iterative_dpo.agent_params(
+            s.bonus, 1.0, 1.0, s.restart)))
+        coef, _ = iterative_dpo.bonus_coefficients(s.bonus, jnp.asarray(s.bonus_coef, dtype), instance.kl_coef)
+        agent = agent._replace(coef=jnp.asarray(coef, dtype))
     if s.learner == "linear":
         learner0 = jnp.zeros(instance.dim, dtype)
     else:

@@ -33,10 +33,11 @@ import math
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import bandits as b
-from algorithms import strategies
+from algorithms import iterative_dpo, strategies
 from algorithms.online import LEARNERS, OnlineSettings, run_online
 from bandits import validation as v
 from experiments import plotting
@@ -160,10 +161,11 @@ seeds = {"quick": 32, "paper": 256}
 
 
 def per_seed(key, coverage, temperature, strategy_index, config: Config, group: tuple[str, ...],
-             settings: OnlineSettings, offline_size: int = 0):
+             settings: OnlineSettings, offline_size: int = 0, agent_table: tuple | None = None):
     """One seed, one setting, strategy ``group[strategy_index]``: the ``algorithms.online`` trace as a
     dict of ``[T + 1]`` arrays. The index is traced, so every strategy of ``group`` shares one compiled
-    program (``lax.switch`` runs only the selected branch)."""
+    program (``lax.switch`` runs only the selected branch); for the DPO agent ``agent_table`` holds
+    each member's bonus as numbers (``iterative_dpo.AgentParams``), selected by the same index."""
     k_inst, k_run, k_off = jax.random.split(key, 3)
     inst = b.make_instance(k_inst, config.instance, coverage=coverage, temperature=temperature)
     offline = None
@@ -172,7 +174,11 @@ def per_seed(key, coverage, temperature, strategy_index, config: Config, group: 
     branches = [strategies.get(name) for name in group]
     strategy = branches[0] if len(branches) == 1 else (
         lambda view: jax.lax.switch(strategy_index, [functools.partial(f, view) for f in branches]))
-    trace = run_online(k_run, inst, strategy, settings, offline)
+    agent = None
+    if agent_table is not None:
+        row = jnp.asarray(agent_table, inst.phi.dtype)[strategy_index]
+        agent = iterative_dpo.AgentParams(*row)
+    trace = run_online(k_run, inst, strategy, settings, offline, agent)
     return trace._asdict()
 
 
@@ -180,18 +186,23 @@ def run_algorithms(config: Config, algorithms, keys, progress, settings_names=No
                    batch_size=None, offline_size: int = 0, tag: str = "") -> list[dict]:
     """Tables (one per algorithm and setting); shared by the online experiments.
 
-    Algorithms with the same agent settings (e.g. all Gibbs-agent strategies) share one compiled
-    program: compilation, not running, dominates small runs.
+    Algorithms with the same agent (all Gibbs-agent strategies; all DPO-agent bonuses) share one
+    compiled program: compilation, not running, dominates small runs.
     """
-    groups: dict[tuple, list[str]] = {}
+    groups: dict[str, list[str]] = {}
     for alg in algorithms:
-        _, overrides = algorithm_spec(alg)
-        groups.setdefault(tuple(sorted(overrides.items())), []).append(alg)
+        groups.setdefault(algorithm_spec(alg)[1].get("agent", "gibbs"), []).append(alg)
     tables = []
-    for overrides, members in groups.items():
-        settings = config.online_settings(iterations, batch_size, **dict(overrides))
+    for agent, members in groups.items():
+        settings = config.online_settings(iterations, batch_size, agent=agent)
         group = tuple(algorithm_spec(a)[0] for a in members)
-        fn = functools.partial(per_seed, config=config, group=group, settings=settings, offline_size=offline_size)
+        table = None
+        if agent == "dpo":
+            table = tuple(iterative_dpo.agent_params(algorithm_spec(a)[1].get("bonus", "none"), config.bonus_coef,
+                                                     config.kl_coef, algorithm_spec(a)[1].get("restart", False))
+                          for a in members)
+        fn = functools.partial(per_seed, config=config, group=group, settings=settings, offline_size=offline_size,
+                               agent_table=table)
         for index, alg in enumerate(members):
             for setting in settings_names or config.settings:
                 coverage, temperature = config.setting_values(setting)

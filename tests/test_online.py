@@ -287,3 +287,18 @@ def test_elliptical_potential_lemma(seed, lam, norm):
     fixed = [float(conf.dual_norm(jnp.linalg.cholesky(conf.gram_matrix(zj, jnp.arange(n) < t, lam)), v0))
              for t in (0, 8, 16, 24)]
     assert all(b <= a + 1e-12 for a, b in zip(fixed, fixed[1:]))
+
+
+def test_traced_agent_params_equal_the_named_bonus():
+    """The numeric AgentParams path (one program for every bonus) equals the named-bonus settings."""
+    inst = _instance(5)
+    key = jax.random.key(6)
+    for bonus, restart in (("selm", False), ("xpo", True)):
+        named = online.OnlineSettings(iterations=3, batch_size=16, agent="dpo", bonus=bonus, bonus_coef=0.3,
+                                      restart=restart, dpo_steps=10)
+        plain = online.OnlineSettings(iterations=3, batch_size=16, agent="dpo", dpo_steps=10)
+        row = iterative_dpo.agent_params(bonus, 0.3, float(inst.kl_coef), restart)
+        agent = iterative_dpo.AgentParams(*jnp.asarray(row, jnp.float64))
+        a = online.run_online(key, inst, strategies.get("calibration"), named)
+        b_ = online.run_online(key, inst, strategies.get("calibration"), plain, agent=agent)
+        np.testing.assert_allclose(np.asarray(a.subopt), np.asarray(b_.subopt), rtol=1e-12, atol=1e-14)
