@@ -50,8 +50,8 @@ from algorithms import confidence as conf
 from algorithms import iterative_dpo, neural_mle, strategies
 from algorithms.bt_mle import bt_hessian, fit_bt_mle
 from algorithms.offline import linear_gibbs, plug_in_bound
-from bandits import (Instance, LinearReward, PreferenceData, expected_kl, feature_differences, kl_to_reference,
-                     optimal_policy, sample_joint_preference_data, suboptimality)
+from bandits import (Instance, LinearReward, PreferenceData, feature_differences, kl_to_reference,
+                     optimal_policy, sample_joint_preference_data, suboptimality, suboptimality_kl)
 from bandits import validation as v
 from bandits.rewards import mlp_features
 
@@ -196,7 +196,7 @@ def run_online(key: jax.Array, instance: Instance, strategy: strategies.Strategy
         new_buf = _write(buf, batch, n_off + t * m)
 
         subopt = suboptimality(instance, log_pi)
-        subopt_kl = subopt + instance.kl_coef * expected_kl(instance, pi_star, log_pi)
+        subopt_kl = suboptimality_kl(instance, log_pi)
         coverage = conf.expected_feature(world, pi_star) - conf.expected_feature(world, instance.log_pi0)
         exact = s.agent == "gibbs" and s.learner == "linear" and linear_world
         bound = plug_in_bound(world, cs, pi_star, log_pi) if exact else jnp.asarray(jnp.nan, dtype)
