@@ -12,7 +12,7 @@
   pointwise ``Gamma(x, a) = ||phi(x, a) - nu||_{Sigma^{-1}}`` and expected
   ``Gamma^e(pi) = ||E_{x~d0} phi(x, pi) - nu||_{Sigma^{-1}}``; ``nu`` options ``pi0`` (the exact
   ``E_{x~d0, a~pi0} phi``: our world is finite), ``pi0_context`` (per-context ``phi(x, pi0)``), ``zero``.
-Norms use the Cholesky factor, never an explicit inverse.
+Norms use the Cholesky factor (through its triangular inverse, never an inverse of Sigma).
 """
 from __future__ import annotations
 
@@ -79,8 +79,12 @@ def confidence_set(center: jax.Array, gram: jax.Array, beta) -> ConfidenceSet:
 
 def dual_norm(chol: jax.Array, vectors: jax.Array) -> jax.Array:
     """``||v||_{Sigma^{-1}} = ||L^{-1} v||`` for ``vectors [..., d]`` (batched over leading axes)."""
+    # L^{-1} once ([d, d]), then one matmul: a triangular solve with thousands of right-hand sides,
+    # vmapped over seeds sharded on 2 CPU devices, hung inside jaxlib's LAPACK kernel on a 2-core
+    # machine (benchmarks/README.md); Sigma >= lam I keeps the explicit factor inverse accurate.
     flat = vectors.reshape(-1, vectors.shape[-1])
-    white = solve_triangular(chol, flat.T, lower=True)
+    chol_inv = solve_triangular(chol, jnp.eye(chol.shape[-1], dtype=chol.dtype), lower=True)
+    white = chol_inv @ flat.T
     return jnp.sqrt(jnp.sum(white**2, axis=0)).reshape(vectors.shape[:-1])
 
 
