@@ -293,9 +293,9 @@ def measure_rng_only(seeds: int, chunk: int, repeats=3):
     """Time of JAX generating exactly the random draws of the sweep, and nothing else.
 
     Per seed: the key splits of make_instance and of the stream, the Gaussian features [n_x, K, d],
-    theta* and the reference direction [d] each, and per comparison (fold_in + split into 4) the
-    Gumbel draws of three ``jax.random.categorical`` calls (n_x for the context, K for each action)
-    and one uniform for the label. Reduced to one number per seed so nothing is dead code.
+    theta* and the reference direction [d] each, and per comparison the four uniforms that
+    ``bandits.data`` draws from ``fold_in(key, i)`` (context, two actions, label). Reduced to one
+    number per seed so nothing is dead code.
     """
     jax = _jax()
     import jax.numpy as jnp
@@ -308,9 +308,7 @@ def measure_rng_only(seeds: int, chunk: int, repeats=3):
         total += jnp.sum(jax.random.normal(k_rew, (D,))) + jnp.sum(jax.random.normal(k_ref, (D,)))
 
         def comp(i):
-            kx, k1, k2, ky = jax.random.split(jax.random.fold_in(k_data, i), 4)
-            return (jnp.max(jax.random.gumbel(kx, (NX,))) + jnp.max(jax.random.gumbel(k1, (K,)))
-                    + jnp.max(jax.random.gumbel(k2, (K,))) + jax.random.uniform(ky))
+            return jnp.sum(jax.random.uniform(jax.random.fold_in(k_data, i), (4,)))
         return total + jnp.sum(jax.vmap(comp)(jnp.arange(SAMPLE_SIZES[-1])))
 
     keys = seed_keys(0, seeds)
