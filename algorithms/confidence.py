@@ -21,8 +21,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import solve_triangular
 
+from algorithms import spd_solve
 from bandits import Instance
 from bandits import validation as v
 
@@ -74,7 +74,7 @@ def confidence_radius(mode: str, dim: int, n, lam, reward_norm, delta: float = 0
 
 
 def confidence_set(center: jax.Array, gram: jax.Array, beta) -> ConfidenceSet:
-    return ConfidenceSet(center, gram, jnp.linalg.cholesky(gram), jnp.asarray(beta, gram.dtype))
+    return ConfidenceSet(center, gram, spd_solve.cholesky(gram), jnp.asarray(beta, gram.dtype))
 
 
 def dual_norm(chol: jax.Array, vectors: jax.Array) -> jax.Array:
@@ -83,7 +83,7 @@ def dual_norm(chol: jax.Array, vectors: jax.Array) -> jax.Array:
     # vmapped over seeds sharded on 2 CPU devices, hung inside jaxlib's LAPACK kernel on a 2-core
     # machine (benchmarks/README.md); Sigma >= lam I keeps the explicit factor inverse accurate.
     flat = vectors.reshape(-1, vectors.shape[-1])
-    chol_inv = solve_triangular(chol, jnp.eye(chol.shape[-1], dtype=chol.dtype), lower=True)
+    chol_inv = spd_solve.lower_inverse(chol)
     white = chol_inv @ flat.T
     return jnp.sqrt(jnp.sum(white**2, axis=0)).reshape(vectors.shape[:-1])
 

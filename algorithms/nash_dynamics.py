@@ -49,6 +49,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from algorithms import spd_solve
 from bandits import Instance, payoff_matrices, sample_preference_data
 from bandits import validation as v
 
@@ -164,7 +165,7 @@ def pairwise_regression(stats: PairStatistics, ridge) -> jax.Array:
     k = w.shape[-1]
     lap = jax.vmap(jnp.diag)(w.sum(-1) + w.sum(-2)) - w - jnp.swapaxes(w, -1, -2)
     rhs = t.sum(-1) - t.sum(-2)
-    return jnp.linalg.solve(lap + ridge * jnp.eye(k, dtype=w.dtype)[None], rhs[..., None])[..., 0]
+    return jax.vmap(spd_solve.spd_solve)(lap + ridge * jnp.eye(k, dtype=w.dtype)[None], rhs)
 
 
 def pointwise_regression(stats: PairStatistics, ridge) -> jax.Array:

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from algorithms import general_preference as gp
+from algorithms import spd_solve
 from algorithms.bt_mle import fit_bt_mle
 from algorithms.confidence import gram_matrix
 from algorithms.nash_offline import transform
@@ -98,7 +99,7 @@ def run_online(key: jax.Array, instance: Instance, method: str, iterations: int,
         y_buf = jax.lax.dynamic_update_slice(y_buf, data.y, (start,))
         mask_buf = jax.lax.dynamic_update_slice(mask_buf, data.mask, (start,))
         theta = fit_bt_mle(psi_buf, y_buf, mask_buf, lam, theta0=theta).theta
-        chol = jnp.linalg.cholesky(gram_matrix(psi_buf, mask_buf, lam))
+        chol = spd_solve.cholesky(gram_matrix(psi_buf, mask_buf, lam))
         sol = nash_equilibrium(gp.model_instance(instance, theta), payoff, tol, max_iter)
         log_pi2 = _pairing(method, instance, theta, chol, beta, sol.log_pi, payoff)
         return (psi_buf, y_buf, mask_buf, theta, sol.log_pi, log_pi2), (sol.log_pi, log_pi2, theta, sol.gap)

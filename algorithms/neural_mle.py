@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from algorithms import spd_solve
 from algorithms.confidence import dual_norm
 from bandits import Instance, MLPReward, PreferenceData, reward_table
 from bandits import validation as v
@@ -94,7 +95,7 @@ def neural_linear_uncertainty(instance: Instance, params: MLPReward, data: Prefe
     gram = dh.T @ dh + lam * jnp.eye(h.shape[-1], dtype=h.dtype)
     log_pi_ref = instance.log_pi0 if log_pi_ref is None else log_pi_ref
     nu = instance.d0 @ jnp.einsum("xa,xah->xh", jnp.exp(log_pi_ref), h)
-    return dual_norm(jnp.linalg.cholesky(gram), h - nu[None, None, :])
+    return dual_norm(spd_solve.cholesky(gram), h - nu[None, None, :])
 
 
 def centred_reward(instance: Instance, params: MLPReward) -> jax.Array:

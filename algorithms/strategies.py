@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from algorithms import enhancer as enhancer_module
+from algorithms import spd_solve
 from algorithms.confidence import ConfidenceSet
 from algorithms.pairings import PAIRINGS, pairing_law
 from bandits import Instance, gibbs_policy, uniform_policy
@@ -113,9 +114,9 @@ def _enhancer(view: StrategyView) -> Pair:
 
 
 def _thompson(view: StrategyView) -> Pair:
-    chol = jnp.linalg.cholesky(view.hessian)
+    chol = spd_solve.cholesky(view.hessian)
     noise = jax.random.normal(view.key, view.theta.shape, view.theta.dtype)
-    sample = view.theta + jax.scipy.linalg.solve_triangular(chol.T, noise, lower=False)
+    sample = view.theta + spd_solve.solve_upper_transposed(chol, noise)
     return independent(view.log_pi, _gibbs(view, view.instance.phi @ sample))
 
 

@@ -51,10 +51,24 @@ def inverse_cdf(probs: jax.Array, u: jax.Array) -> jax.Array:
     last cumulative sum below ``u``. An action of probability zero is never drawn (its cumulative sum
     equals its predecessor's, which already exceeds ``u`` if the search reached it).
     """
+    return search_cdf(normalized_cdf(probs), u)
+
+
+def normalized_cdf(probs: jax.Array) -> jax.Array:
+    """``cumsum(p) / sum(p)`` along the last axis."""
     cdf = jnp.cumsum(probs, axis=-1)
-    cdf = cdf / cdf[..., -1:]
+    return cdf / cdf[..., -1:]
+
+
+def search_cdf(cdf: jax.Array, u: jax.Array) -> jax.Array:
+    """``inverse_cdf`` from precomputed rows ``cdf [..., K]`` (``normalized_cdf``), broadcast against ``u``.
+
+    The samplers compute one CDF per context and gather its rows: the same numbers as ``inverse_cdf``
+    on the gathered probabilities, without a cumulative sum per comparison.
+    """
+    cdf = jnp.broadcast_to(cdf, jnp.shape(u) + cdf.shape[-1:])
     index = jnp.sum(cdf <= u[..., None], axis=-1)
-    return jnp.minimum(index, probs.shape[-1] - 1).astype(jnp.int32)
+    return jnp.minimum(index, cdf.shape[-1] - 1).astype(jnp.int32)
 
 
 def preference_probability(instance: Instance, x, a1, a2) -> jax.Array:
@@ -76,9 +90,9 @@ def sample_preference_data(key: jax.Array, instance: Instance, log_pi1: jax.Arra
     ``log_pi1``, ``log_pi2``: ``[n_x, K]`` log-probabilities (rows need not be exactly normalised).
     """
     u = comparison_uniforms(key, start + jnp.arange(n), instance.phi.dtype)
-    x = inverse_cdf(jnp.broadcast_to(instance.d0, (n,) + instance.d0.shape), u[:, 0])
-    a1 = inverse_cdf(jnp.exp(log_pi1[x]), u[:, 1])
-    a2 = inverse_cdf(jnp.exp(log_pi2[x]), u[:, 2])
+    x = search_cdf(normalized_cdf(instance.d0), u[:, 0])
+    a1 = search_cdf(normalized_cdf(jnp.exp(log_pi1))[x], u[:, 1])
+    a2 = search_cdf(normalized_cdf(jnp.exp(log_pi2))[x], u[:, 2])
     y = sample_labels(u[:, 3], instance, x, a1, a2, deterministic)
     return PreferenceData(x, a1, a2, y, jnp.ones((n,), bool))
 
@@ -93,11 +107,10 @@ def sample_joint_preference_data(key: jax.Array, instance: Instance, log_joint: 
     random numbers hold across the two samplers).
     """
     u = comparison_uniforms(key, start + jnp.arange(n), instance.phi.dtype)
-    x = inverse_cdf(jnp.broadcast_to(instance.d0, (n,) + instance.d0.shape), u[:, 0])
+    x = search_cdf(normalized_cdf(instance.d0), u[:, 0])
     joint = jnp.exp(log_joint - logsumexp(log_joint, axis=(1, 2), keepdims=True))
-    first = jnp.sum(joint, axis=2)
-    a1 = inverse_cdf(first[x], u[:, 1])
-    a2 = inverse_cdf(joint[x, a1], u[:, 2])
+    a1 = search_cdf(normalized_cdf(jnp.sum(joint, axis=2))[x], u[:, 1])
+    a2 = search_cdf(normalized_cdf(joint)[x, a1], u[:, 2])
     y = sample_labels(u[:, 3], instance, x, a1, a2, deterministic)
     return PreferenceData(x, a1, a2, y, jnp.ones((n,), bool))
 

@@ -46,9 +46,9 @@ class Config(online_explore.Config):
 presets = {
     "quick": Config(n_contexts=32, n_actions=16, total_queries=512, batch_sizes=(16, 64, 256),
                     algorithms=("enhancer", "pi0"), settings=("hard",)),
-    "paper": Config(n_contexts=128, n_actions=32),
+    "paper": Config(n_contexts=64, n_actions=16, total_queries=1024, batch_sizes=(16, 64, 256)),
 }
-seeds = {"quick": 32, "paper": 256}
+seeds = {"quick": 32, "paper": 64}
 
 
 def run(config: Config, seeds: int, progress) -> Results:

@@ -44,9 +44,9 @@ class Config(online_explore.Config):
 
 presets = {
     "quick": Config(n_contexts=16, n_actions=8, dim=4, iterations=8, batch_size=16, dpo_steps=30),
-    "paper": Config(n_contexts=128, n_actions=32, iterations=32, batch_size=64),
+    "paper": Config(n_contexts=64, n_actions=16, iterations=24, batch_size=32),
 }
-seeds = {"quick": 32, "paper": 256}
+seeds = {"quick": 32, "paper": 64}
 
 
 def _interval(y: np.ndarray) -> tuple[float, float]:

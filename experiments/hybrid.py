@@ -56,9 +56,9 @@ class Config(online_explore.Config):
 
 presets = {
     "quick": Config(n_contexts=32, n_actions=16, budget=512, batch_size=32, strategy="pi0"),
-    "paper": Config(n_contexts=128, n_actions=32, budget=4096, batch_size=64),
+    "paper": Config(n_contexts=64, n_actions=16, budget=1024, batch_size=32),
 }
-seeds = {"quick": 32, "paper": 256}
+seeds = {"quick": 32, "paper": 64}
 
 
 def run(config: Config, seeds: int, progress) -> Results:

@@ -28,6 +28,7 @@ from bandits import validation as v
 from experiments import plotting
 from experiments.registry import Results, concat_tables, tidy
 from experiments.runner import run_vectorized, seed_keys
+from experiments.world_config import WorldConfig
 
 ALGORITHMS = ("mle_gibbs", "option_i", "option_ii", "dpo", "pessimistic_dpo")
 NEURAL_ALGORITHMS = ("mle_gibbs", "option_ii", "neural_gibbs", "neural_linear_pess", "ensemble_pess")
@@ -44,28 +45,16 @@ description = "E1: offline suboptimality vs n (MLE-Gibbs, Option I/II, DPO, pess
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """Fields reachable with ``--set field=value``; instance fields as in ``bandits.InstanceConfig``."""
+class Config(WorldConfig):
+    """Fields reachable with ``--set field=value``; instance and confidence fields in ``WorldConfig``."""
 
-    n_contexts: int = 128
-    n_actions: int = 32
-    dim: int = 8
-    reward_norm: float = 2.0
-    kl_coef: float = 1.0
     sample_sizes: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
     panel_coverages: tuple[float, ...] = (-0.8, 0.0, 0.8)
     panel_temperature: float = 10.0
     panel_kl_coef: float = 0.1
-    lam: float = 1.0
-    beta_mode: str = "sqrt_d"
-    c_beta: float = 1.0
-    delta: float = 0.05
-    reference_vector: str = "pi0"
     algorithms: tuple[str, ...] = ()
     dpo_steps: int = 200
     dpo_learning_rate: float = 0.05
-    reward: str = "linear"
-    hidden: int = 32
     neural_steps: int = 300
     neural_learning_rate: float = 0.02
     neural_beta: float = 1.0
@@ -73,7 +62,7 @@ class Config:
     seed: int = 0
 
     def __post_init__(self):
-        self.instance  # validates the instance fields
+        super().__post_init__()
         if not self.sample_sizes or any(int(n) < 1 for n in self.sample_sizes) or \
                 list(self.sample_sizes) != sorted(set(self.sample_sizes)):
             v.fail("sample_sizes", self.sample_sizes, "a non-empty strictly increasing tuple of integers >= 1")
@@ -81,11 +70,6 @@ class Config:
             v.check_float("panel_coverages", c, low=-1.0, high=1.0)
         v.check_float("panel_temperature", self.panel_temperature, low=0.0)
         v.check_float("panel_kl_coef", self.panel_kl_coef, low=0.0, low_open=True)
-        v.check_float("lam", self.lam, low=0.0, low_open=True)
-        v.check_choice("beta_mode", self.beta_mode, conf.BETA_MODES)
-        v.check_float("c_beta", self.c_beta, low=0.0, low_open=True)
-        v.check_float("delta", self.delta, low=0.0, high=1.0, low_open=True)
-        v.check_choice("reference_vector", self.reference_vector, conf.REFERENCE_VECTORS)
         allowed = ALL_ALGORITHMS if self.reward == "neural" else ALGORITHMS
         for a in self.algorithms:
             v.check_choice("algorithms", a, allowed)
@@ -95,12 +79,6 @@ class Config:
         v.check_float("neural_learning_rate", self.neural_learning_rate, low=0.0, low_open=True)
         v.check_float("neural_beta", self.neural_beta, low=0.0)
         v.check_int("ensemble_size", self.ensemble_size, 2)
-
-    @property
-    def instance(self) -> b.InstanceConfig:
-        return b.InstanceConfig(n_contexts=self.n_contexts, n_actions=self.n_actions, dim=self.dim,
-                                reward_norm=self.reward_norm, kl_coef=self.kl_coef, reward=self.reward,
-                                hidden=self.hidden)
 
     @property
     def algorithm_names(self) -> tuple[str, ...]:

@@ -17,8 +17,12 @@ on all data, ``algorithms.iterative_dpo``): ``iterative_dpo`` (warm start; pairs
 
 Columns: ``algorithm, setting, coverage, temperature, kl_coef, batch_size, seed, iteration,
 queries, subopt, subopt_kl, regret_kl, kl_to_ref, kl_to_ref_explorer, confidence_width, bound,
-bound_holds, in_confidence_set, strategy_info`` (definitions in ``algorithms.online``; ``bound`` is
-P1's plug-in bound for the Gibbs agent, NaN for the DPO agent).
+bound_holds, in_confidence_set, strategy_info, bound_rate, bound_rate_holds`` (definitions in
+``algorithms.online``; ``bound`` is P1's plug-in bound for the Gibbs agent, NaN for the DPO agent).
+``bound_rate`` is the rate form of P1's online/hybrid theorem (THEORY.md §2.4),
+``sqrt(d / (gamma^2 m)) + beta_t ||phi_bar(pi*) - phi_bar(pi0)||_{Sigma_t^{-1}}`` with the constant of
+its ``≲`` set to 1 and ``gamma = 1 / (2 + e^{2B} + e^{-2B})``, for the Gibbs agent of a linear learner
+in a linear world (NaN elsewhere, like ``bound``); ``bound_rate_holds`` compares ``subopt_kl`` with it.
 
 Neural rewards (``--set reward=neural``): the learner becomes the MLP reward of
 ``algorithms.online`` (``learner=auto``; ``neural_steps`` warm-started Adam steps per iteration) and
@@ -37,12 +41,14 @@ import jax.numpy as jnp
 import numpy as np
 
 import bandits as b
+from algorithms import confidence as conf
 from algorithms import iterative_dpo, strategies
 from algorithms.online import LEARNERS, OnlineSettings, run_online
 from bandits import validation as v
 from experiments import plotting
 from experiments.registry import Results, concat_tables, tidy
 from experiments.runner import run_vectorized, seed_keys
+from experiments.world_config import WorldConfig
 
 # name -> (strategy, OnlineSettings overrides)
 SPECIAL = {
@@ -57,7 +63,7 @@ ALGORITHMS = GIBBS_STRATEGIES + tuple(SPECIAL)
 QUICK_ALGORITHMS = ("enhancer", "pi0", "self_play", "optimism", "thompson", "max_min", "xpo")
 SETTINGS = ("hard", "easy")
 
-nan_columns = ("bound", "bound_holds", "in_confidence_set", "strategy_info")
+nan_columns = ("bound", "bound_holds", "in_confidence_set", "strategy_info", "bound_rate", "bound_rate_holds")
 description = "E3: online suboptimality and regret vs queries for every pair-selection strategy (P1 online)"
 
 
@@ -73,26 +79,18 @@ def algorithm_spec(name: str) -> tuple[str, dict]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """Fields reachable with ``--set field=value``."""
+class Config(WorldConfig):
+    """Fields reachable with ``--set field=value``; instance and confidence fields in ``WorldConfig``
+    (redeclared here only to change their defaults)."""
 
     n_contexts: int = 64
     n_actions: int = 16
-    dim: int = 8
-    reward_norm: float = 2.0
     kl_coef: float = 0.1
-    reward: str = "linear"
-    hidden: int = 32
     settings: tuple[str, ...] = SETTINGS
     hard_coverage: float = -0.8
     hard_temperature: float = 10.0
     iterations: int = 24
     batch_size: int = 64
-    lam: float = 1.0
-    beta_mode: str = "sqrt_d"
-    c_beta: float = 1.0
-    delta: float = 0.05
-    reference_vector: str = "pi0"
     newton_steps: int = 30
     k: int = 4
     bonus_coef: float = 0.001
@@ -106,7 +104,7 @@ class Config:
     seed: int = 0
 
     def __post_init__(self):
-        self.instance
+        super().__post_init__()
         for s in self.settings:
             v.check_choice("settings", s, SETTINGS)
         if not self.settings:
@@ -117,12 +115,6 @@ class Config:
         for a in self.algorithms:
             algorithm_spec(a)
         self.online_settings()
-
-    @property
-    def instance(self) -> b.InstanceConfig:
-        return b.InstanceConfig(n_contexts=self.n_contexts, n_actions=self.n_actions, dim=self.dim,
-                                reward_norm=self.reward_norm, kl_coef=self.kl_coef, reward=self.reward,
-                                hidden=self.hidden)
 
     @property
     def algorithm_names(self) -> tuple[str, ...]:
@@ -155,9 +147,11 @@ class Config:
 presets = {
     "quick": Config(n_contexts=32, n_actions=16, iterations=12, batch_size=32, algorithms=QUICK_ALGORITHMS,
                     dpo_steps=50),
-    "paper": Config(n_contexts=128, n_actions=32, iterations=32, batch_size=64),
+    # Every algorithm and both settings; sized to finish in about half an hour on 2 CPU cores (the
+    # first draft, n_x = 128, K = 32, T = 32 x m = 64 at 256 seeds, would have taken about half a day).
+    "paper": Config(n_contexts=64, n_actions=16, iterations=24, batch_size=32),
 }
-seeds = {"quick": 32, "paper": 256}
+seeds = {"quick": 32, "paper": 64}
 
 
 def per_seed(key, coverage, temperature, strategy_index, config: Config, group: tuple[str, ...],
@@ -216,6 +210,10 @@ def run_algorithms(config: Config, algorithms, keys, progress, settings_names=No
 def _table(out, config: Config, alg: str, setting: str, settings: OnlineSettings, offline_size: int, n_seeds: int):
     coverage, temperature = config.setting_values(setting)
     out["bound_holds"] = np.where(np.isnan(out["bound"]), np.nan, (out["subopt_kl"] <= out["bound"]).astype(float))
+    out["bound_rate"] = np.where(np.isnan(out["bound"]), np.nan,
+                                 rate_bound(config, settings.batch_size, out["confidence_width"]))
+    out["bound_rate_holds"] = np.where(np.isnan(out["bound_rate"]), np.nan,
+                                       (out["subopt_kl"] <= out["bound_rate"]).astype(float))
     table = tidy(out, seed=np.arange(n_seeds), iteration=np.arange(settings.iterations + 1))
     count = len(table["seed"])
     table.update(algorithm=np.full(count, alg), setting=np.full(count, setting),
@@ -223,6 +221,12 @@ def _table(out, config: Config, alg: str, setting: str, settings: OnlineSettings
                  kl_coef=np.full(count, config.kl_coef), batch_size=np.full(count, settings.batch_size),
                  offline_size=np.full(count, offline_size))
     return table
+
+
+def rate_bound(config: Config, batch_size: int, confidence_width):
+    """P1's online/hybrid rate ``sqrt(d / (gamma^2 m)) + confidence_width`` (constant 1; THEORY.md §2.4)."""
+    gamma = float(conf.sigmoid_slope_lower_bound(config.reward_norm))
+    return math.sqrt(config.dim / (gamma**2 * batch_size)) + np.asarray(confidence_width, float)
 
 
 def final_summary(table, group: str = "algorithm", metric: str = "subopt") -> dict:
@@ -254,6 +258,11 @@ def run(config: Config, seeds: int, progress) -> Results:
         holds = part["bound_holds"]
         if np.any(~np.isnan(holds)):
             summary[f"{setting}/bound_holds_frac"] = float(np.nanmean(holds))
+        rate_holds = part["bound_rate_holds"]
+        if np.any(~np.isnan(rate_holds)):
+            summary[f"{setting}/bound_rate_holds_frac"] = float(np.nanmean(rate_holds))
+            ratio = part["bound_rate"] / np.maximum(part["subopt_kl"], 1e-300)
+            summary[f"{setting}/bound_rate_over_subopt_kl_median"] = float(np.nanmedian(ratio))
         if config.learner_kind == "linear" and config.reward == "linear":
             summary[f"{setting}/in_confidence_set_frac"] = float(np.nanmean(part["in_confidence_set"]))
     return Results(table, summary)
@@ -282,6 +291,12 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
         if "enhancer" in algorithms and np.any(keep):
             plotting.bound_plot(row[0], x[keep], np.nanmean(bound, 0)[keep], "P1 plug-in bound (enhancer)",
                                 color=colors["enhancer"])
+        if "enhancer" in algorithms and "bound_rate" in table:
+            x, rate = plotting.pivot(table, "queries", "bound_rate", where={"setting": setting, "algorithm": "enhancer"})
+            keep = (x > 0) & np.all(np.isfinite(rate), axis=0)
+            if np.any(keep):
+                plotting.bound_plot(row[0], x[keep], np.nanmean(rate, 0)[keep],
+                                    "P1 rate bound, constant 1 (enhancer)", color=colors["enhancer"], linestyle=":")
         pi0 = "uniform pi0" if temperature == 0 else f"pi0: c={coverage:+.1f}, s={temperature:g}"
         row[0].set(title=f"{setting}: {pi0}", xlabel="queries m t", ylabel="J(pi*) - J(pi_t)")
         row[1].set(title=f"{setting}: cumulative KL-regularised regret", xlabel="queries m t",

@@ -100,8 +100,10 @@ def _log_axis(axis, scale) -> None:
 
 
 def bound_plot(ax, x: Any, bound: Any, label: str, *, color: Any = None, **line_kwargs: Any):
-    """A theoretical bound (or rate ``C n^-1/2``) as a dashed curve; returns the line."""
-    (line,) = ax.plot(np.asarray(x, float), np.asarray(bound, float), linestyle="--", label=label,
+    """A theoretical bound (or rate ``C n^-1/2``) as a dashed curve (unless ``linestyle`` is given); returns
+    the line."""
+    line_kwargs.setdefault("linestyle", "--")
+    (line,) = ax.plot(np.asarray(x, float), np.asarray(bound, float), label=label,
                       color=color if color is not None else "0.35", **line_kwargs)
     return line
 

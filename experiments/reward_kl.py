@@ -61,6 +61,7 @@ from bandits import validation as v
 from experiments import plotting
 from experiments.registry import Results, concat_tables, tidy
 from experiments.runner import run_vectorized, seed_keys
+from experiments.world_config import ConfidenceFields
 
 FRONTIER = ("gibbs_true", "mle_gibbs", "option_ii", "option_i")
 NEURAL_FRONTIER = ("gibbs_true", "mle_gibbs", "option_ii", "neural_gibbs", "neural_linear_pess")
@@ -90,8 +91,9 @@ description = "E2: reward-KL frontier, over-optimization, pessimism, multi-step 
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """Fields reachable with ``--set field=value``; instance fields as in ``bandits.InstanceConfig``."""
+class Config(ConfidenceFields):
+    """Fields reachable with ``--set field=value``; instance fields as in ``bandits.InstanceConfig``,
+    confidence-set fields in ``ConfidenceFields``."""
 
     n_contexts: int = 64
     n_actions: int = 32
@@ -103,11 +105,6 @@ class Config:
     kl_min: float = 0.01
     kl_max: float = 10.0
     n_kl: int = 12
-    lam: float = 1.0
-    beta_mode: str = "sqrt_d"
-    c_beta: float = 1.0
-    delta: float = 0.05
-    reference_vector: str = "pi0"
     rs_budgets: tuple[int, ...] = (8, 32, 128)
     rs_stages: int = 3
     rs_schedule: str = "inverse_linear"
@@ -120,6 +117,7 @@ class Config:
     seed: int = 0
 
     def __post_init__(self):
+        super().__post_init__()
         self.instance  # validates the instance fields (reward, hidden included)
         v.check_int("n", self.n, 1)
         v.check_float("kl_min", self.kl_min, low=0.0, low_open=True)
@@ -127,11 +125,6 @@ class Config:
         v.check_int("n_kl", self.n_kl, 1)
         if self.n_kl > 1 and not self.kl_max > self.kl_min:
             v.fail("kl_max", self.kl_max, f"a number > kl_min = {self.kl_min} when n_kl > 1")
-        v.check_float("lam", self.lam, low=0.0, low_open=True)
-        v.check_choice("beta_mode", self.beta_mode, conf.BETA_MODES)
-        v.check_float("c_beta", self.c_beta, low=0.0, low_open=True)
-        v.check_float("delta", self.delta, low=0.0, high=1.0, low_open=True)
-        v.check_choice("reference_vector", self.reference_vector, conf.REFERENCE_VECTORS)
         v.check_int("rs_stages", self.rs_stages, 1)
         v.check_choice("rs_schedule", self.rs_schedule, SCHEDULES)
         v.check_float("rs_geometric_ratio", self.rs_geometric_ratio, low=1.0, low_open=True)
