@@ -20,7 +20,13 @@ import jax.numpy as jnp
 
 def random_skew_matrix(key: jax.Array, d: int, strength: float, dtype=None) -> jax.Array:
     """A random skew-symmetric ``S`` with spectral norm ``strength`` (so ``|phi_a^T S phi_b| <= strength``
-    on unit features). ``d = 1`` admits only ``S = 0``."""
+    on unit features). ``d = 1`` admits only ``S = 0``.
+
+    A concrete ``strength = 0`` (every Bradley-Terry instance) returns zeros without the spectral norm:
+    its SVD is a batched LAPACK call under ``vmap``, which hung sharded runs on 2 CPU devices
+    (``algorithms.spd_solve``; ``benchmarks/README.md``)."""
+    if isinstance(strength, (int, float)) and strength == 0:
+        return jnp.zeros((d, d), dtype=dtype if dtype is not None else jnp.result_type(float))
     a = jax.random.normal(key, (d, d), dtype=dtype)
     s = a - a.T
     norm = jnp.linalg.norm(s, ord=2)

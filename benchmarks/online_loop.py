@@ -1,9 +1,9 @@
 """Benchmark (DESIGN.md §8, issue 4 "Speed"): P1's online loop with the ``optimism`` strategy, ours vs NumPy/SciPy.
 
 Workload (defaults: the online-explore ``paper`` preset, hard setting): S seeds (default 1024); per
-seed one instance (n_x=128, K=32, d=8, B=2, kl_coef=0.1, pi0 with coverage -0.8 and temperature 10)
-and T + 1 = 33 rounds of the loop of ``algorithms.online`` with the Gibbs main agent and the linear
-BT-MLE learner (m=64, lam=1, beta = c_beta sqrt(d) with c_beta=1, at most 30 Newton steps). Round t:
+seed one instance (n_x=64, K=16, d=8, B=2, kl_coef=0.1, pi0 with coverage -0.8 and temperature 10)
+and T + 1 = 25 rounds of the loop of ``algorithms.online`` with the Gibbs main agent and the linear
+BT-MLE learner (m=32, lam=1, beta = c_beta sqrt(d) with c_beta=1, at most 30 Newton steps). Round t:
 
     theta_t <- regularised BT-MLE on the t m comparisons so far (warm start theta_{t-1})
     Sigma_t = lam I + sum z z^T, its Cholesky factor L, Gamma(x, a) = ||phi(x, a) - nu||_{Sigma_t^{-1}}
@@ -20,13 +20,14 @@ Implementations
         sharded by run_vectorized); ``2p`` = two concurrent 1-device processes on the two halves of the
         seeds. Compile (trace + lower + compile) and run are timed separately; steady state = median
         of --repeats further calls reusing the executable. With jax/jaxlib 0.10.2 on a 2-core CPU
-        the sharded 2-device run deadlocks (see README); a subprocess using under 2% of a core over
-        --jax-idle seconds is killed and reported as hung, and the other runs go on.
+        sharded 2-device runs deadlocked inside batched LAPACK kernels (see README; the SPD solves
+        are now plain XLA ops, ``algorithms.spd_solve``); a subprocess using under 2% of a core over
+        --jax-idle seconds is still killed and reported as hung, and the other runs go on.
   B1    NumPy + SciPy, one seed and one round at a time: scipy L-BFGS-B (analytic gradient) warm
         started, ``np.linalg.cholesky`` + ``scipy.linalg.solve_triangular``, NumPy Gibbs policies,
         inverse-CDF sampling from the two marginals, NumPy exact metrics.
   B3    NumPy vectorised over seeds, one round at a time: batched damped Newton (``np.linalg.solve``
-        on [S, d, d], ours' 12 Armijo candidates and Newton-decrement tolerance 1e-20, at most
+        on [S, d, d], ours' 12 Armijo candidates tried in order and Newton-decrement tolerance 1e-20, at most
         newton_steps iterations, only unconverged seeds iterated), batched Cholesky and solves.
 B1 and B3 generate their instances with NumPy (``default_rng([root, seed])`` per seed, generation
 inside their timed region), so their random streams differ from ours: the check against ours is
@@ -72,15 +73,15 @@ STRATEGY = "optimism"
 class Sizes:
     """The loop's sizes and constants (hashable: keys ours' compiled executables)."""
 
-    n_contexts: int = 128
-    n_actions: int = 32
+    n_contexts: int = 64
+    n_actions: int = 16
     dim: int = 8
     reward_norm: float = 2.0
     kl_coef: float = 0.1
     coverage: float = -0.8
     temperature: float = 10.0
-    iterations: int = 32
-    batch_size: int = 64
+    iterations: int = 24
+    batch_size: int = 32
     lam: float = 1.0
     c_beta: float = 1.0
     newton_steps: int = 30
@@ -458,7 +459,8 @@ def work_model(sz: Sizes, newton_iters, seeds: int):
     ``newton_iters [S', T + 1]``: Newton iterations per (seed, round) of B3 (same algorithm and
     tolerance as ours), scaled by seeds / S'. Per Newton iteration on n = t m rows (the offline
     benchmark's count): 2nd (u) + 2nd (gradient) + nd + 2nd^2 (Hessian) + d^3/3 + 2d^2 (Cholesky,
-    solves) + 2nd + n (f) + 12 (2nd + 2n) (line search) + 2n. Per round: Gram 2nd^2 + d^3/3;
+    solves) + 2nd + 2n (one line-search trial: the full step, accepted near the optimum; f is carried)
+    + 2n. Per round: Gram 2nd^2 + d^3/3;
     r_hat 2 n_x K d; Gamma n_x K (d^2 + 2d + 1) (triangular solve); two Gibbs policies 10 n_x K;
     sampling 4 m K + 4 m d; metrics 20 n_x K + 2 n_x K d + 4 d^2. Per seed: instance (normalise,
     reward, xi) 7 n_x K d + 10 n_x K, pi*, nu and phi_bar(pi*) 4 n_x K d + 10 n_x K, phi - nu n_x K d.
@@ -470,8 +472,8 @@ def work_model(sz: Sizes, newton_iters, seeds: int):
     flops = bytes_ = 0.0
     for t in range(sz.rounds):
         n = t * m
-        per_iter = (2 * n * d + 2 * n * d + n * d + 2 * n * d * d + d ** 3 / 3 + 2 * d * d + 2 * n * d + n
-                    + 12 * (2 * n * d + 2 * n) + 2 * n)
+        per_iter = (2 * n * d + 2 * n * d + n * d + 2 * n * d * d + d ** 3 / 3 + 2 * d * d
+                    + (2 * n * d + 2 * n) + 2 * n)
         per_round = (2 * n * d * d + d ** 3 / 3 + 2 * nx * k * d + nx * k * (d * d + 2 * d + 1) + 10 * nx * k
                      + 4 * m * k + 4 * m * d + 20 * nx * k + 2 * nx * k * d + 4 * d * d)
         flops += iters[t] * per_iter + seeds * per_round
