@@ -273,7 +273,7 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
     algorithms = list(dict.fromkeys(np.asarray(table["algorithm"]).tolist()))
     fig, axes = plotting.figure(ncols=2, nrows=len(settings), size=(6.0, 4.4))
     axes = np.asarray(axes).reshape(len(settings), 2)
-    colors = {a: f"C{i % 10}" for i, a in enumerate(algorithms)}
+    colors = plotting.distinct_colors(algorithms)
     styles = {a: ("--" if algorithm_spec(a)[1].get("agent") == "dpo" else "-") for a in algorithms}
     for row, setting in zip(axes, settings):
         coverage, temperature = config.setting_values(setting)
@@ -290,13 +290,13 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
             keep = (x > 0) & np.all(np.isfinite(bound), axis=0)
         if "enhancer" in algorithms and np.any(keep):
             plotting.bound_plot(row[0], x[keep], np.nanmean(bound, 0)[keep], "P1 plug-in bound (enhancer)",
-                                color=colors["enhancer"])
+                                color="black")
         if "enhancer" in algorithms and "bound_rate" in table:
             x, rate = plotting.pivot(table, "queries", "bound_rate", where={"setting": setting, "algorithm": "enhancer"})
             keep = (x > 0) & np.all(np.isfinite(rate), axis=0)
             if np.any(keep):
                 plotting.bound_plot(row[0], x[keep], np.nanmean(rate, 0)[keep],
-                                    "P1 rate bound, constant 1 (enhancer)", color=colors["enhancer"], linestyle=":")
+                                    "P1 rate bound, constant 1 (enhancer)", color="black", linestyle=":")
         pi0 = "uniform pi0" if temperature == 0 else f"pi0: c={coverage:+.1f}, s={temperature:g}"
         row[0].set(title=f"{setting}: {pi0}", xlabel="queries m t", ylabel="J(pi*) - J(pi_t)")
         row[1].set(title=f"{setting}: cumulative KL-regularised regret", xlabel="queries m t",

@@ -42,6 +42,18 @@ def figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 3.8
                         constrained_layout=True, **kwargs)
 
 
+def distinct_colors(names) -> dict:
+    """One colour per name: matplotlib's ten ``C0..C9``, then (beyond ten) ``tab20``'s dark shades
+    followed by its light ones, so no two curves of one figure share a colour up to 20 names."""
+    names = list(names)
+    if len(names) <= 10:
+        return {n: f"C{i}" for i, n in enumerate(names)}
+    import matplotlib
+    cmap = matplotlib.colormaps["tab20"]
+    order = list(range(0, 20, 2)) + list(range(1, 20, 2))
+    return {n: cmap(order[i % 20]) for i, n in enumerate(names)}
+
+
 def _by_seed(x: Any, y_by_seed: Any) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x, dtype=float)
     y = np.asarray(y_by_seed, dtype=float)
