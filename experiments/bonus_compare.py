@@ -127,7 +127,7 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
                             color="C3", label=f"paired difference to {config.baseline}")
             row[1].axvline(0.0, color="0.4", lw=0.8)
             row[1].set_yticks(ypos, names, fontsize="small")
-            row[1].set(title=f"{setting}: minus {config.baseline}, paired (common random numbers)",
+            row[1].set(title=f"{setting}: paired difference to {config.baseline} (same seeds)",
                        xlabel=f"{config.metric} - {config.metric}[{config.baseline}]", ylabel="algorithm")
         else:
             row[1].set_visible(False)
