@@ -99,6 +99,7 @@ BUILTIN: dict[str, str] = {
     "omd-vs-mle": "experiments.omd_vs_mle",
     "active-vs-random": "experiments.active_vs_random",
     "deployment-regret": "experiments.deployment_regret",
+    "lm-kl-estimators": "experiments.lm_kl_estimators",
 }
 
 DEFAULT_SEEDS = {"quick": 8, "paper": 100}

@@ -6,12 +6,14 @@ and their exact / candidate-set bandit instances. Never imports torch.
 - ``tiny``: ``TinyLMConfig`` and a small causal transformer (realistic, misspecified);
 - ``tree``: ``TreeConfig`` and the prefix-tree tabular LM (realizable: any law over the responses);
 - ``exact``: ``exact_instance`` / ``candidate_instance`` (bandits ``Instance``s), the candidate-Gibbs KL,
-  the best-of-n law with ties split by pi0 mass.
+  the best-of-n law with ties split by pi0 mass;
+- ``kl_estimators``: k1/k2/k3 (per token and per sequence) with their exact moments and exact expected
+  gradients against the true reverse/forward KL gradients (LLM_BRIDGE.md §4).
 
 The two LMs share one API (``init``, ``token_logprobs``, ``sequence_logprob``, ``enumerated_token_logprobs``,
 ``sample``), so they are used as modules: ``from bandits.lm import tiny, tree``.
 """
-from bandits.lm import exact, space, tiny, tree
+from bandits.lm import exact, kl_estimators, space, tiny, tree
 from bandits.lm.exact import (best_of_n_law_split_ties, candidate_gibbs_kl, candidate_gibbs_policy,
                               candidate_instance, candidates_from_exact, enumerated_log_policy,
                               exact_instance, lift_candidate_policy, segment_logsumexp)
