@@ -100,6 +100,8 @@ BUILTIN: dict[str, str] = {
     "active-vs-random": "experiments.active_vs_random",
     "deployment-regret": "experiments.deployment_regret",
     "lm-kl-estimators": "experiments.lm_kl_estimators",
+    "lm-iterative-dpo": "experiments.lm_iterative_dpo",
+    "lm-rejection": "experiments.lm_rejection",
 }
 
 DEFAULT_SEEDS = {"quick": 8, "paper": 100}
