@@ -16,7 +16,8 @@ plain gradient after ``growth_steps`` rounds: the code's stand-in for a growing 
 ``r_norm_sq / r_norm_sq = 1`` rather than ``||r_new||^2 / ||r_old||^2``, and its step is
 ``||r||^2 / (p^T A p + 1e-8)``; ``False`` is textbook CG.
 The step is constant (``lr``), no projection unless ``radius`` is given. The state also carries
-``V_t^{-1}`` (Sherman-Morrison) for bonus-based rules.
+``V_t^{-1}`` (Sherman-Morrison) for bonus-based rules; the step, projection and ``V^{-1}`` update are
+``algorithms.ogd.projected_step``, shared with OGD.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from algorithms.omd import euclid_projection, sherman_morrison
+from algorithms.ogd import first_order_init, projected_step
 from bandits import validation as v
 
 
@@ -36,12 +37,7 @@ class HVPState(NamedTuple):
 
 
 def hvp_init(dim: int, lam, dtype=None) -> HVPState:
-    v.check_int("dim", dim, 1)
-    if v.is_concrete(lam):
-        v.check_float("lam", lam, low=0.0, low_open=True)
-    dtype = dtype or jnp.result_type(float)
-    return HVPState(jnp.zeros(dim, dtype), jnp.eye(dim, dtype=dtype) / jnp.asarray(lam, dtype),
-                    jnp.asarray(0, jnp.int32))
+    return first_order_init(HVPState, dim, lam, dtype)
 
 
 def batch_loss(theta: jax.Array, z: jax.Array, y: jax.Array) -> jax.Array:
@@ -93,10 +89,4 @@ def hvp_step(state: HVPState, z: jax.Array, y, learning_rate, damping=0.8, growt
     solved = conjugate_gradient(hvp, grad, cg_steps, cg_quirk)
     mixed = damping * grad + (1.0 - damping) * solved if cg_steps > 1 else solved
     direction = jnp.where(current < 1.0, mixed, grad)
-    theta = theta - learning_rate * direction
-    if radius is not None:
-        theta = euclid_projection(theta, radius)
-    gram_inv = state.gram_inv
-    for row in zb:
-        gram_inv = sherman_morrison(gram_inv, row)
-    return HVPState(theta, gram_inv, state.count + 1)
+    return projected_step(state, direction, learning_rate, zb, radius)

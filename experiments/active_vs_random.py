@@ -10,13 +10,16 @@ Selections (``selections``):
 - ``active_batch``: P3's code, the pool arrives in batches of ``batch``; the top ``batch // 4`` of each by
   ``||z||_{A^{-1}}`` (scored with the design at the batch start) are labelled (needs ``pool >= 4 budget``).
 
-Estimators (``estimators``): ``mle`` (refit each label, warm-started) and ``omd``; algorithm names are
+Estimators (``estimators``): ``mle`` (refit each label, warm-started) and ``omd`` by default, or any of
+``algorithms.online_estimator.ESTIMATORS`` (``ogd`` and ``hvp`` use ``V_t``); algorithm names are
 ``selection-estimator``. Metrics at label counts ``checkpoints``: as in ``omd_vs_mle`` (estimation error,
 held-out expected accuracy / log-loss, plug-in and pessimistic suboptimality under ``objective``), and
 ``seconds``: the wall-clock of one round (selection + update) at round t, from seed 0's state after
 ``t - 1`` rounds in a separate jitted call (MLE buffer of exactly t rows; all pool rows marked available,
 which costs the same), median of ``timing_repeats``; NaN except for seed 0 at ``timing_rounds``.
-The summary's ``total_seconds`` integrates those per-round times over rounds 1..budget (trapezoid on the
+The selections of one estimator run one after the other through one compiled scan (``lax.map`` over the
+selection index, ``lax.switch`` to the selection; only the chosen one runs); the timed round is that
+same code. The summary's ``total_seconds`` integrates those per-round times over rounds 1..budget (trapezoid on the
 timed rounds, flat before the first): the analogue of P3's train-time column.
 ``regret_avg`` / ``regret_weak`` do not apply: NaN.
 """
@@ -33,17 +36,16 @@ import numpy as np
 import bandits as b
 from algorithms import active_selection as act
 from algorithms import confidence as conf
-from algorithms import p3_policy
-from algorithms.omd import PROJECTIONS
+from algorithms.online_estimator import ESTIMATORS
 from bandits import validation as v
-from experiments import omd_vs_mle as e8
+from experiments import p3_common as p3
 from experiments import plotting
 from experiments.registry import Results, concat_tables
 from experiments.runner import run_vectorized, seed_keys
 
 SELECTIONS = ("random", "active", "active_batch")
 EST = ("mle", "omd")
-METRICS = e8.METRICS
+METRICS = p3.METRICS
 
 # NaN means "not applicable" in these columns (module docstring).
 nan_columns = ("regret_avg", "regret_weak", "seconds")
@@ -52,81 +54,42 @@ description = "E9: random vs active (APO / top-25% batch) selection x MLE vs OMD
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """Fields reachable with ``--set field=value`` (module docstring); estimator fields as in omd-vs-mle."""
+class Config(p3.P3Config):
+    """Fields reachable with ``--set field=value`` (module docstring); the instance, estimator, objective
+    and timing fields are ``p3_common.P3Config``'s.
 
-    n_contexts: int = 128
-    n_actions: int = 32
-    dim: int = 8
+    reward_norm: ``B``; pool: candidate comparisons; budget: labels; batch: the top-fraction batch size;
+    checkpoints: label counts at which metrics are taken; heldout: held-out comparisons; selections:
+    random | active | active_batch; estimators: any of omd, mle, ogd, hvp (default mle, omd).
+    """
+
     reward_norm: float = 2.0
     pool: int = 8192
     budget: int = 1024
     batch: int = 32
     checkpoints: tuple[int, ...] = (32, 64, 128, 256, 512, 1024)
     heldout: int = 2048
-    lam: float = 1.0
-    omd_lam: float | None = None
-    omd_step_size: float | None = None
-    projection: str = "euclid"
-    objective: str = "unregularized"
-    kl_coef: float = 0.1
-    c_beta: float = 0.5
     selections: tuple[str, ...] = SELECTIONS
     estimators: tuple[str, ...] = EST
-    timing_rounds: tuple[int, ...] | None = None
-    timing_repeats: int = 15
-    seed: int = 0
 
     def __post_init__(self):
-        b.InstanceConfig(n_contexts=self.n_contexts, n_actions=self.n_actions, dim=self.dim,
-                         reward_norm=self.reward_norm, kl_coef=self.kl_coef)
+        v.check_float("reward_norm", self.reward_norm, low=0.0, low_open=True)
         v.check_int("budget", self.budget, 1)
         v.check_int("batch", self.batch, 4)
         v.check_int("pool", self.pool, self.budget)
+        p3.check_names("selections", self.selections, SELECTIONS)
+        p3.check_names("estimators", self.estimators, ESTIMATORS)
         needed = -(-self.budget // (self.batch // 4)) * self.batch
         if "active_batch" in self.selections and self.pool < needed:
             v.fail("pool", self.pool, f"at least {needed} (ceil(budget / (batch // 4)) batches of {self.batch}) "
                    "with selection 'active_batch'")
-        e8.check_rounds("checkpoints", self.checkpoints, self.budget)
         v.check_int("heldout", self.heldout, 1)
-        v.check_float("lam", self.lam, low=0.0, low_open=True)
-        if self.omd_lam is not None:
-            v.check_float("omd_lam", self.omd_lam, low=0.0, low_open=True)
-        if self.omd_step_size is not None:
-            v.check_float("omd_step_size", self.omd_step_size, low=0.0, low_open=True)
-        v.check_choice("projection", self.projection, PROJECTIONS)
-        v.check_choice("objective", self.objective, p3_policy.OBJECTIVES)
-        v.check_float("c_beta", self.c_beta, low=0.0)
-        for field, values, allowed in (("selections", self.selections, SELECTIONS),
-                                       ("estimators", self.estimators, EST)):
-            if not values:
-                v.fail(field, values, "a non-empty tuple of " + ", ".join(allowed))
-            for s in values:
-                v.check_choice(field, s, allowed)
-        if self.timing_rounds is not None:
-            e8.check_rounds("timing_rounds", self.timing_rounds, self.budget)
-        v.check_int("timing_repeats", self.timing_repeats, 1)
+        super().__post_init__()
 
-    # what omd_vs_mle's helpers read
     @property
     def rounds(self) -> int:
+        """The horizon: one label per round."""
         return self.budget
-
-    @property
-    def algorithms(self) -> tuple[str, ...]:
-        return self.estimators
-
-    @property
-    def ogd_lr(self):
-        return 1.0
-
-    @property
-    def hvp_lr(self):
-        return 0.1
-
-    @property
-    def timed(self) -> tuple[int, ...]:
-        return self.checkpoints if self.timing_rounds is None else self.timing_rounds
 
     @property
     def names(self) -> list[tuple[str, str]]:
@@ -156,76 +119,96 @@ def choose(selection, est, state, available, t, pool_z, batch_rows, config):
     return batch_rows[t % n_sel], batch_rows
 
 
+def choose_any(selections, index, est, state, available, t, pool_z, batch_rows, config):
+    """``choose`` with ``selections[index]`` (a traced index: ``lax.switch``, so the selections of one
+    estimator share one compiled round, and only the chosen selection runs)."""
+    branches = [functools.partial(choose, s, est, config=config) for s in selections]
+    if len(branches) == 1:
+        return branches[0](state, available, t, pool_z, batch_rows)
+    return jax.lax.switch(index, branches, state, available, t, pool_z, batch_rows)
+
+
 def simulate(key, config: Config):
+    """One seed: metrics ``[n_checkpoints, n_alg]`` and, per algorithm, light state snapshots after rounds
+    ``t - 1`` (``t`` in ``config.timed``) and the pool rows chosen. The selections of one estimator run
+    one after the other (``lax.map``) through one compiled scan."""
     k_inst, k_pool, k_held = jax.random.split(key, 3)
-    inst = e8.scaled_instance(k_inst, config, config.reward_norm)
+    inst = p3.scaled_instance(k_inst, config, config.reward_norm)
     data = b.sample_preference_data(k_pool, inst, inst.log_pi0, inst.log_pi0, config.pool)
     pool_z = b.feature_differences(inst, data)
     pool_y = data.y.astype(pool_z.dtype)
-    z_held, p_held = e8.heldout_set(k_held, inst, config.heldout)
+    z_held, p_held = p3.heldout_set(k_held, inst, config.heldout)
     nu = conf.reference_vector(inst, "pi0")
     ck = jnp.asarray(config.checkpoints)
     tk = jnp.asarray([t - 1 for t in config.timed])
-    ests = e8.estimators(config, config.reward_norm, config.budget)
-    out, timings = {}, []
-    for selection, est_name in config.names:
-        est = ests[config.estimators.index(est_name)]
+    ests = p3.estimators(config, config.estimators, config.reward_norm, config.budget)
+    d, n_sel = config.dim, len(config.selections)
+    metrics, timings = {}, {}
+    for est_name, est in zip(config.estimators, ests):
         init = est.init()
-        d = config.dim
-        snaps = (jnp.zeros((len(ck), d), pool_z.dtype), jnp.zeros((len(ck), d, d), pool_z.dtype))
-        timing = jax.tree.map(lambda a: jnp.broadcast_to(a, (len(tk),) + a.shape), e8.light(init))
+        timing0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (len(tk),) + a.shape), p3.light(init))
 
-        def body(carry, _, selection=selection, est=est):
-            state, available, rows, snaps, timing, t = carry
-            idx, rows = choose(selection, est, state, available, t, pool_z, rows, config)
-            state = est.update(state, pool_z[idx], pool_y[idx])
-            available = available.at[idx].set(False)
-            pos = e8.snapshot_index(t + 1, ck)
-            snaps = (snaps[0].at[pos].set(est.theta(state), mode="drop"),
-                     snaps[1].at[pos].set(est.inverse_design(state), mode="drop"))
-            tpos = e8.snapshot_index(t + 1, tk)
-            timing = jax.tree.map(lambda buf, a: buf.at[tpos].set(a, mode="drop"), timing, e8.light(state))
-            return (state, available, rows, snaps, timing, t + 1), idx
+        def one_selection(index, est=est, init=init, timing0=timing0):
+            def body(carry, _):
+                state, available, rows, snaps, timing, t = carry
+                idx, rows = choose_any(config.selections, index, est, state, available, t, pool_z, rows, config)
+                state = est.update(state, pool_z[idx], pool_y[idx])
+                available = available.at[idx].set(False)
+                pos = p3.snapshot_index(t + 1, ck)
+                snaps = (snaps[0].at[pos].set(est.theta(state), mode="drop"),
+                         snaps[1].at[pos].set(est.inverse_design(state), mode="drop"))
+                tpos = p3.snapshot_index(t + 1, tk)
+                timing = jax.tree.map(lambda buf, a: buf.at[tpos].set(a, mode="drop"), timing, p3.light(state))
+                return (state, available, rows, snaps, timing, t + 1), idx
 
-        carry0 = (init, jnp.ones(config.pool, bool), jnp.zeros(config.batch // 4, jnp.int32), snaps, timing,
-                  jnp.asarray(0))
-        (_, _, _, snaps, timing, _), chosen = jax.lax.scan(body, carry0, None, length=config.budget)
-        per = lambda th, iv, t: e8.estimate_metrics(inst, th, iv, t, z_held, p_held, nu, config)
-        metrics = jax.vmap(per)(snaps[0], snaps[1], ck)
-        out[f"{selection}-{est_name}"] = metrics
-        timings.append((timing, chosen))
-    metrics = {m: jnp.stack([out[f"{s}-{e}"][m] for s, e in config.names], axis=-1) for m in METRICS}
-    return metrics, tuple(timings)
+            snaps = (jnp.zeros((len(ck), d), pool_z.dtype), jnp.zeros((len(ck), d, d), pool_z.dtype))
+            carry0 = (init, jnp.ones(config.pool, bool), jnp.zeros(config.batch // 4, jnp.int32), snaps, timing0,
+                      jnp.asarray(0))
+            (_, _, _, snaps, timing, _), chosen = jax.lax.scan(body, carry0, None, length=config.budget)
+            per = lambda th, iv, t: p3.estimate_metrics(inst, th, iv, t, z_held, p_held, nu, config)
+            return jax.vmap(per)(snaps[0], snaps[1], ck), timing, chosen
+
+        got, timing, chosen = jax.lax.map(one_selection, jnp.arange(n_sel, dtype=jnp.int32))
+        for j, selection in enumerate(config.selections):
+            metrics[(selection, est_name)] = {m: got[m][j] for m in METRICS}
+            timings[(selection, est_name)] = (jax.tree.map(lambda a, j=j: a[j], timing), chosen[j])
+    stacked = {m: jnp.stack([metrics[n][m] for n in config.names], axis=-1) for m in METRICS}
+    return stacked, tuple(timings[n] for n in config.names)
 
 
-def _round(state, pool_z, pool_y, t, reward_norm, config, selection, index, capacity):
-    est = e8.estimators(config, reward_norm, max(capacity, 1))[index]
-    idx, _ = choose(selection, est, state, jnp.ones(pool_z.shape[0], bool), t, pool_z,
-                    jnp.zeros(config.batch // 4, jnp.int32), config)
+def _round(state, pool_z, pool_y, t, index, reward_norm, config, est_name, capacity):
+    est = p3.estimators(config, (est_name,), reward_norm, max(capacity, 1))[0]
+    idx, _ = choose_any(config.selections, index, est, state, jnp.ones(pool_z.shape[0], bool), t, pool_z,
+                        jnp.zeros(config.batch // 4, jnp.int32), config)
     return est.update(state, pool_z[idx], pool_y[idx])
 
 
 def timing_pass(config: Config, timings) -> np.ndarray:
-    """Seconds of one round ``[n_timed, n_alg]`` for seed 0 (module docstring)."""
+    """Seconds of one round ``[n_timed, n_alg]`` for seed 0 (module docstring); one compile per estimator
+    (and per timed ``t`` for the MLE, whose buffer has exactly ``t`` rows)."""
     key = seed_keys(config.seed, 1)[0]
     k_inst, k_pool, _ = jax.random.split(key, 3)
-    inst = e8.scaled_instance(k_inst, config, config.reward_norm)
+    inst = p3.scaled_instance(k_inst, config, config.reward_norm)
     data = b.sample_preference_data(k_pool, inst, inst.log_pi0, inst.log_pi0, config.pool)
     pool_z = b.feature_differences(inst, data)
     pool_y = data.y.astype(pool_z.dtype)
     out = np.full((len(config.timed), len(config.names)), np.nan)
+    jitted = {}
     for ia, (selection, est_name) in enumerate(config.names):
         timing, chosen = timings[ia]
-        index = config.estimators.index(est_name)
         chosen = np.asarray(chosen)
+        index = jnp.asarray(config.selections.index(selection), jnp.int32)
         for it, t in enumerate(config.timed):
-            cap = t if est_name == "mle" else 0
-            fn = jax.jit(functools.partial(_round, config=config, selection=selection, index=index, capacity=cap))
+            cap = t if est_name == "mle" else 0         # only the MLE's shapes depend on t
+            if (est_name, cap) not in jitted:
+                jitted[est_name, cap] = jax.jit(functools.partial(_round, config=config, est_name=est_name,
+                                                                  capacity=cap))
             state = jax.tree.map(lambda a: a[it], timing)
             if est_name == "mle":       # the labelled rows so far, in the order they were chosen
-                state = e8.mle_state_at(state, pool_z[chosen], pool_y[chosen], t)
-            out[it, ia] = e8.time_call(fn, (state, pool_z, pool_y, jnp.asarray(t - 1),
-                                            jnp.asarray(config.reward_norm)), config.timing_repeats)
+                state = p3.mle_state_at(state, pool_z[chosen], pool_y[chosen], t)
+            out[it, ia] = p3.time_call(jitted[est_name, cap], (state, pool_z, pool_y, jnp.asarray(t - 1), index,
+                                                               jnp.asarray(config.reward_norm)),
+                                       config.timing_repeats)
     return out
 
 
@@ -235,7 +218,7 @@ def run(config: Config, seeds: int, progress) -> Results:
     secs = timing_pass(config, jax.tree.map(lambda a: a[0], timings))
     progress.message("timing done")
     ck = np.asarray(config.checkpoints)
-    tables, summary = [], {"dispatch_seconds": e8.dispatch_seconds(config)}
+    tables, summary = [], {"dispatch_seconds": p3.dispatch_seconds(config)}
     timed = np.asarray(config.timed, float)
     for ia, (selection, est_name) in enumerate(config.names):
         name = f"{selection}-{est_name}"
@@ -245,9 +228,9 @@ def run(config: Config, seeds: int, progress) -> Results:
                  "t": np.tile(ck, seeds)}
         for m in METRICS:
             table[m] = out[m][:, :, ia].reshape(-1)
-        table["regret_avg"] = e8.nan_column(n)
-        table["regret_weak"] = e8.nan_column(n)
-        sec = e8.nan_column(n)
+        table["regret_avg"] = p3.nan_column(n)
+        table["regret_weak"] = p3.nan_column(n)
+        sec = p3.nan_column(n)
         for it, t in enumerate(config.timed):
             sec[(table["seed"] == 0) & (table["t"] == t)] = secs[it, ia]
         table["seconds"] = sec
@@ -277,7 +260,7 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
                 loglog_ok = False
             else:
                 loglog_ok = loglog
-            plotting.band_plot(ax, x, y, name, color=e8.COLORS[est], linestyle=styles[sel], loglog=loglog_ok)
+            plotting.band_plot(ax, x, y, name, color=p3.COLORS[est], linestyle=styles[sel], loglog=loglog_ok)
         plotting.set_logx(ax)
         ax.set(title=label, xlabel="labels used", ylabel=label)
         ax.legend(fontsize="xx-small")

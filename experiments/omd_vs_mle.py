@@ -24,14 +24,16 @@ warm-started, each round). At each checkpoint ``t``:
   in ``timing_rounds``; NaN on every other row. The cost of a trivial jitted call on the same inputs
   (dispatch floor) is in the summary (``dispatch_seconds``).
 ``regret_avg`` / ``regret_weak`` do not apply here: NaN.
+
+OMD's step size is ``omd_step_size`` (default ``p3_common.DEFAULT_OMD_STEP_SIZE = 1``, the most robust
+value of the sweep recorded in paper_repro.md; ``--set omd_step_size=theory`` gives P3's
+``(1/2) log 2 + B + 1``). The shared fields and helpers are in ``experiments.p3_common``.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
-import statistics
-import time
 from pathlib import Path
 
 import jax
@@ -40,18 +42,14 @@ import numpy as np
 
 import bandits as b
 from algorithms import confidence as conf
-from algorithms import mle_refit, p3_policy
-from algorithms.online_estimator import ESTIMATORS, make_estimator
-from algorithms.omd import PROJECTIONS
+from algorithms.online_estimator import ESTIMATORS
 from bandits import validation as v
+from experiments import p3_common as p3
 from experiments import plotting
 from experiments.registry import Results, concat_tables
 from experiments.runner import run_vectorized, seed_keys
 
-LABELS = {"omd": "one-pass OMD (P3)", "mle": "MLE refit each round", "ogd": "one-pass OGD",
-          "hvp": "HVP/CG (P3 code)"}
-COLORS = {"omd": "C0", "mle": "C3", "ogd": "C2", "hvp": "C4"}
-METRICS = ("estimation_error", "error_local", "heldout_accuracy", "heldout_logloss", "subopt", "subopt_pess")
+LABELS, COLORS, METRICS = p3.LABELS, p3.COLORS, p3.METRICS
 
 # NaN means "not applicable" in these columns (module docstring).
 nan_columns = ("regret_avg", "regret_weak", "seconds")
@@ -59,75 +57,30 @@ nan_columns = ("regret_avg", "regret_weak", "seconds")
 description = "E8: one-pass OMD vs MLE refit/OGD/HVP: error, held-out acc/loss, time per round vs t, B sweep"
 
 
-def check_rounds(field, values, maximum=None):
-    if (not values or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in values)
-            or list(values) != sorted(set(values)) or (maximum is not None and values[-1] > maximum)):
-        limit = f" and <= {maximum}" if maximum is not None else ""
-        v.fail(field, values, f"a non-empty strictly increasing tuple of integers >= 1{limit}")
-
-
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """Fields reachable with ``--set field=value`` (module docstring for the metrics).
+class Config(p3.P3Config):
+    """Fields reachable with ``--set field=value`` (module docstring for the metrics); the instance,
+    estimator, objective and timing fields are ``p3_common.P3Config``'s.
 
     reward_norms: the ``B`` sweep; rounds: stream length; checkpoints: rounds at which metrics are taken;
-    lam: ridge of the MLE and of ``V``; omd_lam: OMD's ``cH_1`` (none: ``lam``); omd_step_size: OMD's
-    ``eta`` (none: ``(1/2) log 2 + B + 1``); projection: OMD's (none | euclid | local_norm);
-    objective: unregularized | kl (with kl_coef); c_beta: pessimism scale; ogd_lr, hvp_lr: step sizes;
-    timing_rounds: rounds timed (none: the checkpoints); timing_repeats: timed calls per round.
+    heldout: held-out comparisons; algorithms: estimators run (omd, mle, ogd, hvp).
     """
 
-    n_contexts: int = 128
-    n_actions: int = 32
-    dim: int = 8
     reward_norms: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)
     rounds: int = 4096
     checkpoints: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
     heldout: int = 2048
-    lam: float = 1.0
-    omd_lam: float | None = None
-    omd_step_size: float | None = None
-    projection: str = "euclid"
-    objective: str = "unregularized"
-    kl_coef: float = 0.1
-    c_beta: float = 0.5
-    ogd_lr: float = 1.0
-    hvp_lr: float = 0.1
     algorithms: tuple[str, ...] = ESTIMATORS
-    timing_rounds: tuple[int, ...] | None = None
-    timing_repeats: int = 15
-    seed: int = 0
 
     def __post_init__(self):
-        b.InstanceConfig(n_contexts=self.n_contexts, n_actions=self.n_actions, dim=self.dim, kl_coef=self.kl_coef)
         if not self.reward_norms:
             v.fail("reward_norms", self.reward_norms, "a non-empty tuple of numbers > 0")
         for r in self.reward_norms:
             v.check_float("reward_norms", r, low=0.0, low_open=True)
         v.check_int("rounds", self.rounds, 2)
-        check_rounds("checkpoints", self.checkpoints, self.rounds)
         v.check_int("heldout", self.heldout, 1)
-        v.check_float("lam", self.lam, low=0.0, low_open=True)
-        if self.omd_lam is not None:
-            v.check_float("omd_lam", self.omd_lam, low=0.0, low_open=True)
-        if self.omd_step_size is not None:
-            v.check_float("omd_step_size", self.omd_step_size, low=0.0, low_open=True)
-        v.check_choice("projection", self.projection, PROJECTIONS)
-        v.check_choice("objective", self.objective, p3_policy.OBJECTIVES)
-        v.check_float("c_beta", self.c_beta, low=0.0)
-        v.check_float("ogd_lr", self.ogd_lr, low=0.0, low_open=True)
-        v.check_float("hvp_lr", self.hvp_lr, low=0.0, low_open=True)
-        if not self.algorithms:
-            v.fail("algorithms", self.algorithms, "a non-empty tuple of " + ", ".join(ESTIMATORS))
-        for a in self.algorithms:
-            v.check_choice("algorithms", a, ESTIMATORS)
-        if self.timing_rounds is not None:
-            check_rounds("timing_rounds", self.timing_rounds, self.rounds)
-        v.check_int("timing_repeats", self.timing_repeats, 1)
-
-    @property
-    def timed(self) -> tuple[int, ...]:
-        return self.checkpoints if self.timing_rounds is None else self.timing_rounds
+        p3.check_names("algorithms", self.algorithms, ESTIMATORS)
+        super().__post_init__()
 
 
 presets = {
@@ -138,108 +91,13 @@ presets = {
 seeds = {"quick": 8, "paper": 32}
 
 
-# ---------------------------------------------------------------------------------------------------
-# shared by the three P3 experiments
-# ---------------------------------------------------------------------------------------------------
-
-def scaled_instance(key, config, reward_norm) -> b.Instance:
-    """``make_instance`` at ``B = 1`` with ``theta*`` (and the reward table) scaled by ``reward_norm``
-    (traced), uniform ``pi0``: every ``B`` shares features and the direction of ``theta*``."""
-    cfg = b.InstanceConfig(n_contexts=config.n_contexts, n_actions=config.n_actions, dim=config.dim,
-                           reward_norm=1.0, kl_coef=config.kl_coef)
-    inst = b.make_instance(key, cfg)
-    return inst._replace(reward=reward_norm * inst.reward, params=b.LinearReward(reward_norm * inst.theta_star))
-
-
-def estimators(config, reward_norm, capacity):
-    """The estimator bundles of ``config.algorithms`` (radius = ``B`` for the projections)."""
-    return [make_estimator(name, config.dim, lam=config.lam, omd_lam=config.omd_lam, radius=reward_norm,
-                           step_size=config.omd_step_size, projection=config.projection, capacity=capacity,
-                           ogd_lr=config.ogd_lr, hvp_lr=config.hvp_lr)
-            for name in config.algorithms]
-
-
-def light(state):
-    """A state without the MLE's data buffer (snapshots keep O(d^2) per estimator)."""
-    if isinstance(state, mle_refit.MLEState):
-        return state._replace(z=state.z[:0], y=state.y[:0])
-    return state
-
-
-def snapshot_index(rounds_done, snapshot_rounds):
-    """Position of ``rounds_done`` in the sorted ``snapshot_rounds`` (length if absent: dropped write)."""
-    pos = jnp.searchsorted(snapshot_rounds, rounds_done)
-    hit = snapshot_rounds[jnp.minimum(pos, snapshot_rounds.shape[0] - 1)] == rounds_done
-    return jnp.where(hit, pos, snapshot_rounds.shape[0])
-
-
-def heldout_metrics(theta, z, p):
-    """Accuracy and cross-entropy of ``theta`` in expectation over BT labels with probabilities ``p``."""
-    u = z @ theta
-    acc = jnp.where(u > 0, p, jnp.where(u < 0, 1.0 - p, 0.5))
-    loss = p * jax.nn.softplus(-u) + (1.0 - p) * jax.nn.softplus(u)
-    return jnp.mean(acc), jnp.mean(loss)
-
-
-def beta_schedule(c_beta, dim, t):
-    """``beta_t = c_beta sqrt(d log(1 + t))`` [D]: the common shape of the radii used for bonuses."""
-    return c_beta * jnp.sqrt(dim * jnp.log1p(jnp.asarray(t, jnp.result_type(float))))
-
-
-def estimate_metrics(inst, theta, inverse, t, z_held, p_held, nu, config):
-    """The metric dict of one estimate (module docstring)."""
-    err = theta - inst.theta_star
-    chol = jnp.linalg.cholesky(inverse)
-    local = jnp.linalg.norm(jax.scipy.linalg.solve_triangular(chol, err, lower=True))
-    acc, loss = heldout_metrics(theta, z_held, p_held)
-    beta = beta_schedule(config.c_beta, config.dim, t)
-    return {"estimation_error": jnp.linalg.norm(err), "error_local": local, "heldout_accuracy": acc,
-            "heldout_logloss": loss,
-            "subopt": p3_policy.output_suboptimality(inst, inst.phi @ theta, config.objective),
-            "subopt_pess": p3_policy.output_suboptimality(
-                inst, p3_policy.pessimistic_reward(inst, theta, inverse, beta, nu), config.objective)}
-
-
-def heldout_set(key, inst, n):
-    data = b.sample_preference_data(key, inst, inst.log_pi0, inst.log_pi0, n)
-    return b.feature_differences(inst, data), b.preference_probability(inst, data.x, data.a1, data.a2)
-
-
-def time_call(fn, args, repeats: int) -> float:
-    """Median wall-clock of ``fn(*args)`` (jitted, compiled beforehand, ``block_until_ready``)."""
-    jitted = fn if hasattr(fn, "lower") else jax.jit(fn)
-    jax.block_until_ready(jitted(*args))
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(jitted(*args))
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def mle_state_at(snap, z, y, t):
-    """The MLE's honest state after ``t - 1`` rounds with a buffer of exactly ``t`` rows (row ``t-1``
-    empty, to be written by round ``t``)."""
-    zb = jnp.asarray(z[:t]).at[t - 1].set(0.0)
-    yb = jnp.asarray(y[:t]).at[t - 1].set(0.0)
-    return snap._replace(z=zb, y=yb)
-
-
-def nan_column(n):
-    return np.full(n, np.nan)
-
-
-# ---------------------------------------------------------------------------------------------------
-# E8
-# ---------------------------------------------------------------------------------------------------
-
 def make_stream(key, reward_norm, config):
     """Instance, the logging-policy stream ``(z, y)`` and the held-out set of one seed and one ``B``."""
     k_inst, k_data, k_held = jax.random.split(key, 3)
-    inst = scaled_instance(k_inst, config, reward_norm)
+    inst = p3.scaled_instance(k_inst, config, reward_norm)
     stream = b.sample_preference_data(k_data, inst, inst.log_pi0, inst.log_pi0, config.rounds)
     z = b.feature_differences(inst, stream)
-    z_held, p_held = heldout_set(k_held, inst, config.heldout)
+    z_held, p_held = p3.heldout_set(k_held, inst, config.heldout)
     return inst, z, stream.y.astype(z.dtype), z_held, p_held
 
 
@@ -248,29 +106,29 @@ def simulate(key, reward_norm, config: Config):
     ``t - 1`` for ``t`` in ``config.timed`` (for the timing pass)."""
     inst, z, y, z_held, p_held = make_stream(key, reward_norm, config)
     nu = conf.reference_vector(inst, "pi0")
-    ests = estimators(config, reward_norm, config.rounds)
+    ests = p3.estimators(config, config.algorithms, reward_norm, config.rounds)
     ck = jnp.asarray(config.checkpoints)
     tk = jnp.asarray([t - 1 for t in config.timed])
     init = tuple(e.init() for e in ests)
     d = config.dim
     snaps = tuple((jnp.zeros((len(ck), d), z.dtype), jnp.zeros((len(ck), d, d), z.dtype)) for _ in ests)
-    timing = tuple(jax.tree.map(lambda a: jnp.broadcast_to(a, (len(tk),) + a.shape), light(s)) for s in init)
+    timing = tuple(jax.tree.map(lambda a: jnp.broadcast_to(a, (len(tk),) + a.shape), p3.light(s)) for s in init)
 
     def body(carry, row):
         states, snaps, timing, t = carry
         states = tuple(e.update(s, row[0], row[1]) for e, s in zip(ests, states))
-        pos = snapshot_index(t + 1, ck)
+        pos = p3.snapshot_index(t + 1, ck)
         snaps = tuple((th.at[pos].set(e.theta(s), mode="drop"), iv.at[pos].set(e.inverse_design(s), mode="drop"))
                       for e, s, (th, iv) in zip(ests, states, snaps))
-        tpos = snapshot_index(t + 1, tk)
-        timing = tuple(jax.tree.map(lambda buf, a: buf.at[tpos].set(a, mode="drop"), tb, light(s))
+        tpos = p3.snapshot_index(t + 1, tk)
+        timing = tuple(jax.tree.map(lambda buf, a: buf.at[tpos].set(a, mode="drop"), tb, p3.light(s))
                        for tb, s in zip(timing, states))
         return (states, snaps, timing, t + 1), None
 
     (_, snaps, timing, _), _ = jax.lax.scan(body, (init, snaps, timing, jnp.asarray(0)), (z, y))
     thetas = jnp.stack([th for th, _ in snaps])        # [n_alg, n_ck, d]
     invs = jnp.stack([iv for _, iv in snaps])          # [n_alg, n_ck, d, d]
-    per = lambda th, iv, t: estimate_metrics(inst, th, iv, t, z_held, p_held, nu, config)
+    per = lambda th, iv, t: p3.estimate_metrics(inst, th, iv, t, z_held, p_held, nu, config)
     metrics = jax.vmap(jax.vmap(per, in_axes=(0, 0, 0)), in_axes=(0, 0, None))(thetas, invs, ck)
     return {m: metrics[m].T for m in METRICS}, timing
 
@@ -293,23 +151,18 @@ def timing_pass(config: Config, timing, progress) -> np.ndarray:
             for ia, name in enumerate(config.algorithms):
                 cache = (name, t if name == "mle" else 0)
                 if cache not in jitted:
-                    jitted[cache] = jax.jit(functools.partial(_update, config=config, index=ia, capacity=cache[1]))
+                    jitted[cache] = jax.jit(functools.partial(_update, config=config, name=name, capacity=cache[1]))
                 state = jax.tree.map(lambda a: a[ib, it], timing[ia])
                 if name == "mle":
-                    state = mle_state_at(state, z, y, t)
-                out[ib, it, ia] = time_call(jitted[cache], (state, z[t - 1], y[t - 1], jnp.asarray(bnorm)),
-                                            config.timing_repeats)
+                    state = p3.mle_state_at(state, z, y, t)
+                out[ib, it, ia] = p3.time_call(jitted[cache], (state, z[t - 1], y[t - 1], jnp.asarray(bnorm)),
+                                               config.timing_repeats)
         progress.message(f"timing: B={bnorm:g} done")
     return out
 
 
-def _update(state, z, y, reward_norm, config, index, capacity):
-    return estimators(config, reward_norm, max(capacity, 1))[index].update(state, z, y)
-
-
-def dispatch_seconds(config: Config) -> float:
-    """Wall-clock of a trivial jitted call on round-sized inputs: the floor under every timed round."""
-    return time_call(lambda z, y: z * y, (jnp.ones(config.dim), jnp.asarray(1.0)), 50)
+def _update(state, z, y, reward_norm, config, name, capacity):
+    return p3.estimators(config, (name,), reward_norm, max(capacity, 1))[0].update(state, z, y)
 
 
 def run(config: Config, seeds: int, progress) -> Results:
@@ -319,7 +172,7 @@ def run(config: Config, seeds: int, progress) -> Results:
                                  tag="e8")
     secs = timing_pass(config, jax.tree.map(lambda a: a[0], timing), progress)
     algs, ck = list(config.algorithms), list(config.checkpoints)
-    tables, summary = [], {"dispatch_seconds": dispatch_seconds(config)}
+    tables, summary = [], {"dispatch_seconds": p3.dispatch_seconds(config)}
     for ib, bnorm in enumerate(norms):
         for ia, alg in enumerate(algs):
             n = seeds * len(ck)
@@ -328,9 +181,9 @@ def run(config: Config, seeds: int, progress) -> Results:
                      "kappa": np.full(n, 2.0 + math.exp(2 * bnorm) + math.exp(-2 * bnorm))}
             for m in METRICS:
                 table[m] = out[m][:, ib, :, ia].reshape(-1)
-            table["regret_avg"] = nan_column(n)
-            table["regret_weak"] = nan_column(n)
-            sec = nan_column(n)
+            table["regret_avg"] = p3.nan_column(n)
+            table["regret_weak"] = p3.nan_column(n)
+            sec = p3.nan_column(n)
             for it, t in enumerate(config.timed):
                 rows = np.flatnonzero((table["seed"] == 0) & (table["t"] == t))
                 sec[rows] = secs[ib, it, ia]

@@ -183,6 +183,29 @@ def test_ogd_step_matches_numpy(seed, lr, radius):
     np.testing.assert_allclose(state.gram_inv, np.linalg.inv(np.eye(D) + z.T @ z), atol=1e-10)
 
 
+@pytest.mark.parametrize("state_type", [ogd.OGDState, hvp_cg.HVPState])
+def test_projected_step_shared_by_ogd_and_hvp(state_type):
+    """theta <- Proj_B(theta - step d), V^{-1} <- (V + sum_i z_i z_i^T)^{-1} over the batch rows, count + 1,
+    for both first-order states; hvp_step with a radius is exactly that step along its direction."""
+    z, y = _stream(6, 3, scale=2.0)
+    state = ogd.first_order_init(state_type, D, 0.5, jnp.float64)._replace(theta=jnp.asarray([0.4, -0.3, 0.2]))
+    direction = np.array([2.0, 1.0, -3.0])
+    out = ogd.projected_step(state, jnp.asarray(direction), 0.7, jnp.asarray(z[:2]), radius=0.5)
+    free = np.asarray(state.theta) - 0.7 * direction
+    assert type(out) is state_type and int(out.count) == 1
+    np.testing.assert_allclose(out.theta, free * 0.5 / np.linalg.norm(free), atol=1e-12)
+    np.testing.assert_allclose(out.gram_inv, np.linalg.inv(0.5 * np.eye(D) + z[:2].T @ z[:2]), atol=1e-10)
+    inside = ogd.projected_step(state, jnp.asarray(direction), 1e-3, jnp.asarray(z[:1]), radius=10.0)
+    np.testing.assert_allclose(inside.theta, np.asarray(state.theta) - 1e-3 * direction, atol=1e-12)
+    if state_type is hvp_cg.HVPState:
+        late = state._replace(count=jnp.asarray(10, jnp.int32))       # schedule done: plain gradient
+        got = hvp_cg.hvp_step(late, jnp.asarray(z[:2]), jnp.asarray(y[:2]), 0.9, growth_steps=10, radius=0.3)
+        g = np.asarray(jax.grad(hvp_cg.batch_loss)(late.theta, jnp.asarray(z[:2]), jnp.asarray(y[:2])))
+        free = np.asarray(late.theta) - 0.9 * g
+        np.testing.assert_allclose(got.theta, free * min(1.0, 0.3 / np.linalg.norm(free)), atol=1e-12)
+        np.testing.assert_allclose(got.gram_inv, out.gram_inv, atol=1e-12)
+
+
 def _np_hessian(theta, z, y):
     s = _np_sigmoid_slope(z @ theta)
     return (z * s[:, None]).T @ z / len(y)
