@@ -23,6 +23,19 @@ Given offline comparisons, the general-preference MLE ``theta_hat`` and its conf
   (``pessimistic_bound``). The right side is small only when the data cover ``(pi*, b)`` for *every*
   opponent action ``b``: P2's unilateral coverage. ``unilateral_coverage`` and ``diagonal_coverage``
   (``E_x E_{a,b~pi*} Gamma``, what data concentrated on ``(pi*, pi*)`` controls) are the diagnostics.
+- Why the plug-in equilibrium needs no pessimism here [D]: any estimate from the antisymmetric class
+  has ``G_hat(a,b) + G_hat(b,a) = c`` like the truth, so ``E = G_hat - G*`` is antisymmetric and the
+  symmetric equilibrium ``pi_hat`` of the estimated game satisfies, exactly (``plug_in_gap``),
+
+      Gap(pi_hat) = eta E_x log E_{a~pi_hat} exp(-E(x, a, pi_hat) / eta)  ~  E_x Var_{a~pi_hat}[E(x,a,pi_hat)] / (2 eta),
+      KL(pi_hat||pi*) + KL(pi*||pi_hat) = -(1/eta) E_x E_{a~pi*, b~pi_hat} E(x, a, b),
+
+  with ``E(x, a, pi) = E_{b~pi} E(x, a, b)``. The gap is second order in the estimation error on the
+  pairs ``(., pi_hat)`` while ``eta`` exceeds that error (its rate is then about ``1/n``, not ``1/sqrt n``),
+  and the second identity ties ``pi_hat`` to ``pi*`` through the errors on ``(pi*, .)``, P2's unilateral
+  quantity. A pessimistic payoff instead moves every uncertain entry by ``~ beta Gamma`` (first order).
+  Pessimism can only pay off when the errors are large against ``eta`` (small ``kl_coef``, small ``n``,
+  little generalisation across pairs); measured in paper_repro.md (nash-offline).
 
 Baseline (THEORY.md §3.4 target 1): reward-based RLHF, the Bradley-Terry MLE on
 ``z = phi(a1) - phi(a2)`` followed by its Gibbs policy (``bt_gibbs_policy``); DPO lives in
@@ -41,7 +54,7 @@ from algorithms.bt_mle import fit_bt_mle
 from algorithms.confidence import ConfidenceSet
 from algorithms.offline import linear_gibbs
 from bandits import (PAYOFFS, Instance, NashSolution, PreferenceData, context_mean, feature_differences,
-                     kl_divergence, nash_equilibrium)
+                     kl_divergence, nash_equilibrium, payoff_matrices)
 from bandits import validation as v
 
 LIPSCHITZ = {"identity": 0.25, "logit": 1.0}
@@ -159,6 +172,22 @@ def plug_in_nash(instance: Instance, theta_hat: jax.Array, payoff: str = "identi
                  max_iter: int = 20000) -> NashSolution:
     """The equilibrium of the estimated game ``P_theta_hat`` (no pessimism)."""
     return nash_equilibrium(gp.model_instance(instance, theta_hat), payoff, tol, max_iter)
+
+
+def plug_in_gap(instance: Instance, g_hat: jax.Array, log_pi_hat: jax.Array, payoff: str = "identity"
+                ) -> jax.Array:
+    """``eta E_x log E_{a~pi_hat} exp(-(G_hat - G*)(x, a, pi_hat) / eta)`` (module docstring): equal to the
+    true duality gap of ``pi_hat`` when ``pi_hat`` is the symmetric equilibrium of the antisymmetric payoff
+    ``g_hat [n_x, K, K]`` (``G_hat(a,b) + G_hat(b,a) = c``, e.g. any ``P_theta``) [D].
+
+    Proof: ``pi_hat ∝ pi0 exp(G_hat(., pi_hat)/eta)`` and ``pi_hat^T (G_hat - c/2) pi_hat = 0`` give
+    ``eta KL(pi_hat||pi0) = -eta log E_{pi0} exp(G_hat(., pi_hat)/eta) + c/2``; insert it in
+    ``Gap = c/2 + eta KL(pi_hat||pi0) + eta log E_{pi0} exp(-G*(pi_hat, .)/eta)`` and use
+    ``G*(pi_hat, b) = c - G*(b, pi_hat)``.
+    """
+    eta = instance.kl_coef
+    error = jnp.einsum("xab,xb->xa", g_hat - payoff_matrices(instance, payoff), jnp.exp(log_pi_hat))
+    return context_mean(instance, eta * jax.nn.logsumexp(log_pi_hat - error / eta, axis=-1))
 
 
 def unilateral_coverage(instance: Instance, gamma: jax.Array, log_pi: jax.Array) -> jax.Array:

@@ -12,7 +12,9 @@ actions and label uniforms). Algorithms, all evaluated exactly in P2's KL-regula
 - ``nash_mle``: equilibrium of the estimated general-preference game (same data);
 - ``p2_pessimistic``: P2's pessimistic max-min policy (same data; ``algorithms.nash_offline``);
 - ``nash_md``, ``inpo``, ``sppo``: sampled loss-based dynamics (``algorithms.nash_dynamics``) with
-  ``iterations x batch`` fresh on-policy queries (their ``n``).
+  ``iterations x batch`` fresh on-policy queries (their ``n``). They learn from binary labels, so
+  they target the identity-payoff equilibrium: with ``payoff='logit'`` only the four offline
+  algorithms are allowed (as in nash-online and nash-kl-sweep).
 
 Columns: ``algorithm, seed, skew_strength, n, nash_gap, win_rate_vs_ref, win_rate_vs_nash, kl_to_ref``.
 """
@@ -34,39 +36,15 @@ from algorithms import nash_offline as no
 from algorithms.direct_preference import train_linear
 from bandits import validation as v
 from experiments import plotting
+from experiments.nash_common import LABELS, METRICS, check_algorithms, metric_panel, policy_metrics
 from experiments.registry import Results, tidy
 from experiments.runner import run_vectorized, seed_keys
 
 ALGORITHMS = ("bt_gibbs", "dpo", "nash_mle", "p2_pessimistic", "nash_md", "inpo", "sppo")
 OFFLINE = ("bt_gibbs", "dpo", "nash_mle", "p2_pessimistic")
-LABELS = {"bt_gibbs": "BT-MLE + Gibbs (reward RLHF)", "dpo": "DPO (linear softmax)",
-          "nash_mle": "Nash of estimated game", "p2_pessimistic": "P2 pessimistic max-min",
-          "nash_md": "Nash-MD (sampled)", "inpo": "INPO (sampled)", "sppo": "SPPO (sampled)",
-          "enhancer": "P2 online: main agent + enhancer", "self_play": "online: self-play pairs",
-          "uniform": "online: uniform random pairs", "ipo": "IPO (offline, pairs from pi0)",
-          "online_ipo": "iterative IPO (self-play)", "p2_online": "P2 online (enhancer)",
-          "nash": "exact equilibrium pi*"}
-COLORS = {"bt_gibbs": "C3", "dpo": "C1", "nash_mle": "C0", "p2_pessimistic": "C2", "nash_md": "C4",
-          "inpo": "C9", "sppo": "C5", "enhancer": "C2", "self_play": "C3", "uniform": "C7", "ipo": "C8",
-          "online_ipo": "C6", "p2_online": "C2", "nash": "k"}
-METRICS = ("nash_gap", "win_rate_vs_ref", "win_rate_vs_nash", "kl_to_ref")
+DYNAMICS = ("nash_md", "inpo", "sppo")
 
 description = "E6: Nash duality gap vs strength of the cyclic preference block (BT RLHF/DPO vs Nash methods)"
-
-
-def policy_metrics(instance: b.Instance, log_pi: jax.Array, log_star: jax.Array, payoff: str) -> dict:
-    """Exact ``nash_gap`` (P2's duality gap), win rates vs ``pi0`` and vs ``pi*`` (true oracle), KL to ``pi0``."""
-    return {"nash_gap": b.duality_gap(instance, log_pi, payoff),
-            "win_rate_vs_ref": b.win_rate(instance, log_pi, instance.log_pi0),
-            "win_rate_vs_nash": b.win_rate(instance, log_pi, log_star),
-            "kl_to_ref": b.kl_to_reference(instance, log_pi)}
-
-
-def check_algorithms(field: str, names, allowed) -> None:
-    if not names:
-        v.fail(field, names, "a non-empty tuple of " + ", ".join(repr(a) for a in allowed))
-    for name in names:
-        v.check_choice(field, name, allowed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,6 +90,10 @@ class Config:
         v.check_float("step", self.step, low=0.0, high=1.0 / self.kl_coef, low_open=True)
         v.check_float("ridge", self.ridge, low=0.0, low_open=True)
         check_algorithms("algorithms", self.algorithms, ALGORITHMS)
+        if self.payoff != "identity" and any(a in DYNAMICS for a in self.algorithms):
+            v.fail("algorithms", self.algorithms, "free of the sampled dynamics "
+                   f"{DYNAMICS} when payoff='logit' (they learn from binary labels, so they target the "
+                   "identity-payoff equilibrium, not the logit one)")
 
     @property
     def instance(self) -> b.InstanceConfig:
@@ -158,7 +140,7 @@ def per_seed(key, strengths, config: Config):
         star = b.nash_equilibrium(inst, config.payoff).log_pi
         data = b.sample_preference_data(k_data, inst, inst.log_pi0, inst.log_pi0, config.n)
         policies = fit_offline(inst, data, config, config.algorithms, config.payoff)
-        for m in ("nash_md", "inpo", "sppo"):
+        for m in DYNAMICS:
             if m in config.algorithms:
                 policies[m] = nd.run_sampled(k_dyn, inst, m, config.step, config.iterations, config.batch,
                                              config.ridge)[-1]
@@ -189,19 +171,13 @@ def run(config: Config, seeds: int, progress) -> Results:
 def plot(table, config: Config, out_dir: Path) -> list[Path]:
     fig, axes = plotting.figure(ncols=2, size=(5.6, 4.4))
     algorithms = list(dict.fromkeys(np.asarray(table["algorithm"]).tolist()))
-    for ax, metric, ylabel in ((axes[0], "nash_gap", "duality gap Gap(pi) (exact)"),
-                               (axes[1], "win_rate_vs_nash", "win rate vs equilibrium pi*")):
-        for alg in algorithms:
-            x, y = plotting.pivot(table, "skew_strength", metric, where={"algorithm": alg})
-            plotting.band_plot(ax, x, y, f"{LABELS[alg]} (n={queries(config, alg)})", color=COLORS[alg])
-        ax.set(xlabel="strength s of the cyclic block ||S|| (0 = Bradley-Terry)", ylabel=ylabel)
-        if metric == "nash_gap":
-            ax.set_yscale("log")
-        else:
-            ax.axhline(0.5, color="0.5", linewidth=0.8, linestyle=":")
-        ax.legend(fontsize="x-small")
-    axes[0].set_title("(a) Nash duality gap vs intransitivity")
-    axes[1].set_title("(b) win rate against the equilibrium")
+    labels = {a: f"{LABELS[a]} (n={queries(config, a)})" for a in algorithms}
+    xlabel = "strength s of the cyclic block ||S|| (0 = Bradley-Terry)"
+    metric_panel(axes[0], table, "skew_strength", "nash_gap", labels, title="(a) Nash duality gap vs intransitivity",
+                 xlabel=xlabel, ylabel="duality gap Gap(pi) (exact)")
+    metric_panel(axes[1], table, "skew_strength", "win_rate_vs_nash", labels,
+                 title="(b) win rate against the equilibrium", xlabel=xlabel, ylabel="win rate vs equilibrium pi*",
+                 legend_size=None)
     fig.suptitle(f"nash-intransitive: d={config.dim}, K={config.n_actions}, n_x={config.n_contexts}, "
                  f"kl_coef={config.kl_coef:g}, payoff={config.payoff} (mean over seeds, 95% band)")
     return plotting.save_figure(fig, out_dir, "nash_intransitive")

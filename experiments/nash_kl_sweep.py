@@ -31,7 +31,8 @@ from algorithms import nash_dynamics as nd
 from algorithms import nash_online as non
 from bandits import validation as v
 from experiments import plotting
-from experiments.nash_intransitive import COLORS, LABELS, METRICS, check_algorithms, fit_offline, policy_metrics
+from experiments.nash_common import LABELS, METRICS, check_algorithms, metric_panel, policy_metrics
+from experiments.nash_intransitive import fit_offline
 from experiments.registry import Results, tidy
 from experiments.runner import run_vectorized, seed_keys
 
@@ -156,18 +157,16 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
     panels = (("win_rate_vs_ref", "win rate vs pi0 (SFT)", "(a) against the reference pi0"),
               ("win_rate_vs_nash", "win rate vs equilibrium pi*", "(b) against the equilibrium"),
               ("kl_to_ref", "E_x KL(pi || pi0)", "(c) distance from pi0"),
-              ("nash_gap", "duality gap Gap(pi) (exact)", "(d) gap in the kl_coef-regularized game"))
+              ("nash_gap", "duality gap Gap(pi) (exact)", "(d) gap in the kl_coef-regularized game\n(pi* itself: 0)"))
+    labels = {a: f"{LABELS[a]} (n={queries(config, a)})" for a in algorithms}
     for ax, (metric, ylabel, title) in zip(axes, panels):
-        for alg in algorithms:
-            x, y = plotting.pivot(table, "kl_coef", metric, where={"algorithm": alg})
-            plotting.band_plot(ax, x, y, f"{LABELS[alg]} (n={queries(config, alg)})", color=COLORS[alg])
-        ax.set_xscale("log")
-        ax.set(title=title, xlabel="kl_coef", ylabel=ylabel)
-        if metric == "nash_gap":
-            ax.set_yscale("log")
-        if metric.startswith("win_rate"):
-            ax.axhline(0.5, color="0.5", linewidth=0.8, linestyle=":")
-        ax.legend(fontsize="xx-small")
+        # pi*'s own gap is the solver's tolerance (~1e-10): drawn, it would squash the other curves
+        shown = {a: t for a, t in labels.items() if not (metric == "nash_gap" and a == "nash")}
+        metric_panel(ax, table, "kl_coef", metric, shown, log_x=True, title=title, xlabel="kl_coef", ylabel=ylabel,
+                     legend_size=None)
+    # one legend for the four panels, below them (inside a panel it covered curves)
+    fig.legend(axes[0].get_lines()[:len(labels)], list(labels.values()), loc="outside lower center", ncol=4,
+               fontsize="small")
     fig.suptitle(f"nash-kl-sweep: d={config.dim}, K={config.n_actions}, n_x={config.n_contexts}, "
                  f"skew={config.skew_strength:g}, pi0 temperature={config.temperature:g} (mean over seeds, 95% band)")
     return plotting.save_figure(fig, out_dir, "nash_kl_sweep")

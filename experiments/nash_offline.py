@@ -35,7 +35,8 @@ from algorithms import general_preference as gp
 from algorithms import nash_offline as no
 from bandits import validation as v
 from experiments import plotting
-from experiments.nash_intransitive import COLORS, LABELS, METRICS, check_algorithms, policy_metrics
+from experiments.nash_common import (LABELS, METRICS, check_algorithms, metric_panel, policy_metrics,
+                                     thin_log_x_ticks)
 from experiments.registry import Results, tidy
 from experiments.runner import run_vectorized, seed_keys
 
@@ -177,12 +178,9 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
     fig, axes = plotting.figure(ncols=len(designs) + 1, size=(4.6, 4.2))
     axes = np.atleast_1d(axes)
     for ax, design in zip(axes, designs):
-        for alg in algorithms:
-            x, y = plotting.pivot(table, "n", "nash_gap", where={"design": design, "algorithm": alg})
-            plotting.band_plot(ax, x, y, LABELS[alg], color=COLORS[alg], loglog=True)
-        ax.set(title=f"data: {DESIGN_LABELS[design]}", xlabel="n (offline comparisons)",
-               ylabel="duality gap Gap(pi) (exact)")
-        ax.legend(fontsize="x-small", loc="lower left")
+        metric_panel(ax, table, "n", "nash_gap", {a: LABELS[a] for a in algorithms}, where={"design": design},
+                     log_x=True, title=f"data: {DESIGN_LABELS[design]}", xlabel="n (offline comparisons)",
+                     ylabel="duality gap Gap(pi) (exact)", legend_loc="lower left")
     low = min(a.get_ylim()[0] for a in axes[:len(designs)])
     high = max(a.get_ylim()[1] for a in axes[:len(designs)])
     for a in axes[:len(designs)]:   # one gap scale across designs
@@ -194,10 +192,11 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
         plotting.band_plot(ax, x, y, f"unilateral, {design} data", color=f"C{k}", loglog=True)
         x, y = plotting.pivot(table, "n", "diagonal_coverage", where=where)
         plotting.band_plot(ax, x, y, f"diagonal, {design} data", color=f"C{k}", linestyle=":", marker="x")
+    thin_log_x_ticks(ax)
     ax.set(title="coverage: E max_b E_pi* Gamma (solid),\nE_{pi*,pi*} Gamma (dotted)",
            xlabel="n (offline comparisons)", ylabel="uncertainty ||psi||_{Sigma^-1}")
     ax.legend(fontsize="x-small", loc="lower left")
     fig.suptitle(f"nash-offline: d={config.dim}, K={config.n_actions}, n_x={config.n_contexts}, "
-                 f"kl_coef={config.kl_coef:g}, skew={config.skew_strength:g}, payoff={config.payoff} "
-                 "(mean over seeds, 95% band)")
+                 f"kl_coef={config.kl_coef:g}, skew={config.skew_strength:g}, payoff={config.payoff}, "
+                 f"pessimism radius {config.beta_mode} c_beta={config.c_beta:g} (mean over seeds, 95% band)")
     return plotting.save_figure(fig, out_dir, "nash_offline")

@@ -28,7 +28,7 @@ from algorithms import nash_dynamics as nd
 from algorithms import nash_online as non
 from bandits import validation as v
 from experiments import plotting
-from experiments.nash_intransitive import COLORS, LABELS, METRICS, check_algorithms, policy_metrics
+from experiments.nash_common import LABELS, METRICS, check_algorithms, metric_panel, policy_metrics
 from experiments.registry import Results, tidy
 from experiments.runner import run_vectorized, seed_keys
 
@@ -129,18 +129,14 @@ def run(config: Config, seeds: int, progress) -> Results:
 def plot(table, config: Config, out_dir: Path) -> list[Path]:
     fig, axes = plotting.figure(ncols=2, size=(5.6, 4.4))
     algorithms = list(dict.fromkeys(np.asarray(table["algorithm"]).tolist()))
-    for ax, metric, ylabel in ((axes[0], "nash_gap", "duality gap Gap(pi_t) (exact)"),
-                               (axes[1], "win_rate_vs_nash", "win rate of pi_t vs equilibrium pi*")):
-        for alg in algorithms:
-            x, y = plotting.pivot(table, "queries", metric, where={"algorithm": alg})
-            plotting.band_plot(ax, x, y, LABELS[alg], color=COLORS[alg], marker=None,
-                               loglog=(metric == "nash_gap"))
-        ax.set(xlabel="total queries (rounds x batch)", ylabel=ylabel)
-        if metric != "nash_gap":
-            ax.axhline(0.5, color="0.5", linewidth=0.8, linestyle=":")
-        ax.legend(fontsize="x-small")
-    axes[0].set_title("(a) Nash duality gap of the learned policy")
-    axes[1].set_title("(b) win rate against the equilibrium")
+    labels = {a: LABELS[a] for a in algorithms}
+    xlabel = "total queries (rounds x batch)"
+    metric_panel(axes[0], table, "queries", "nash_gap", labels, marker=None, log_x=True,
+                 title="(a) Nash duality gap of the learned policy", xlabel=xlabel,
+                 ylabel="duality gap Gap(pi_t) (exact)")
+    metric_panel(axes[1], table, "queries", "win_rate_vs_nash", labels, marker=None,
+                 title="(b) win rate against the equilibrium", xlabel=xlabel,
+                 ylabel="win rate of pi_t vs equilibrium pi*", legend_size=None)
     fig.suptitle(f"nash-online: d={config.dim}, K={config.n_actions}, n_x={config.n_contexts}, "
                  f"kl_coef={config.kl_coef:g}, skew={config.skew_strength:g}, pi0 c={config.coverage:+g} "
                  f"s={config.temperature:g}, batch={config.batch}, beta={config.beta:g} (mean, 95% band)")

@@ -263,6 +263,38 @@ def test_pessimistic_bound_holds_inside_the_confidence_set():
     assert np.all(np.max(np.abs(np.exp(out["pess"]) - np.exp(out["plug"])), axis=(1, 2)) > 1e-3)
 
 
+@settings(max_examples=8)
+@given(seeds, small_shapes, etas, payoffs)
+def test_plug_in_gap_identity_and_second_order(seed, shape, eta, payoff):
+    """[D] For the symmetric equilibrium pi_hat of any antisymmetric estimate G_hat = G* + E:
+    Gap(pi_hat) = eta E_x log E_{pi_hat} exp(-E(., pi_hat)/eta) (vs the closed-form gap of
+    bandits.nash) and KL(pi_hat||pi*) + KL(pi*||pi_hat) = -(1/eta) E_x pi*^T E pi_hat; halving a
+    small error divides the gap by ~4 (second order), not by 2."""
+    inst = random_instance(seed, shape, eta, skew_strength=2.0)
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((shape[0], shape[1], shape[1]))
+    delta = jnp.asarray(a - np.swapaxes(a, 1, 2))            # antisymmetric margin error
+    margins = jax.vmap(b.margin_matrix, in_axes=(0, 0, None))(inst.reward, inst.phi, inst.skew)
+    star = b.nash_equilibrium(inst, payoff, tol=1e-14).log_pi
+
+    def plug_in(scale):
+        g_hat = no.transform(margins + scale * delta, payoff)
+        pi_hat = no.solve_game(g_hat, inst.log_pi0, inst.d0, eta, tol=1e-15).log_p
+        return g_hat, pi_hat
+
+    g_hat, pi_hat = plug_in(1.0)
+    gap = b.duality_gap(inst, pi_hat, payoff)
+    np.testing.assert_allclose(no.plug_in_gap(inst, g_hat, pi_hat, payoff), gap, rtol=1e-6, atol=1e-9)
+    assert gap > 1e-6
+    err = g_hat - b.payoff_matrices(inst, payoff)
+    sym_kl = b.expected_kl(inst, pi_hat, star) + b.expected_kl(inst, star, pi_hat)
+    cross = jnp.sum(inst.d0 * jnp.einsum("xa,xab,xb->x", jnp.exp(star), err, jnp.exp(pi_hat)))
+    np.testing.assert_allclose(sym_kl, -cross / eta, rtol=1e-5, atol=1e-9)
+    small = 0.02 * eta
+    gaps = [b.duality_gap(inst, plug_in(s)[1], payoff) for s in (small, small / 2)]
+    assert 0.2 < gaps[1] / gaps[0] < 0.3, gaps
+
+
 def test_coverage_diagnostics_brute_force():
     rng = np.random.default_rng(0)
     inst = random_instance(0, (3, 4, 2), 1.0)

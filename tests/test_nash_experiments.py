@@ -49,6 +49,7 @@ def test_experiment_runs_through_registry(name, tmp_path):
 @pytest.mark.parametrize("name, field, value, message", [
     ("nash-intransitive", "skew_strengths", (-1.0,), "skew_strengths=-1.0 is not allowed"),
     ("nash-intransitive", "step", 20.0, "step=20.0 is not allowed"),
+    ("nash-intransitive", "payoff", "logit", "algorithms=.* is not allowed.*free of the sampled dynamics"),
     ("nash-offline", "designs", ("unilateral", "bogus"), "designs='bogus' is not allowed"),
     ("nash-offline", "sample_sizes", (64, 16), "sample_sizes=.* strictly increasing"),
     ("nash-online", "algorithms", ("enhancer", "ppo"), "algorithms='ppo' is not allowed"),
