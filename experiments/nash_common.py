@@ -3,6 +3,7 @@ nash-kl-sweep.
 
 - the metrics of one policy in P2's KL-regularized game (``policy_metrics``, columns ``METRICS``);
 - one label and one colour per algorithm name, so a method looks the same in every P2 figure;
+- the default number of seeds per chunk (``CHUNK_SIZE``);
 - the validation of an algorithm/design tuple (``check_algorithms``);
 - one figure panel of a metric against the swept quantity, one 95% band per algorithm
   (``metric_panel``): the plotting loop the experiments had each written out; ``thin_log_x_ticks``
@@ -21,6 +22,10 @@ from bandits import validation as v
 from experiments import plotting
 
 METRICS = ("nash_gap", "win_rate_vs_ref", "win_rate_vs_nash", "kl_to_ref")
+
+# Seeds per compiled chunk unless --chunk-size says otherwise (results do not depend on it): the paper
+# preset of nash-offline, 128 seeds in one chunk, was killed by the OOM killer at 24 GB on this machine.
+CHUNK_SIZE = 16
 
 LABELS = {"bt_gibbs": "BT-MLE + Gibbs (reward RLHF)", "dpo": "DPO (linear softmax)",
           "nash_mle": "Nash of estimated game", "p2_pessimistic": "P2 pessimistic max-min",

@@ -36,7 +36,7 @@ from algorithms import nash_offline as no
 from algorithms.direct_preference import train_linear
 from bandits import validation as v
 from experiments import plotting
-from experiments.nash_common import LABELS, METRICS, check_algorithms, metric_panel, policy_metrics
+from experiments.nash_common import CHUNK_SIZE, LABELS, METRICS, check_algorithms, metric_panel, policy_metrics
 from experiments.registry import Results, tidy
 from experiments.runner import run_vectorized, seed_keys
 
@@ -157,7 +157,7 @@ def queries(config, name: str) -> int:
 def run(config: Config, seeds: int, progress) -> Results:
     strengths = np.asarray(config.skew_strengths, np.float64)
     out = run_vectorized(functools.partial(per_seed, config=config), seed_keys(config.seed, seeds), strengths,
-                         progress=progress)
+                         progress=progress, chunk_size=CHUNK_SIZE)
     table = tidy(out, seed=np.arange(seeds), skew_strength=strengths, algorithm=np.asarray(config.algorithms))
     table["n"] = np.asarray([queries(config, a) for a in table["algorithm"]])
     summary = {}

@@ -31,7 +31,7 @@ from algorithms import nash_dynamics as nd
 from algorithms import nash_online as non
 from bandits import validation as v
 from experiments import plotting
-from experiments.nash_common import LABELS, METRICS, check_algorithms, metric_panel, policy_metrics
+from experiments.nash_common import CHUNK_SIZE, LABELS, METRICS, check_algorithms, metric_panel, policy_metrics
 from experiments.nash_intransitive import fit_offline
 from experiments.registry import Results, tidy
 from experiments.runner import run_vectorized, seed_keys
@@ -140,7 +140,7 @@ def queries(config, name: str) -> int:
 def run(config: Config, seeds: int, progress) -> Results:
     kl = np.asarray(config.kl_coefs, np.float64)
     out = run_vectorized(functools.partial(per_seed, config=config), seed_keys(config.seed, seeds), kl,
-                         progress=progress)
+                         progress=progress, chunk_size=CHUNK_SIZE)
     table = tidy(out, seed=np.arange(seeds), kl_coef=kl, algorithm=np.asarray(config.algorithms))
     table["n"] = np.asarray([queries(config, a) for a in table["algorithm"]])
     summary = {}

@@ -35,7 +35,7 @@ from algorithms import general_preference as gp
 from algorithms import nash_offline as no
 from bandits import validation as v
 from experiments import plotting
-from experiments.nash_common import (LABELS, METRICS, check_algorithms, metric_panel, policy_metrics,
+from experiments.nash_common import (CHUNK_SIZE, LABELS, METRICS, check_algorithms, metric_panel, policy_metrics,
                                      thin_log_x_ticks)
 from experiments.registry import Results, tidy
 from experiments.runner import run_vectorized, seed_keys
@@ -151,7 +151,7 @@ def per_seed(key, sizes, config: Config):
 
 def run(config: Config, seeds: int, progress) -> Results:
     out = run_vectorized(functools.partial(per_seed, config=config), seed_keys(config.seed, seeds),
-                         np.asarray(config.sample_sizes), progress=progress)
+                         np.asarray(config.sample_sizes), progress=progress, chunk_size=CHUNK_SIZE)
     table = tidy(out, seed=np.arange(seeds), design=np.asarray(config.designs),
                  n=np.asarray(config.sample_sizes), algorithm=np.asarray(config.algorithms))
     summary = {}

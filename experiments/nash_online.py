@@ -28,7 +28,7 @@ from algorithms import nash_dynamics as nd
 from algorithms import nash_online as non
 from bandits import validation as v
 from experiments import plotting
-from experiments.nash_common import LABELS, METRICS, check_algorithms, metric_panel, policy_metrics
+from experiments.nash_common import CHUNK_SIZE, LABELS, METRICS, check_algorithms, metric_panel, policy_metrics
 from experiments.registry import Results, tidy
 from experiments.runner import run_vectorized, seed_keys
 
@@ -110,7 +110,7 @@ def per_seed(key, config: Config):
 
 def run(config: Config, seeds: int, progress) -> Results:
     out = run_vectorized(functools.partial(per_seed, config=config), seed_keys(config.seed, seeds),
-                         progress=progress)
+                         progress=progress, chunk_size=CHUNK_SIZE)
     iterations = np.arange(config.iterations)
     table = tidy(out, seed=np.arange(seeds), algorithm=np.asarray(config.algorithms), iteration=iterations)
     table["queries"] = (table["iteration"] + 1) * config.batch
