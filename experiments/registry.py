@@ -102,6 +102,8 @@ BUILTIN: dict[str, str] = {
     "lm-kl-estimators": "experiments.lm_kl_estimators",
     "lm-iterative-dpo": "experiments.lm_iterative_dpo",
     "lm-rejection": "experiments.lm_rejection",
+    "hf-smoke": "experiments.hf_smoke",
+    "lm-omd-features": "experiments.lm_omd_features",
 }
 
 DEFAULT_SEEDS = {"quick": 8, "paper": 100}

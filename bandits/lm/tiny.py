@@ -101,12 +101,47 @@ def _logits(cfg: TinyLMConfig, params: dict, prompt: jax.Array, tokens: jax.Arra
     if P + L > cfg.max_len:
         v.fail("prompt length + response length", P + L, f"<= max_len={cfg.max_len} (TinyLMConfig)")
     ids = jnp.concatenate([prompt, tokens[:-1]]).astype(jnp.int32)
-    h = jnp.concatenate([params["bos"][None, :], params["embed"][ids]], axis=0) + params["pos"][:P + L]
+    return _final_hidden(cfg, params, ids)[P:] @ params["unembed"]
+
+
+def _final_hidden(cfg: TinyLMConfig, params: dict, ids: jax.Array) -> jax.Array:
+    """Final-norm hidden states ``[1 + S, d]`` of the input ``[BOS, ids_1..ids_S]`` (row 0: BOS)."""
+    h = jnp.concatenate([params["bos"][None, :], params["embed"][ids]], axis=0) + params["pos"][:ids.shape[0] + 1]
     for layer in params["layers"]:
         h = h + _attention(cfg, layer, _rms_norm(h, layer["norm1"]))
         z = _rms_norm(h, layer["norm2"])
         h = h + jax.nn.gelu(z @ layer["w1"] + layer["b1"][None, :]) @ layer["w2"] + layer["b2"][None, :]
-    return _rms_norm(h[P:], params["norm_f"]) @ params["unembed"]
+    return _rms_norm(h, params["norm_f"])
+
+
+POOLINGS = ("mean", "last")
+
+
+def features(cfg: TinyLMConfig, params: dict, prompt: jax.Array, tokens: jax.Array, mask: jax.Array,
+             pooling: str = "mean") -> jax.Array:
+    """A frozen feature ``phi(x, y)`` ``[d_model]`` of one response: final-norm hidden states of the LM
+    reading ``[BOS, x, y_1..y_L]`` at the positions of the response's own tokens (``mask``).
+
+    ``pooling="mean"``: ``sum_t mask_t h_{P+t} / sum_t mask_t`` (positions ``P+1..P+L``, 1-based ``t``);
+    ``"last"``: ``h`` at the response's last token, the LLM reward-head feature of P3 (THEORY.md §4.7),
+    as ``HFPolicy.features`` reads it. Causal attention makes ``h_{P+t}`` depend on ``x, y_1..y_t`` only,
+    so padding after the response's end does not change it. An empty response (no mask) gets the
+    hidden state at the prompt's last position. Needs ``P + L + 1 <= max_len``.
+    """
+    _check_response(prompt, tokens, mask)
+    v.check_choice("pooling", pooling, POOLINGS)
+    P, L = prompt.shape[0], tokens.shape[0]
+    if P + L + 1 > cfg.max_len:
+        v.fail("prompt length + response length + 1", P + L + 1, f"<= max_len={cfg.max_len} (TinyLMConfig)")
+    ids = jnp.concatenate([prompt, tokens]).astype(jnp.int32)
+    h = _final_hidden(cfg, params, ids)[P:]            # row 0: the prompt's last position; row t: y_t
+    weights = jnp.concatenate([jnp.zeros((1,), h.dtype), mask.astype(h.dtype)])
+    if pooling == "last":
+        weights = jax.nn.one_hot(jnp.sum(mask), L + 1, dtype=h.dtype)
+    else:
+        weights = jnp.where(jnp.any(mask), weights, jax.nn.one_hot(0, L + 1, dtype=h.dtype))
+        weights = weights / jnp.sum(weights)
+    return weights @ h
 
 
 def _check_response(prompt, tokens, mask) -> None:
