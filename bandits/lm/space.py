@@ -158,6 +158,33 @@ def _check_temperature(temperature) -> None:
         v.check_float("temperature", temperature, low=0.0, low_open=True)
 
 
+def check_response(tokens, mask, prompt=None) -> None:
+    """One response: ``tokens`` and ``mask`` both of shape ``[L]`` (and ``prompt``, if given, ``[P]``); the LMs'
+    functions take one prompt and one response, and are ``vmap``-ed for batches."""
+    if prompt is not None and jnp.ndim(prompt) != 1:
+        raise ValueError(f"prompt has shape {tuple(jnp.shape(prompt))}, which is not allowed: prompt must be "
+                         "int32 [P] (one prompt; vmap for batches).")
+    if jnp.ndim(tokens) != 1 or jnp.shape(tokens) != jnp.shape(mask):
+        raise ValueError(f"tokens {tuple(jnp.shape(tokens))} and mask {tuple(jnp.shape(mask))} are not allowed: "
+                         "both must have shape [L] (one response; vmap for batches).")
+
+
+def check_space(space, vocab_size: int) -> None:
+    """``space`` must be a ``ResponseSpace`` over the model's vocabulary of ``vocab_size`` tokens."""
+    if not isinstance(space, ResponseSpace):
+        v.fail("space", type(space).__name__, "a bandits.lm.ResponseSpace")
+    if space.vocab_size != vocab_size:
+        v.fail("space.vocab_size", space.vocab_size, f"the model's vocab_size={vocab_size}")
+
+
+def enumerated_logprobs(token_logprobs: Callable[[jax.Array, jax.Array], jax.Array], space: ResponseSpace
+                        ) -> jax.Array:
+    """``token_logprobs(tokens [L], mask [L]) -> [L]`` of every response of ``enumerate_responses(space)``,
+    shape ``[A, L]``: the row sums are the exact sequence log-probabilities (their ``logsumexp`` is 0)."""
+    tokens, mask = enumerate_responses(space)
+    return jax.vmap(token_logprobs)(tokens, mask)
+
+
 def masked_token_logprobs(logits: jax.Array, tokens: jax.Array, mask: jax.Array, temperature=1.0) -> jax.Array:
     """``log softmax(logits_t / T)[y_t]`` on the mask and 0 off it, shape ``[L]``.
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bandits import validation as v
-from bandits.lm.space import (ResponseSpace, ancestral_sample, enumerate_responses,
+from bandits.lm.space import (ResponseSpace, ancestral_sample, check_response, check_space, enumerated_logprobs,
                               masked_token_logprobs)
 
 
@@ -128,7 +128,7 @@ def features(cfg: TinyLMConfig, params: dict, prompt: jax.Array, tokens: jax.Arr
     so padding after the response's end does not change it. An empty response (no mask) gets the
     hidden state at the prompt's last position. Needs ``P + L + 1 <= max_len``.
     """
-    _check_response(prompt, tokens, mask)
+    check_response(tokens, mask, prompt)
     v.check_choice("pooling", pooling, POOLINGS)
     P, L = prompt.shape[0], tokens.shape[0]
     if P + L + 1 > cfg.max_len:
@@ -144,22 +144,13 @@ def features(cfg: TinyLMConfig, params: dict, prompt: jax.Array, tokens: jax.Arr
     return weights @ h
 
 
-def _check_response(prompt, tokens, mask) -> None:
-    if jnp.ndim(prompt) != 1:
-        raise ValueError(f"prompt has shape {tuple(jnp.shape(prompt))}, which is not allowed: prompt must be "
-                         "int32 [P] (one prompt; vmap for batches).")
-    if jnp.ndim(tokens) != 1 or jnp.shape(tokens) != jnp.shape(mask):
-        raise ValueError(f"tokens {tuple(jnp.shape(tokens))} and mask {tuple(jnp.shape(mask))} are not allowed: "
-                         "both must have shape [L] (one response; vmap for batches).")
-
-
 def token_logprobs(cfg: TinyLMConfig, params: dict, prompt: jax.Array, tokens: jax.Array, mask: jax.Array,
                    temperature=1.0) -> jax.Array:
     """Per-token ``log pi_T(y_t | x, y_<t)`` on the mask, 0 off it, shape ``[L]`` (one prompt, one response).
 
     ``pi_T`` is the per-token ``softmax(logits / temperature)``; ``temperature=1`` is the policy.
     """
-    _check_response(prompt, tokens, mask)
+    check_response(tokens, mask, prompt)
     return masked_token_logprobs(_logits(cfg, params, prompt, tokens), tokens, mask, temperature)
 
 
@@ -175,25 +166,16 @@ def enumerated_token_logprobs(cfg: TinyLMConfig, params: dict, prompt: jax.Array
 
     Their row sums are the exact sequence log-probabilities; ``logsumexp`` of those is 0.
     """
-    _check_space(cfg, space)
-    tokens, mask = enumerate_responses(space)
-    return jax.vmap(token_logprobs, in_axes=(None, None, None, 0, 0, None))(
-        cfg, params, prompt, tokens, mask, temperature)
+    check_space(space, cfg.vocab_size)
+    return enumerated_logprobs(lambda y, m: token_logprobs(cfg, params, prompt, y, m, temperature), space)
 
 
 def sample(key: jax.Array, cfg: TinyLMConfig, params: dict, prompt: jax.Array, space: ResponseSpace, n: int,
            temperature=1.0) -> tuple[jax.Array, jax.Array]:
     """``n`` i.i.d. responses ``(tokens int32 [n, L], mask bool [n, L])`` by ancestral sampling from
     ``softmax(logits / temperature)`` per token (``bandits.lm.space.ancestral_sample``)."""
-    _check_space(cfg, space)
+    check_space(space, cfg.vocab_size)
     if jnp.ndim(prompt) != 1:
-        raise ValueError(f"prompt has shape {tuple(jnp.shape(prompt))}, which is not allowed: prompt must be "
-                         "int32 [P] (one prompt; vmap for batches).")
+        v.fail("prompt shape", tuple(jnp.shape(prompt)), "int32 [P] (one prompt; vmap for batches)")
     return ancestral_sample(key, lambda tokens, t: _logits(cfg, params, prompt, tokens)[t], space, n, temperature)
 
-
-def _check_space(cfg: TinyLMConfig, space: ResponseSpace) -> None:
-    if not isinstance(space, ResponseSpace):
-        v.fail("space", type(space).__name__, "a bandits.lm.ResponseSpace")
-    if space.vocab_size != cfg.vocab_size:
-        v.fail("space.vocab_size", space.vocab_size, f"the model's vocab_size={cfg.vocab_size}")

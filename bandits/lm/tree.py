@@ -27,8 +27,8 @@ import numpy as np
 
 from bandits import validation as v
 from bandits.lm.exact import segment_logsumexp
-from bandits.lm.space import (ResponseSpace, ancestral_sample, enumerate_responses,
-                              masked_token_logprobs)
+from bandits.lm.space import (ResponseSpace, ancestral_sample, check_response, check_space, enumerate_responses,
+                              enumerated_logprobs, masked_token_logprobs)
 
 MAX_TABLE = 10**7   # entries of the logit table
 
@@ -103,9 +103,7 @@ def _logits(cfg: TreeConfig, params: dict, prompt: jax.Array, tokens: jax.Array)
 def token_logprobs(cfg: TreeConfig, params: dict, prompt: jax.Array, tokens: jax.Array, mask: jax.Array,
                    temperature=1.0) -> jax.Array:
     """Per-token ``log pi_T(y_t | x, y_<t)`` on the mask, 0 off it, shape ``[L]`` (one prompt, one response)."""
-    if jnp.ndim(tokens) != 1 or jnp.shape(tokens) != jnp.shape(mask):
-        raise ValueError(f"tokens {tuple(jnp.shape(tokens))} and mask {tuple(jnp.shape(mask))} are not allowed: "
-                         "both must have shape [L] (one response; vmap for batches).")
+    check_response(tokens, mask)
     return masked_token_logprobs(_logits(cfg, params, prompt, tokens), tokens, mask, temperature)
 
 
@@ -119,9 +117,7 @@ def enumerated_token_logprobs(cfg: TreeConfig, params: dict, prompt: jax.Array, 
                               temperature=1.0) -> jax.Array:
     """``token_logprobs`` of every response of ``enumerate_responses(space)``, shape ``[A, L]``."""
     _check_space(cfg, space)
-    tokens, mask = enumerate_responses(space)
-    return jax.vmap(token_logprobs, in_axes=(None, None, None, 0, 0, None))(
-        cfg, params, prompt, tokens, mask, temperature)
+    return enumerated_logprobs(lambda y, m: token_logprobs(cfg, params, prompt, y, m, temperature), space)
 
 
 def sample(key: jax.Array, cfg: TreeConfig, params: dict, prompt: jax.Array, space: ResponseSpace, n: int,
@@ -179,9 +175,6 @@ def params_from_log_probs(cfg: TreeConfig, space: ResponseSpace, prompts: jax.Ar
 
 
 def _check_space(cfg: TreeConfig, space: ResponseSpace) -> None:
-    if not isinstance(space, ResponseSpace):
-        v.fail("space", type(space).__name__, "a bandits.lm.ResponseSpace")
-    if space.vocab_size != cfg.vocab_size:
-        v.fail("space.vocab_size", space.vocab_size, f"the model's vocab_size={cfg.vocab_size}")
+    check_space(space, cfg.vocab_size)
     if space.length > cfg.length:
         v.fail("space.length", space.length, f"<= TreeConfig.length={cfg.length}")
