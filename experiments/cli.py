@@ -158,9 +158,10 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
         raise plot_error
     if timings["resumed_chunks"]:
         progress.message(f"resumed: reused {timings['resumed_chunks']} saved chunk(s)")
+    # compile/run are the vectorized calls' (run_vectorized); an experiment without any (hf-smoke) has wall only
+    split = (f" (compile {timings['compile_s']:.1f} s, run {timings['run_s']:.1f} s)" if timings["calls"] else "")
     progress.message(f"wrote {csv_path} ({results.n_rows} rows), manifest.json, "
-                     f"{len(figures)} figure file(s) in {wall:.1f} s "
-                     f"(compile {timings['compile_s']:.1f} s, run {timings['run_s']:.1f} s)")
+                     f"{len(figures)} figure file(s) in {wall:.1f} s{split}")
     return run_dir
 
 
