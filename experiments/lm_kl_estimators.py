@@ -420,7 +420,7 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
     n_seeds = len(np.unique(np.asarray(table["seed"])))
     setting = (f"tiny transformer, V={config.vocab_size}, L={config.length} (|A|={config.vocab_size**config.length}, "
                f"all enumerated), {config.n_prompts} prompt(s); "
-               + (f"{n_seeds} seeds (random models), mean with 95% CI over seeds" if n_seeds > 1
+               + (f"{n_seeds} seeds (random models), mean, band from min to max over seeds" if n_seeds > 1
                   else "one seed (one random model): exact, no error bars"))
     sweeps = [("perturbation", "perturbation", "perturbation scale s (on policy)"),
               ("off_policy", "drift", f"drift of pi_old (s={config.base_perturbation:g})"),
@@ -442,7 +442,7 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
             label = LABELS[est] + ("" if panel == "perturbation" else f", weights {w}")
             for row, metric in enumerate(("value_rel_bias", "value_sd")):
                 x, y = plotting.pivot(sub, x_name, metric)
-                plotting.band_plot(axes[row, col], x, y, label, color=COLORS[est], linestyle=styles[w])
+                plotting.band_plot(axes[row, col], x, y, label, color=COLORS[est], linestyle=styles[w], band="range")
         for row, (metric, what) in enumerate((("value_rel_bias", "(E[estimate] - KL) / KL"),
                                               ("value_sd", "per-sample sd"))):
             ax = axes[row, col]
@@ -466,10 +466,10 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
             sub = _where(table, panel=panel, config=c, weighting=w)
             label = LABELS[c] + ("" if panel == "perturbation" else f", weights {w}")
             x, y = plotting.pivot(sub, x_name, "grad_cos_rev")
-            plotting.band_plot(axes[0, col], x, y, label, color=COLORS[c], linestyle=styles[w])
+            plotting.band_plot(axes[0, col], x, y, label, color=COLORS[c], linestyle=styles[w], band="range")
             x, y = plotting.pivot(sub, x_name, "grad_rel_err")
             if np.all(y > 0):
-                plotting.band_plot(axes[1, col], x, np.maximum(y, 1e-16), label, color=COLORS[c], linestyle=styles[w])
+                plotting.band_plot(axes[1, col], x, np.maximum(y, 1e-16), label, color=COLORS[c], linestyle=styles[w], band="range")
         axes[0, col].set(title=f"{panel.replace('_', ' ')}: cos(E grad, grad KL)", xlabel=x_label,
                          ylabel="cosine with grad KL(pi||pi_ref)")
         axes[1, col].set_yscale("log")

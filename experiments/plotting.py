@@ -76,13 +76,22 @@ def mean_ci(y_by_seed: Any, level: float = 0.95) -> tuple[np.ndarray, np.ndarray
     return mean, mean - half, mean + half
 
 
+BANDS = ("ci", "range")
+
+
 def band_plot(ax, x: Any, y_by_seed: Any, label: str, *, color: Any = None, marker: str | None = "o",
               alpha: float = 0.2, loglog: bool = False, slope: bool = False, level: float = 0.95,
-              **line_kwargs: Any):
-    """Mean curve over seeds with its confidence band; ``slope=True`` appends the fitted log-log
-    slope and its CI to the label; ``loglog=True`` sets both axes to log scale. Returns the line."""
+              band: str = "ci", **line_kwargs: Any):
+    """Mean curve over seeds with a band: ``band="ci"`` its ``level`` confidence interval, ``"range"`` the
+    minimum to maximum over seeds (for a handful of seeds, where a t-interval is wide and, on a log axis,
+    can reach below zero). ``slope=True`` appends the fitted log-log slope and its CI to the label;
+    ``loglog=True`` sets both axes to log scale. Returns the line."""
     x, y = _by_seed(x, y_by_seed)
+    if band not in BANDS:
+        raise ValueError(f"band={band!r} is not allowed: band must be one of {BANDS}.")
     mean, low, high = mean_ci(y, level)
+    if band == "range":
+        low, high = np.min(y, axis=0), np.max(y, axis=0)
     if slope:
         label = slope_label(label, fit_loglog_slope(x, y, level=level))
     (line,) = ax.plot(x, mean, label=label, color=color, marker=marker, markersize=3, **line_kwargs)

@@ -449,6 +449,16 @@ def test_confidence_band_and_slope():
         plotting.fit_loglog_slope(x, -y)
 
 
+def test_band_range_is_min_to_max_over_seeds():
+    y = np.array([[1.0, 10.0, 1e-3], [2.0, 30.0, 1e-1], [6.0, 20.0, 1e-2]])
+    fig, ax = plotting.figure()
+    plotting.band_plot(ax, [1, 2, 4], y, label="range", band="range")
+    vertices = ax.collections[0].get_paths()[0].vertices
+    np.testing.assert_allclose(np.sort(np.unique(vertices[:, 1])), np.sort(np.concatenate([y.min(0), y.max(0)])))
+    with pytest.raises(ValueError, match="band='iqr' is not allowed"):
+        plotting.band_plot(ax, [1, 2, 4], y, label="bad", band="iqr")
+
+
 def test_save_figure_requires_titles_and_writes_png_and_svg(tmp_path):
     fig, ax = plotting.figure()
     plotting.band_plot(ax, [1, 2, 4], np.ones((3, 3)), label="flat", slope=True)
