@@ -42,7 +42,6 @@ import functools
 import itertools
 import os
 from pathlib import Path
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +49,6 @@ import numpy as np
 
 import bandits as b
 from algorithms import p3_policy
-from algorithms.omd import PROJECTIONS
 from algorithms.online_estimator import ESTIMATORS
 from bandits import validation as v
 from bandits.lm import tiny
@@ -121,14 +119,14 @@ class PolicyConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config:
-    """Fields reachable with ``--set field=value`` (module docstring).
+class Config(p3.EstimatorFields):
+    """Fields reachable with ``--set field=value`` (module docstring); the estimator fields are
+    ``p3_common.EstimatorFields``' (as in E8).
 
     features: tiny | minilm | checkpoint; policy: the checkpoint (``policy.path=...``); dim: the reduced
     feature dimension; the tiny source's ``n_prompts, vocab_size, length, d_model, n_layers, pooling,
     feature_seed``; reward_norm: ``B = ||theta*||``; rounds, checkpoints, heldout; algorithms (omd, mle,
-    ogd, hvp); lam, omd_lam, omd_step_size (a number or ``theory``), projection, ogd_lr, hvp_lr: as in E8
-    (``p3_common.P3Config``); timing_rounds (none: the checkpoints), timing_repeats; seed: first seed.
+    ogd, hvp); timing_rounds (none: the checkpoints), timing_repeats; seed: first seed.
     """
 
     features: str = "tiny"
@@ -146,12 +144,6 @@ class Config:
     checkpoints: tuple[int, ...] = (16, 32, 64, 128, 256, 512)
     heldout: int = 1024
     algorithms: tuple[str, ...] = ("omd", "mle", "ogd")
-    lam: float = 1.0
-    omd_lam: float | None = None
-    omd_step_size: float | Literal["theory"] = p3.DEFAULT_OMD_STEP_SIZE
-    projection: str = "euclid"
-    ogd_lr: float = 1.0
-    hvp_lr: float = 0.1
     timing_rounds: tuple[int, ...] | None = None
     timing_repeats: int = 7
     seed: int = 0
@@ -171,17 +163,7 @@ class Config:
         p3.check_rounds("checkpoints", self.checkpoints, self.rounds)
         v.check_int("heldout", self.heldout, 1)
         p3.check_names("algorithms", self.algorithms, ESTIMATORS)
-        v.check_float("lam", self.lam, low=0.0, low_open=True)
-        if self.omd_lam is not None:
-            v.check_float("omd_lam", self.omd_lam, low=0.0, low_open=True)
-        if isinstance(self.omd_step_size, str):
-            if self.omd_step_size != p3.THEORY:
-                v.fail("omd_step_size", self.omd_step_size, f"a finite number > 0 or {p3.THEORY!r}")
-        else:
-            v.check_float("omd_step_size", self.omd_step_size, low=0.0, low_open=True)
-        v.check_choice("projection", self.projection, PROJECTIONS)
-        v.check_float("ogd_lr", self.ogd_lr, low=0.0, low_open=True)
-        v.check_float("hvp_lr", self.hvp_lr, low=0.0, low_open=True)
+        self.check_estimator_fields()
         if self.timing_rounds is not None:
             p3.check_rounds("timing_rounds", self.timing_rounds, self.rounds)
         v.check_int("timing_repeats", self.timing_repeats, 1)
@@ -196,9 +178,6 @@ class Config:
     def timed(self) -> tuple[int, ...]:
         return self.checkpoints if self.timing_rounds is None else self.timing_rounds
 
-    def step_size(self, reward_norm):
-        """OMD's ``eta``: the field, or None for P3's theory value (``p3_common.P3Config.step_size``)."""
-        return None if self.omd_step_size == p3.THEORY else self.omd_step_size
 
 
 presets = {

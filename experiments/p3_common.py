@@ -1,7 +1,8 @@
 """Shared by the three P3 experiments (THEORY.md §4): E8 omd-vs-mle, E9 active-vs-random, E10 deployment-regret.
 
-- ``P3Config``: the frozen base of their configs, holding the instance, estimator, objective and timing
-  fields and their validation (each experiment's ``Config`` derives from it and adds its own fields);
+- ``P3Config``: the frozen base of their configs, holding the instance, estimator (``EstimatorFields``, also
+  used by lm-omd-features), objective and timing fields and their validation (each experiment's ``Config``
+  derives from it and adds its own fields);
 - the instance family ``theta* = B u`` (``scaled_instance``), the estimator bundles (``estimators``), the
   metrics of one estimate (``estimate_metrics``) and the per-round wall-clock helpers (``time_call``,
   ``mle_state_at``, ``light``).
@@ -54,39 +55,24 @@ def check_names(field, values, allowed):
 
 
 @dataclasses.dataclass(frozen=True)
-class P3Config:
-    """Fields shared by E8-E10, reachable with ``--set field=value`` in each.
+class EstimatorFields:
+    """The estimators' fields (``estimators``), shared by E8-E10 and lm-omd-features.
 
-    n_contexts, n_actions, dim: the instance (``bandits.InstanceConfig``); lam: ridge of the MLE and of
-    ``V``; omd_lam: OMD's ``cH_1 = omd_lam I`` (none: ``lam``); omd_step_size: OMD's ``eta``, a number
-    or ``theory`` (``(1/2) log 2 + B + 1``; ``none``, its older spelling in saved manifests, means the same);
-    projection: OMD's (none | euclid | local_norm); objective: unregularized | kl (Gibbs at kl_coef);
-    c_beta: the radius scale ``beta_t = c_beta sqrt(d log(1 + t))``; ogd_lr, hvp_lr: the step sizes of the
-    ``ogd`` and ``hvp`` estimators; timing_rounds: rounds timed (none: the checkpoints); timing_repeats:
-    timed calls per round; seed: first seed.
-
-    A subclass defines ``checkpoints`` and the horizon ``rounds`` (a field or a property); they are
-    validated here together, after the subclass's own checks.
+    lam: ridge of the MLE and of ``V``; omd_lam: OMD's ``cH_1 = omd_lam I`` (none: ``lam``); omd_step_size:
+    OMD's ``eta``, a number or ``theory`` (``(1/2) log 2 + B + 1``; ``none``, its older spelling in saved
+    manifests, means the same); projection: OMD's (none | euclid | local_norm); ogd_lr, hvp_lr: the step
+    sizes of the ``ogd`` and ``hvp`` estimators. A subclass calls ``check_estimator_fields`` from its
+    ``__post_init__``.
     """
 
-    n_contexts: int = 128
-    n_actions: int = 32
-    dim: int = 8
     lam: float = 1.0
     omd_lam: float | None = None
     omd_step_size: float | Literal["theory"] | None = DEFAULT_OMD_STEP_SIZE
     projection: str = "euclid"
-    objective: str = "unregularized"
-    kl_coef: float = 0.1
-    c_beta: float = 0.5
     ogd_lr: float = 1.0
     hvp_lr: float = 0.1
-    timing_rounds: tuple[int, ...] | None = None
-    timing_repeats: int = 15
-    seed: int = 0
 
-    def __post_init__(self):
-        b.InstanceConfig(n_contexts=self.n_contexts, n_actions=self.n_actions, dim=self.dim, kl_coef=self.kl_coef)
+    def check_estimator_fields(self) -> None:
         v.check_float("lam", self.lam, low=0.0, low_open=True)
         if self.omd_lam is not None:
             v.check_float("omd_lam", self.omd_lam, low=0.0, low_open=True)
@@ -95,10 +81,44 @@ class P3Config:
                 v.fail("omd_step_size", self.omd_step_size, f"a finite number > 0 or {THEORY!r}")
             v.check_float("omd_step_size", self.omd_step_size, low=0.0, low_open=True)
         v.check_choice("projection", self.projection, PROJECTIONS)
-        v.check_choice("objective", self.objective, p3_policy.OBJECTIVES)
-        v.check_float("c_beta", self.c_beta, low=0.0)
         v.check_float("ogd_lr", self.ogd_lr, low=0.0, low_open=True)
         v.check_float("hvp_lr", self.hvp_lr, low=0.0, low_open=True)
+
+    def step_size(self, reward_norm):
+        """OMD's ``eta`` at ``B = reward_norm`` (may be traced): the field, or the theory value."""
+        if self.omd_step_size is None or self.omd_step_size == THEORY:
+            return None          # make_estimator: algorithms.omd.default_step_size(radius)
+        return self.omd_step_size
+
+
+@dataclasses.dataclass(frozen=True)
+class P3Config(EstimatorFields):
+    """Fields shared by E8-E10, reachable with ``--set field=value`` in each: the estimator fields
+    (``EstimatorFields``) and
+
+    n_contexts, n_actions, dim: the instance (``bandits.InstanceConfig``); objective: unregularized | kl
+    (Gibbs at kl_coef); c_beta: the radius scale ``beta_t = c_beta sqrt(d log(1 + t))``; timing_rounds:
+    rounds timed (none: the checkpoints); timing_repeats: timed calls per round; seed: first seed.
+
+    A subclass defines ``checkpoints`` and the horizon ``rounds`` (a field or a property); they are
+    validated here together, after the subclass's own checks.
+    """
+
+    n_contexts: int = 128
+    n_actions: int = 32
+    dim: int = 8
+    objective: str = "unregularized"
+    kl_coef: float = 0.1
+    c_beta: float = 0.5
+    timing_rounds: tuple[int, ...] | None = None
+    timing_repeats: int = 15
+    seed: int = 0
+
+    def __post_init__(self):
+        b.InstanceConfig(n_contexts=self.n_contexts, n_actions=self.n_actions, dim=self.dim, kl_coef=self.kl_coef)
+        self.check_estimator_fields()
+        v.check_choice("objective", self.objective, p3_policy.OBJECTIVES)
+        v.check_float("c_beta", self.c_beta, low=0.0)
         check_rounds("checkpoints", self.checkpoints, self.rounds)
         if self.timing_rounds is not None:
             check_rounds("timing_rounds", self.timing_rounds, self.rounds)
@@ -108,12 +128,6 @@ class P3Config:
     def timed(self) -> tuple[int, ...]:
         """The rounds whose wall-clock is measured."""
         return self.checkpoints if self.timing_rounds is None else self.timing_rounds
-
-    def step_size(self, reward_norm):
-        """OMD's ``eta`` at ``B = reward_norm`` (may be traced): the field, or the theory value."""
-        if self.omd_step_size is None or self.omd_step_size == THEORY:
-            return None          # make_estimator: algorithms.omd.default_step_size(radius)
-        return self.omd_step_size
 
 
 def scaled_instance(key, config: P3Config, reward_norm) -> b.Instance:
