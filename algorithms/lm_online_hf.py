@@ -50,7 +50,7 @@ from scipy import stats
 
 import bandits as b
 from algorithms import lm_train
-from algorithms.lm_iterative import SELECTORS, response_ranks, select_pair
+from algorithms.lm_iterative import SELECTORS, IterativeOptions, response_ranks, select_pair
 from bandits import validation as v
 from bandits.lm import kl_estimators as kl
 from bandits.lm.hf import DTYPES, HFPolicy, import_torch_stack
@@ -133,32 +133,27 @@ class RewardConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class OnlineOptions:
-    """Options of the loop (module docstring): n_iterations ``T``; k draws per group; n_groups pairs per prompt
-    and iteration; n_steps Adam steps per iteration; learning_rate; beta (DPO's and the KL's ``eta``);
-    selector in ``SELECTORS``; restart; deterministic_labels; n_eval fresh draws per prompt for evaluation;
-    n_examples responses per prompt and iteration kept as examples."""
+class OnlineOptions(IterativeOptions):
+    """Options of the loop (module docstring): those of the exact loop (``lm_iterative.IterativeOptions``:
+    n_iterations ``T``, k draws per group, n_groups pairs per prompt and iteration, n_steps Adam steps per
+    iteration, learning_rate, selector, restart, deterministic_labels; ``history`` must stay False: each
+    iteration trains on its fresh pairs), smaller defaults for a real model, and beta (DPO's and the KL's
+    ``eta``); n_eval fresh draws per prompt for evaluation; n_examples responses per prompt and iteration
+    kept as examples."""
 
     n_iterations: int = 2
-    k: int = 4
     n_groups: int = 1
     n_steps: int = 4
     learning_rate: float = 2e-5
     beta: float = 0.1
-    selector: str = "max_min"
-    restart: bool = False
-    deterministic_labels: bool = False
     n_eval: int = 8
     n_examples: int = 2
 
     def __post_init__(self):
-        v.check_int("n_iterations", self.n_iterations, 1)
-        v.check_int("k", self.k, 2)
-        v.check_int("n_groups", self.n_groups, 1)
-        v.check_int("n_steps", self.n_steps, 1)
-        v.check_float("learning_rate", self.learning_rate, low=0.0, low_open=True)
+        super().__post_init__()
+        if self.history:
+            v.fail("history", self.history, "False (the Hugging Face loop trains on each iteration's fresh pairs)")
         v.check_float("beta", self.beta, low=0.0, low_open=True)
-        v.check_choice("selector", self.selector, SELECTORS)
         v.check_int("n_eval", self.n_eval, 2)
         v.check_int("n_examples", self.n_examples, 0)
 
