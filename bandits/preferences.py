@@ -24,7 +24,7 @@ def random_skew_matrix(key: jax.Array, d: int, strength: float, dtype=None) -> j
 
     A concrete ``strength = 0`` (every Bradley-Terry instance) returns zeros without the spectral norm:
     its SVD is a batched LAPACK call under ``vmap``, which hung sharded runs on 2 CPU devices
-    (``algorithms.spd_solve``; ``benchmarks/README.md``)."""
+    (``algorithms.core.spd_solve``; ``benchmarks/README.md``)."""
     if isinstance(strength, (int, float)) and strength == 0:
         return jnp.zeros((d, d), dtype=dtype if dtype is not None else jnp.result_type(float))
     a = jax.random.normal(key, (d, d), dtype=dtype)

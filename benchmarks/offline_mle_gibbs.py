@@ -37,7 +37,7 @@ import numpy as np
 
 SAMPLE_SIZES = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 D, K, NX, B_NORM, ETA, LAM = 8, 32, 128, 2.0, 1.0, 1.0
-TOL = 1e-20          # Newton decrement tolerance (ours' float64 default, algorithms.newton.default_tol)
+TOL = 1e-20          # Newton decrement tolerance (ours' float64 default, algorithms.core.newton.default_tol)
 MAX_ITER = 100
 STEPS = 2.0 ** -np.arange(12)
 
@@ -62,8 +62,8 @@ def ours_per_seed(key, config: BenchConfig):
     import jax
     import jax.numpy as jnp
     import bandits as b
-    from algorithms import offline
-    from algorithms.bt_mle import fit_bt_mle
+    from algorithms.offline import gshf as offline
+    from algorithms.core.bt_mle import fit_bt_mle
 
     k_inst, k_data = jax.random.split(key)
     inst = b.make_instance(k_inst, b.InstanceConfig(n_contexts=NX, n_actions=K, dim=D, reward_norm=B_NORM,
@@ -87,7 +87,7 @@ def run_ours(seeds: int, repeats: int, out: Path, chunk: int) -> dict:
     t_import = time.perf_counter()
     jax = _jax()
     import bandits  # noqa: F401
-    from experiments.runner import Progress, run_vectorized, seed_keys
+    from experiments.engine.runner import Progress, run_vectorized, seed_keys
     t_import = time.perf_counter() - t_import
     keys = seed_keys(0, seeds)
     jax.block_until_ready(keys)
@@ -116,7 +116,7 @@ def generate_numpy_data(seeds: int, chunk: int):
     jax = _jax()
     import jax.numpy as jnp
     import bandits as b
-    from experiments.runner import seed_keys
+    from experiments.engine.runner import seed_keys
 
     def gen(key):
         k_inst, k_data = jax.random.split(key)
@@ -300,7 +300,7 @@ def measure_rng_only(seeds: int, chunk: int, repeats=3):
     """
     jax = _jax()
     import jax.numpy as jnp
-    from experiments.runner import seed_keys
+    from experiments.engine.runner import seed_keys
 
     def one(key):
         k_inst, k_data = jax.random.split(key)

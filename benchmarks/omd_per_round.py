@@ -2,8 +2,8 @@
 
 For each t in --rounds: the cost of round t (one update on comparison t, given the state after t-1
 rounds), for
-  ours-omd    algorithms.omd.omd_step, jitted (O(d^2), flat in t)
-  ours-mle    algorithms.mle_refit.mle_step, jitted, buffer of exactly t rows (warm-started Newton, O(t))
+  ours-omd    algorithms.onepass.omd.omd_step, jitted (O(d^2), flat in t)
+  ours-mle    algorithms.onepass.mle_refit.mle_step, jitted, buffer of exactly t rows (warm-started Newton, O(t))
   np-omd      the same OMD step in plain NumPy (Sherman-Morrison, no projection)
   np-mle      scipy.optimize.minimize(L-BFGS-B) on the first t rows, warm-started at theta_{t-1}
 Compile excluded (one warm-up call), block_until_ready, median of --repeats. Speed is measured, never
@@ -41,8 +41,7 @@ def main(argv=None):
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
     from scipy.optimize import minimize
-    from algorithms import mle_refit, omd
-
+    from algorithms.onepass import mle_refit, omd
     rounds = [int(r) for r in args.rounds.split(",")]
     rng = np.random.default_rng(0)
     n, d = max(rounds), args.dim

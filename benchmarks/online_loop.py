@@ -2,7 +2,7 @@
 
 Workload (defaults: the online-explore ``paper`` preset, hard setting): S seeds (default 1024); per
 seed one instance (n_x=64, K=16, d=8, B=2, kl_coef=0.1, pi0 with coverage -0.8 and temperature 10)
-and T + 1 = 25 rounds of the loop of ``algorithms.online`` with the Gibbs main agent and the linear
+and T + 1 = 25 rounds of the loop of ``algorithms.online.loop`` with the Gibbs main agent and the linear
 BT-MLE learner (m=32, lam=1, beta = c_beta sqrt(d) with c_beta=1, at most 30 Newton steps). Round t:
 
     theta_t <- regularised BT-MLE on the t m comparisons so far (warm start theta_{t-1})
@@ -10,18 +10,18 @@ BT-MLE learner (m=32, lam=1, beta = c_beta sqrt(d) with c_beta=1, at most 30 New
     pi_t = Gibbs(<theta_t, phi>),  explorer = Gibbs(<theta_t, phi> + beta Gamma)      (optimism)
     m comparisons: x ~ d0, a1 ~ pi_t(.|x), a2 ~ explorer(.|x) by inverse CDF, y ~ BT(r*(a1) - r*(a2))
     exact metrics of pi_t: subopt, subopt_kl, regret_kl, kl_to_ref, kl_to_ref_explorer,
-    confidence_width, bound, in_confidence_set (definitions in ``algorithms.online``)
+    confidence_width, bound, in_confidence_set (definitions in ``algorithms.online.loop``)
 
 Implementations
-  ours  ``experiments.online_explore.per_seed`` with strategy group ("optimism",), through
-        ``experiments.runner.run_vectorized`` (one jitted vmapped call per chunk of seeds), exactly as
-        ``online_explore.run_algorithms`` calls it. Instance generation is inside its timed region.
+  ours  ``experiments.catalogue.online_common.per_seed`` with strategy group ("optimism",), through
+        ``experiments.engine.runner.run_vectorized`` (one jitted vmapped call per chunk of seeds), exactly as
+        ``online_common.run_algorithms`` calls it. Instance generation is inside its timed region.
         Run in fresh subprocesses (``--devices``): ``1`` and ``2`` = JAX_NUM_CPU_DEVICES=1 / =2 (seed axis
         sharded by run_vectorized); ``2p`` = two concurrent 1-device processes on the two halves of the
         seeds. Compile (trace + lower + compile) and run are timed separately; steady state = median
         of --repeats further calls reusing the executable. With jax/jaxlib 0.10.2 on a 2-core CPU
         sharded 2-device runs deadlocked inside batched LAPACK kernels (see README; the SPD solves
-        are now plain XLA ops, ``algorithms.spd_solve``); a subprocess using under 2% of a core over
+        are now plain XLA ops, ``algorithms.core.spd_solve``); a subprocess using under 2% of a core over
         --jax-idle seconds is still killed and reported as hung, and the other runs go on.
   B1    NumPy + SciPy, one seed and one round at a time: scipy L-BFGS-B (analytic gradient) warm
         started, ``np.linalg.cholesky`` + ``scipy.linalg.solve_triangular``, NumPy Gibbs policies,
@@ -64,7 +64,7 @@ import numpy as np
 
 from benchmarks.offline_mle_gibbs import _logsumexp, _nll_grad, _uptime, measure_peak
 
-STEPS = 2.0 ** -np.arange(12)   # ours' backtracking candidates (algorithms.newton)
+STEPS = 2.0 ** -np.arange(12)   # ours' backtracking candidates (algorithms.core.newton)
 TOL = 1e-20                     # ours' float64 Newton-decrement tolerance
 STRATEGY = "optimism"
 
@@ -111,7 +111,7 @@ def _jax():
 
 def explore_config(sz: Sizes):
     """The online-explore Config of these sizes (hard setting only, strategy optimism)."""
-    from experiments import online_explore as oe
+    from experiments.catalogue import online_common as oe
     return oe.Config(n_contexts=sz.n_contexts, n_actions=sz.n_actions, dim=sz.dim, reward_norm=sz.reward_norm,
                      kl_coef=sz.kl_coef, settings=("hard",), hard_coverage=sz.coverage,
                      hard_temperature=sz.temperature, iterations=sz.iterations, batch_size=sz.batch_size,
@@ -120,7 +120,7 @@ def explore_config(sz: Sizes):
 
 
 def rng_only_per_seed(key, sz: Sizes):
-    """Exactly the random draws of ``online_explore.per_seed`` for one seed, reduced to one number.
+    """Exactly the random draws of ``online_common.per_seed`` for one seed, reduced to one number.
 
     The key splits of per_seed, make_instance and run_online; the Gaussians of the instance (features
     [n_x, K, d], theta* [d], the reference direction [d], the skew block [d, d], drawn although its
@@ -151,7 +151,7 @@ def _barrier(out: Path, name: str, tag: str, parties: int) -> None:
 
 
 def _timed_calls(fn, keys, args, repeats, chunk, sync=lambda phase: None):
-    from experiments.runner import Progress, run_vectorized
+    from experiments.engine.runner import Progress, run_vectorized
     calls, res = [], None
     for r in range(1 + repeats):
         sync(f"call{r}")
@@ -174,8 +174,8 @@ def run_jax(sz: Sizes, seeds: int, start: int, repeats: int, chunk: int, out: Pa
     with ``parties`` > 1 concurrent processes, every call starts when all processes are ready for it."""
     t_import = time.perf_counter()
     jax = _jax()
-    from experiments import online_explore as oe
-    from experiments.runner import seed_keys
+    from experiments.catalogue import online_common as oe
+    from experiments.engine.runner import seed_keys
     t_import = time.perf_counter() - t_import
     config = explore_config(sz)
     coverage, temperature = config.setting_values("hard")
@@ -278,7 +278,7 @@ def np_policies(inst, const, theta, chol, sz: Sizes):
 
 
 def np_metrics(inst, const, theta, gram, chol, log_pi, log_explorer, sz: Sizes) -> dict:
-    """Exact metrics of pi_t (as ``algorithms.online.OnlineTrace``), for one seed or a seed stack."""
+    """Exact metrics of pi_t (as ``algorithms.online.loop.OnlineTrace``), for one seed or a seed stack."""
     eta, log_pi0, reward = sz.kl_coef, inst["log_pi0"], inst["reward"]
     pi = np.exp(log_pi)
     kl_ref = np_kl(log_pi, log_pi0)

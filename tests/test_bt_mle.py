@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from scipy.optimize import minimize
 
 import bandits as b
-from algorithms.bt_mle import bt_negative_log_likelihood, fit_bt_mle
+from algorithms.core.bt_mle import bt_negative_log_likelihood, fit_bt_mle
 
 CFG = b.InstanceConfig(n_contexts=16, n_actions=6, dim=4, reward_norm=2.0)
 

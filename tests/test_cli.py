@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from experiments import registry, storage
-from experiments.cli import main
+from experiments.engine import registry, storage
+from experiments.engine.cli import main
 from tests.test_engine import ToyExperiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,8 +100,7 @@ def test_module_entry_point_reports_unknown_names_without_traceback():
 def test_manifest_names_the_code_at_the_start_and_resumption_is_per_revision(toy, tmp_path, monkeypatch):
     """The git revision is read before running (a commit made mid-run must not be recorded), and saved
     chunks of an interrupted run are keyed by it (other code does not reuse them)."""
-    from experiments import config as config_module
-
+    from experiments.engine import config as config_module
     state = {"rev": "A"}
     monkeypatch.setattr(storage, "git_revision", lambda path=None: {"revision": state["rev"], "dirty": False})
     original_run = toy.run

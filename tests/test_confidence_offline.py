@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 from scipy.optimize import minimize
 
 import bandits as b
-from algorithms import confidence as c
-from algorithms import offline as o
-from algorithms.bt_mle import fit_bt_mle
+from algorithms.core import confidence as c
+from algorithms.offline import gshf as o
+from algorithms.core.bt_mle import fit_bt_mle
 from tests.helpers import random_log_policy
 
 CFG = b.InstanceConfig(n_contexts=6, n_actions=5, dim=3, reward_norm=2.0, kl_coef=0.3,
@@ -166,7 +166,7 @@ def test_invariant6_theory_radius_covers_theta_star():
     """Invariant 6 (statistical): over many seeds, ||theta_hat - theta*||_Sigma <= beta_theory(delta) with
     frequency >= 1 - delta (one-sided binomial test at level 1e-3); the sqrt_d radius is reported, not tested."""
     from scipy import stats as sstats
-    from algorithms.bt_mle import fit_bt_mle
+    from algorithms.core.bt_mle import fit_bt_mle
 
     cfg = b.InstanceConfig(n_contexts=6, n_actions=5, dim=3, reward_norm=1.0, kl_coef=1.0)
     delta, n, seeds = 0.1, 200, 300

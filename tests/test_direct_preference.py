@@ -11,7 +11,7 @@ import pytest
 from scipy.optimize import minimize
 
 import bandits as b
-from algorithms import direct_preference as dp
+from algorithms.core import direct_preference as dp
 from tests.helpers import random_log_policy
 
 LBFGS = optax.lbfgs()

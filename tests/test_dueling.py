@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from algorithms import dueling
-
+from algorithms.onepass import deployment as dueling
 K, D = 6, 3
 
 

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 import bandits as b
-from experiments import cli, plotting, registry, runner, storage
-from experiments.config import apply_overrides, config_from_dict, config_hash, config_to_dict, settable_fields
-from experiments.registry import Results, tidy
-from experiments.runner import Progress, run_vectorized, seed_keys
+from experiments.engine import cli, plotting, registry, runner, storage, stats
+from experiments.engine.config import apply_overrides, config_from_dict, config_hash, config_to_dict, settable_fields
+from experiments.engine.results import Results, as_results, tidy
+from experiments.engine.runner import Progress, run_vectorized, seed_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -221,8 +221,8 @@ _TWO_DEVICES = textwrap.dedent("""
     import jax
     jax.config.update("jax_enable_x64", True)
     import numpy as np
-    from experiments import runner
-    from experiments.runner import Progress, run_vectorized, seed_keys
+    from experiments.engine import runner
+    from experiments.engine.runner import Progress, run_vectorized, seed_keys
     from tests.test_engine import ToyConfig, toy_one_seed
     assert jax.device_count() == 2, jax.devices()
     shards = []
@@ -427,26 +427,26 @@ def test_results_and_tidy_validate_shapes():
         Results({"a": np.zeros(2), "b": np.zeros(3)})
     with pytest.raises(ValueError, match="1-D"):
         Results({"a": np.zeros((2, 2))})
-    assert registry.as_results({"a": [1, 2]}).n_rows == 2
+    assert as_results({"a": [1, 2]}).n_rows == 2
 
 
 def test_confidence_band_and_slope():
-    from scipy import stats
+    from scipy import stats as scipy_stats
     rng = np.random.default_rng(0)
     x = np.array([10.0, 100.0, 1000.0, 10000.0])
     y = 3.0 * x ** -0.5 * np.exp(0.1 * rng.standard_normal((40, 4)))
-    mean, low, high = plotting.mean_ci(y)
-    half = stats.t.ppf(0.975, 39) * y.std(0, ddof=1) / np.sqrt(40)
+    mean, low, high = stats.mean_ci(y)
+    half = scipy_stats.t.ppf(0.975, 39) * y.std(0, ddof=1) / np.sqrt(40)
     np.testing.assert_allclose(high - mean, half)
     np.testing.assert_allclose(mean - low, half)
-    fit = plotting.fit_loglog_slope(x, y)
+    fit = stats.fit_loglog_slope(x, y)
     assert fit.low < -0.5 < fit.high and fit.high - fit.low < 0.1
     assert fit.slope == pytest.approx(np.polyfit(np.log(x), np.log(y.mean(0)), 1)[0])
-    assert plotting.fit_loglog_slope(x, y) == fit  # fixed bootstrap seed
-    exact = plotting.fit_loglog_slope(x, np.tile(2 * x ** -1.0, (5, 1)))
+    assert stats.fit_loglog_slope(x, y) == fit  # fixed bootstrap seed
+    exact = stats.fit_loglog_slope(x, np.tile(2 * x ** -1.0, (5, 1)))
     assert exact.slope == pytest.approx(-1.0) and exact.high - exact.low < 1e-9
     with pytest.raises(ValueError, match="positive"):
-        plotting.fit_loglog_slope(x, -y)
+        stats.fit_loglog_slope(x, -y)
 
 
 def test_band_range_is_min_to_max_over_seeds():

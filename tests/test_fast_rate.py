@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import bandits as b
-from algorithms.bt_mle import fit_bt_mle
-from experiments import fast_rate as e
-from experiments import registry
-from experiments.runner import Progress
+from algorithms.core.bt_mle import fit_bt_mle
+from experiments.catalogue import fast_rate as e
+from experiments.engine import registry
+from experiments.engine.runner import Progress
 
 
 @pytest.mark.parametrize("field, value, message", [

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from scipy.optimize import minimize
 
 import bandits as b
-from algorithms import general_preference as gp
+from algorithms.nash import preference_model as gp
 from tests.helpers import kl_coefs, random_instance, random_log_policy, seeds
 
 # d >= 2 so that the skew block is non-empty

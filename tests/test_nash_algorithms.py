@@ -9,11 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bandits as b
-from algorithms import confidence as conf
-from algorithms import general_preference as gp
-from algorithms import nash_dynamics as nd
-from algorithms import nash_offline as no
-from algorithms import nash_online as non
+from algorithms.core import confidence as conf
+from algorithms.nash import preference_model as gp
+from algorithms.nash import dynamics as nd
+from algorithms.nash import offline as no
+from algorithms.nash import online as non
 from tests.helpers import random_instance, random_log_policy, seeds
 
 payoffs = st.sampled_from(b.PAYOFFS)

@@ -5,8 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from experiments import registry
-from experiments.runner import Progress
+from experiments.engine import registry
+from experiments.engine.runner import Progress
 
 COMMON = ("algorithm", "seed", "nash_gap", "win_rate_vs_ref", "win_rate_vs_nash", "kl_to_ref")
 TINY = {

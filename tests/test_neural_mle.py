@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 import bandits as b
-from algorithms import neural_mle as nm
-
+from algorithms.core import neural_mle as nm
 CFG = b.InstanceConfig(n_contexts=8, n_actions=5, dim=3, reward="neural", hidden=6, reward_norm=2.0)
 
 

@@ -4,8 +4,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from experiments import offline_rate as e
-from experiments.runner import Progress
+from experiments.catalogue import offline_rate as e
+from experiments.engine.runner import Progress
 
 TINY = dataclasses.replace(e.presets["quick"], n_contexts=8, n_actions=6, dim=3, sample_sizes=(16, 64),
                            panel_coverages=(0.8,), dpo_steps=20)

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
-from algorithms import hvp_cg, mle_refit, ogd, omd
-from algorithms.bt_mle import fit_bt_mle
-from algorithms.online_estimator import ESTIMATORS, make_estimator
+from algorithms.onepass import hvp_cg, mle_refit, ogd, omd
+from algorithms.core.bt_mle import fit_bt_mle
+from algorithms.onepass.estimators import ESTIMATORS, make_estimator
 
 D = 3
 

@@ -8,12 +8,12 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import bandits as b
-from algorithms import confidence as conf
-from algorithms import iterative_dpo, online, strategies
-from algorithms.bt_mle import bt_hessian
-from algorithms.enhancer import enhancer_objective, enhancer_policy
-from algorithms.offline import linear_gibbs
-from algorithms.pairings import PAIRINGS, pairing_law
+from algorithms.core import confidence as conf
+from algorithms.online import iterative_dpo, loop as online, strategies
+from algorithms.core.bt_mle import bt_hessian
+from algorithms.online.enhancer import enhancer_objective, enhancer_policy
+from algorithms.offline.gshf import linear_gibbs
+from algorithms.online.pairings import PAIRINGS, pairing_law
 
 CFG = b.InstanceConfig(n_contexts=6, n_actions=5, dim=3, reward_norm=2.0, kl_coef=0.3)
 SETTINGS = online.OnlineSettings(iterations=5, batch_size=16, newton_steps=20, dpo_steps=20)
@@ -67,7 +67,7 @@ def _view(seed, n=40, beta=1.0):
     inst = _instance(seed)
     data = b.sample_preference_data(jax.random.key(seed + 1), inst, inst.log_pi0, inst.log_pi0, n)
     z = b.feature_differences(inst, data)
-    from algorithms.bt_mle import fit_bt_mle
+    from algorithms.core.bt_mle import fit_bt_mle
     theta = fit_bt_mle(z, data.y, data.mask, 1.0).theta
     cs = conf.confidence_set(theta, conf.gram_matrix(z, data.mask, 1.0), beta)
     nu = conf.reference_vector(inst, "pi0")
@@ -206,7 +206,7 @@ def test_enhancer_reports_feasibility_and_loop_matches_offline_refit():
     off = b.sample_preference_data(jax.random.key(99), inst, inst.log_pi0, inst.log_pi0, 50)
     one = online.OnlineSettings(iterations=1, batch_size=8, newton_steps=50)
     tr_h = online.run_online(jax.random.key(1), inst, strategies.get("pi0"), one, off)
-    from algorithms.bt_mle import fit_bt_mle
+    from algorithms.core.bt_mle import fit_bt_mle
     theta = fit_bt_mle(b.feature_differences(inst, off), off.y, off.mask, 1.0).theta
     np.testing.assert_allclose(tr_h.subopt[0], b.suboptimality(inst, linear_gibbs(inst, theta)), rtol=1e-9)
 

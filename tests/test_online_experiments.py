@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import batch_size, bonus_compare, hybrid, online_explore, registry
-from experiments.runner import Progress
+from experiments.catalogue import batch_size, bonus_compare, hybrid, online_common, online_explore
+
+from experiments.engine.results import as_results
+from experiments.engine.runner import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = dict(n_contexts=6, n_actions=5, dim=3, iterations=3, batch_size=8, dpo_steps=10, newton_steps=15)
@@ -21,7 +23,7 @@ COLUMNS = {"algorithm", "seed", "iteration", "queries", "subopt", "subopt_kl", "
 
 def _run(module, **fields):
     config = dataclasses.replace(module.presets["quick"], **fields)
-    results = registry.as_results(module.run(config, 3, Progress()))
+    results = as_results(module.run(config, 3, Progress()))
     return config, results.table, results.summary
 
 
@@ -43,10 +45,10 @@ def test_online_explore_columns_crn_and_plot(tmp_path):
 def test_shared_program_equals_separate_programs():
     """Strategies in one lax.switch program give the same traces as each compiled alone."""
     config = dataclasses.replace(online_explore.presets["quick"], **TINY, settings=("hard",))
-    from experiments.runner import seed_keys
+    from experiments.engine.runner import seed_keys
     keys = seed_keys(0, 2)
-    together = online_explore.run_algorithms(config, ("optimism", "max_min"), keys, Progress())
-    alone = online_explore.run_algorithms(config, ("max_min",), keys, Progress())
+    together = online_common.run_algorithms(config, ("optimism", "max_min"), keys, Progress())
+    alone = online_common.run_algorithms(config, ("max_min",), keys, Progress())
     np.testing.assert_allclose(together[1]["subopt"], alone[0]["subopt"], rtol=1e-12)
 
 
@@ -81,13 +83,13 @@ _TWO_DEVICES = textwrap.dedent("""
     import jax
     jax.config.update("jax_enable_x64", True)
     import numpy as np
-    from experiments import online_explore
-    from experiments.runner import Progress, seed_keys
+    from experiments.catalogue import online_common, online_explore
+    from experiments.engine.runner import Progress, seed_keys
     from tests.test_online_experiments import TINY
     assert jax.device_count() == 2, jax.devices()
     config = dataclasses.replace(online_explore.presets["quick"], **TINY, settings=("hard",))
     p = Progress()
-    out = online_explore.run_algorithms(config, ("enhancer",), seed_keys(0, 4), p)[0]
+    out = online_common.run_algorithms(config, ("enhancer",), seed_keys(0, 4), p)[0]
     assert p.calls[0]["devices"] == 2
     print(json.dumps({k: out[k].tolist() for k in ("subopt", "regret_kl", "confidence_width")}))
 """)
@@ -100,8 +102,8 @@ def test_two_device_online_run_equals_one_device_run():
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(proc.stdout.strip().splitlines()[-1])
-    from experiments.runner import seed_keys
+    from experiments.engine.runner import seed_keys
     config = dataclasses.replace(online_explore.presets["quick"], **TINY, settings=("hard",))
-    here = online_explore.run_algorithms(config, ("enhancer",), seed_keys(0, 4), Progress())[0]
+    here = online_common.run_algorithms(config, ("enhancer",), seed_keys(0, 4), Progress())[0]
     for name, values in two.items():
         np.testing.assert_allclose(np.asarray(values), here[name], rtol=1e-10, atol=1e-12)

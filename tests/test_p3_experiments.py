@@ -9,10 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from algorithms import hvp_cg, ogd, omd
-from experiments import p3_common, registry
-from experiments.config import apply_overrides, settable_fields
-from experiments.runner import Progress
+from algorithms.onepass import hvp_cg, ogd, omd
+from experiments.catalogue import p3_common
+from experiments.engine.results import as_results
+from experiments.engine import registry
+from experiments.engine.config import apply_overrides, settable_fields
+from experiments.engine.runner import Progress
 
 P3 = ("omd-vs-mle", "active-vs-random", "deployment-regret")
 
@@ -31,7 +33,7 @@ def _cached_run(name, changes):
     exp = registry.get(name)
     assert set(exp.presets) == {"quick", "paper"}
     cfg = dataclasses.replace(exp.presets["quick"], **TINY, **dict(changes))
-    res = registry.as_results(exp.run(cfg, 2, Progress()))
+    res = as_results(exp.run(cfg, 2, Progress()))
     for col in REQUIRED:
         assert col in res.table, col
     return cfg, res.table

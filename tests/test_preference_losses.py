@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import bandits as b
-from algorithms import preference_losses as pl
-from algorithms.direct_preference import comparison_log_probs
+from algorithms.core import preference_losses as pl
+from algorithms.core.direct_preference import comparison_log_probs
 from tests.helpers import kl_coefs, random_instance, random_log_policy, seeds, shapes
 
 N = 12

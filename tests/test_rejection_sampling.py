@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import bandits as b
-from algorithms import rejection_sampling as rs
+from algorithms.offline import rejection_sampling as rs
 from tests.helpers import kl_coefs, random_instance, random_log_policy, seeds, shapes
 
 ALPHA = 1e-3      # a correct sampler fails a fixed-seed test with probability ~ALPHA

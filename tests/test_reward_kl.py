@@ -1,5 +1,5 @@
 """reward-kl (E2): config validation, a tiny end-to-end run + plot, exact optimality of Gibbs(r*) at
-every grid point, the RS panel tied to the exact laws of algorithms.rejection_sampling, and a tiny
+every grid point, the RS panel tied to the exact laws of algorithms.offline.rejection_sampling, and a tiny
 neural-reward run (``--set reward=neural``) through the registry and the override parser."""
 import dataclasses
 
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 import bandits as b
-from algorithms import rejection_sampling as rs
-from experiments import registry
-from experiments import reward_kl as rk
-from experiments.runner import Progress, seed_keys
+from algorithms.offline import rejection_sampling as rs
+from experiments.engine import registry
+from experiments.catalogue import reward_kl as rk
+from experiments.engine.runner import Progress, seed_keys
 
 TINY = rk.Config(n_contexts=4, n_actions=6, dim=3, n=48, n_kl=4, kl_min=0.03, kl_max=3.0,
                  rs_budgets=(4, 9), rs_stages=2, seed=3)
@@ -96,7 +96,7 @@ def test_gibbs_true_maximizes_J_at_every_grid_point(tiny):
 
 
 def test_rs_panel_matches_exact_laws(tiny):
-    """Recompute seed 0's RS rows directly from algorithms.rejection_sampling (own schedule)."""
+    """Recompute seed 0's RS rows directly from algorithms.offline.rejection_sampling (own schedule)."""
     t = tiny.table
     key = seed_keys(TINY.seed, SEEDS)[0]
     inst0, theta, _ = rk.fit_offline(key, TINY)
@@ -172,7 +172,7 @@ NEURAL_OVERRIDES = ["reward=neural", "hidden=6", "neural_steps=40", "n_contexts=
 def test_tiny_neural_run_through_registry(tmp_path):
     """reward=neural: the neural frontier algorithms replace option_i, Gibbs(r*) has zero gap, every
     gap is >= 0, the rs panel's exact-M law is Gibbs(r_net) (= neural_gibbs), and the plot draws."""
-    from experiments.config import apply_overrides
+    from experiments.engine.config import apply_overrides
     exp = registry.get("reward-kl")
     config = apply_overrides(registry.preset(exp, "reward-kl", "quick"), NEURAL_OVERRIDES)
     assert config.reward == "neural" and config.instance.reward == "neural"

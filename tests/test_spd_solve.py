@@ -6,8 +6,7 @@ import scipy.linalg
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from algorithms import spd_solve
-
+from algorithms.core import spd_solve
 SETTINGS = settings(deadline=None, max_examples=15)
 
 

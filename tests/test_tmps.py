@@ -1,4 +1,4 @@
-"""TMPS-PF (algorithms.tmps): two-stage reference, stage-2 sampling law, vmap == loop, validation."""
+"""TMPS-PF (algorithms.offline.tmps): two-stage reference, stage-2 sampling law, vmap == loop, validation."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 from scipy import stats
 
 import bandits as b
-from algorithms.bt_mle import fit_bt_mle
-from algorithms.offline import linear_gibbs
-from algorithms.tmps import tmps
+from algorithms.core.bt_mle import fit_bt_mle
+from algorithms.offline.gshf import linear_gibbs
+from algorithms.offline.tmps import tmps
 
 # Peaked reference policy with poor coverage and a small kl_coef: pi_hat0 is far from pi0.
 CFG = b.InstanceConfig(n_contexts=3, n_actions=5, dim=3, reward_norm=2.0, kl_coef=0.2,

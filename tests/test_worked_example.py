@@ -5,9 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
-from algorithms import strategies
-from experiments import cli, storage
-
+from algorithms.online import strategies
+from experiments.engine import cli, storage
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 

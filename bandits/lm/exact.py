@@ -4,7 +4,7 @@
 ``K = |A|`` actions: ``exact_instance`` wraps the sequence log-probabilities ``log pi0(y|x) [n_x, A]`` (rows in
 ``enumerate_responses`` order) and a reward or features into an ordinary ``bandits.Instance``, so the
 existing evaluators (``bandits.value``, ``optimal_policy``, ...), the Gibbs oracle and the rejection
-samplers of ``algorithms.rejection_sampling`` run on it unchanged and exactly (THEORY.md §1.3).
+samplers of ``algorithms.offline.rejection_sampling`` run on it unchanged and exactly (THEORY.md §1.3).
 
 **Candidate view** (what a real LLM allows). Draw ``a_1..a_K ~ pi0(.|x)`` i.i.d. The candidate instance's
 reference is the *empirical* measure: mass ``1/K`` per draw, so a response drawn ``c`` times carries
@@ -27,7 +27,7 @@ the same as a uniformly random maximal draw):
 
     P(y) = pi0(y) / pi0(R = r_y) * [F(r_y)^n - F_<(r_y)^n],   F(r) = pi0(r(a) <= r),  F_<(r) = pi0(r(a) < r).
 
-``algorithms.rejection_sampling.best_of_n_law`` breaks ties by the lowest action index instead; both
+``algorithms.offline.rejection_sampling.best_of_n_law`` breaks ties by the lowest action index instead; both
 agree when rewards have no ties, and their masses agree on every reward level.
 """
 from __future__ import annotations

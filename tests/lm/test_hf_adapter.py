@@ -30,8 +30,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (AutoModelForCausalLM, GenerationConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig,
                           LlamaForCausalLM, PreTrainedTokenizerFast)
 
-from algorithms import lm_train
-from bandits.lm.hf import HFPolicy
+from algorithms.lm import train as lm_train
+from algorithms.lm.hf_policy import HFPolicy
 
 torch.set_num_threads(2)
 
@@ -468,7 +468,7 @@ def test_modules_import_without_torch():
     """The extra is optional: the modules import without torch; building a policy names the extra."""
     code = (
         "import sys\n"
-        "import bandits.lm.hf as hf, bandits.lm.hf_features, algorithms.lm_train\n"
+        "import algorithms.lm.hf_policy as hf, bandits.lm.hf_features, algorithms.lm.train\n"
         "print('torch' in sys.modules, 'transformers' in sys.modules)\n"
         "sys.modules['torch'] = None; sys.modules['transformers'] = None\n"
         "try:\n    hf.HFPolicy('.')\nexcept ImportError as err:\n    print('ERR', err)\n"

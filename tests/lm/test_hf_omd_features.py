@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from experiments import lm_omd_features as lmo
-from experiments.runner import seed_keys
+from experiments.catalogue import lm_omd_features as lmo
+from experiments.engine.runner import seed_keys
 
 torch.set_num_threads(2)
 

@@ -24,8 +24,10 @@ import pytest
 import torch
 from transformers import GenerationConfig, LlamaForCausalLM
 
-from algorithms import lm_train, omd
-from bandits.lm.hf import HFPolicy
+from algorithms.lm import train as lm_train
+
+from algorithms.onepass import omd
+from algorithms.lm.hf_policy import HFPolicy
 from bandits.lm.hf_features import (MINILM_SHA256, SMOLLM2_SHA256, HFLastTokenFeatures, MiniLMFeatures,
                                     minilm_model_dir, sha256_file, smollm2_gguf)
 

@@ -1,4 +1,4 @@
-"""The online DPO loop through a Hugging Face policy (``algorithms/lm_online_hf.py``), ``hf-smoke`` and
+"""The online DPO loop through a Hugging Face policy (``algorithms/lm/hf_loop.py``), ``hf-smoke`` and
 ``lm-iterative-dpo --set policy.backend=hf`` (LLM_BRIDGE.md §1.4, §5.1, §5.4).
 
 Most checks use a tiny random Llama built from a config and saved next to a ``tokenizers``-built WordLevel
@@ -20,11 +20,11 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModel, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from algorithms import lm_online_hf as ol
+from algorithms.lm import hf_loop as ol
 from bandits.lm.hf_features import SMOLLM2_SHA256
-from experiments import registry
-from experiments.cli import run_experiment
-from experiments.config import apply_overrides
+from experiments.engine import registry
+from experiments.engine.cli import run_experiment
+from experiments.engine.config import apply_overrides
 
 torch.set_num_threads(2)
 
@@ -178,7 +178,7 @@ def test_hf_smoke_runs_on_smollm2_through_the_registry(tmp_path):
                                                          "n_eval=2", "policy.max_new_tokens=5"], out=tmp_path)
     header = (out / "results.csv").read_text().splitlines()
     assert header[0].split(",") == HF_SMOKE_COLUMNS and len(header) == 3
-    from experiments import storage
+    from experiments.engine import storage
     table = storage.read_results(out)
     print({c: np.round(table[c], 4).tolist() for c in ("reward_mean", "kl_k3", "dpo_loss_before",
                                                        "dpo_loss_after", "seconds")})
@@ -200,7 +200,7 @@ def test_lm_iterative_dpo_with_the_hf_backend(tiny_path, tmp_path):
     out = run_experiment("lm-iterative-dpo", "quick-hf", seeds=1, out=tmp_path, overrides=tiny_overrides(tiny_path) + [
         "n_prompts=2", "n_iterations=1", "k=2", "n_steps=2", "policy.n_eval=3", "kl_coef=0.5",
         "learning_rate=1e-2", "variants=max_min_warm,random_pairs_warm"])
-    from experiments import storage
+    from experiments.engine import storage
     table = storage.read_results(out)
     assert list(np.unique(table["algorithm"])) == ["max_min_warm", "random_pairs_warm"]
     assert len(table["J"]) == 2 * 2

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from scipy import stats
 
 import bandits as b
-from algorithms import rejection_sampling as rs
-from algorithms.preference_losses import dpo_loss
+from algorithms.offline import rejection_sampling as rs
+from algorithms.core.preference_losses import dpo_loss
 from bandits.lm import exact, tiny, tree
 from bandits.lm.space import ResponseSpace, enumerate_responses, response_index
 
@@ -380,7 +380,7 @@ RS_REWARD = 0.4 * np.random.default_rng(4).standard_normal((3, FIXED.n_responses
 
 
 def test_4_accept_reject_matches_gibbs():
-    """One-step RS with the exact envelope M = max r (algorithms.rejection_sampling, unchanged) on the
+    """One-step RS with the exact envelope M = max r (algorithms.offline.rejection_sampling, unchanged) on the
     exact LM instance: accepted responses follow Gibbs (pooled chi-square, p > ALPHA; pi0 rejected by
     a chi-square on 20 reward-ordered bins, p < POWER) and
     the acceptance count is binomial with rate E_{pi0} exp((r - M)/eta)."""

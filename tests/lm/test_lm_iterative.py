@@ -1,6 +1,6 @@
-"""P1's iterative DPO loop on the tiny LM (LLM_BRIDGE.md §5.4 test 8; ``algorithms.lm_iterative``).
+"""P1's iterative DPO loop on the tiny LM (LLM_BRIDGE.md §5.4 test 8; ``algorithms.lm.iterative``).
 
-- the sample-level pair selectors have exactly the pair laws of ``algorithms.pairings`` (max_min: brute force
+- the sample-level pair selectors have exactly the pair laws of ``algorithms.online.pairings`` (max_min: brute force
   over every k-tuple of draws; max_random: chi-square on draws);
 - test 8: on TreeLM (V = 6, L = 4, 4 prompts, eta = 0.5) with a token-weight gold reward, 8 seeds, max_min of
   k = 4 draws from pi_t, BT labels, reference pi0, warm start: J(pi_T) > J(pi0) with the seed-mean
@@ -20,8 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
-from algorithms import lm_iterative as it
-from algorithms.pairings import pairing_law
+from algorithms.lm import iterative as it
+from algorithms.online.pairings import pairing_law
 from bandits.lm import tree
 from bandits.lm.space import ResponseSpace, enumerate_responses
 

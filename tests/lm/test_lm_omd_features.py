@@ -17,10 +17,10 @@ from scipy import optimize
 
 from bandits.lm import tiny
 from bandits.lm.space import lengths_to_mask
-from experiments import lm_omd_features as lmo
-from experiments.cli import run_experiment
-from experiments.runner import seed_keys
-from experiments.storage import read_manifest, read_results
+from experiments.catalogue import lm_omd_features as lmo
+from experiments.engine.cli import run_experiment
+from experiments.engine.runner import seed_keys
+from experiments.engine.storage import read_manifest, read_results
 
 
 def test_tiny_features_are_the_hidden_states_that_give_the_logits():

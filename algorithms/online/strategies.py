@@ -1,0 +1,172 @@
+"""Pair-selection strategies of the online loop: one signature, one registry (THEORY.md §2.4, §6).
+
+At iteration ``t`` the loop (``algorithms.online.loop``) hands a strategy a ``StrategyView`` of what the
+learner knows and the strategy returns a ``Pair``: the joint law ``[n_x, K, K]`` (log) of the
+compared actions ``(a1, a2)`` given the context. Independent choices use ``independent(log_pi1,
+log_pi2)``. The view holds no true reward: ``view.instance`` has its reward and skew zeroed.
+
+Writing a new strategy is one function and one registry line::
+
+    def my_strategy(view):                       # view: StrategyView
+        bonus = view.uncertainty ** 2             # any [n_x, K] table
+        explorer = bandits.gibbs_policy(view.instance.log_pi0, view.reward_hat + bonus, view.instance.kl_coef)
+        return independent(view.log_pi, explorer)
+
+    register("my_strategy", my_strategy)
+
+and a new exploration *bonus* is even shorter: ``register_bonus("sq_bonus", lambda view: view.uncertainty ** 2)``
+pairs the main agent with the Gibbs policy of ``reward_hat + bonus`` (``optimism`` is
+``beta * uncertainty``).
+
+Built-in strategies:
+
+- ``enhancer``: P1's enhancer, ``argmax_{pi' in Pi_t} Gamma_t(pi1_t, pi')`` (``algorithms.online.enhancer``);
+- ``pi0``: ``(pi_t, pi0)``, the pair of P1's hybrid analysis; ``self_play``: ``(pi_t, pi_t)``;
+  ``uniform``: both actions uniform;
+- ``optimism``: ``(pi_t, Gibbs(r_hat + beta Gamma))``, the upper-confidence reward;
+- ``thompson``: ``(pi_t, Gibbs(<theta~, phi>))``, ``theta~ ~ N(theta_hat, H^{-1})`` with ``H`` the
+  Hessian of the regularised BT negative log-likelihood at ``theta_hat`` (Laplace posterior);
+- ``max_min``, ``max_random``, ``best_second``, ``best_quartile``: ``k`` draws from ``pi_t`` ranked
+  by ``r_hat`` (``algorithms.online.pairings``, exact laws);
+- ``calibration``: ``(pi_t, pi_cal)`` with ``pi_cal`` the agent's calibration policy, the pair of
+  XPO / VPO (``pi_cal = pi0``) and SELM (``pi_cal = pi_{t-1}``) (THEORY.md §6).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from algorithms.online import enhancer as enhancer_module
+from algorithms.core import spd_solve
+from algorithms.core.confidence import ConfidenceSet
+from algorithms.online.pairings import PAIRINGS, pairing_law
+from bandits import Instance, gibbs_policy, uniform_policy
+from bandits import validation as v
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategyOptions:
+    """Static options of the built-in strategies."""
+
+    k: int = 4                       # draws per context of the rejection-sampling pairings
+    enhancer_random_directions: int = 4
+    enhancer_scales: int = 12
+    enhancer_max_scale: float = 30.0
+
+    def __post_init__(self):
+        v.check_int("k", self.k, 2)
+        v.check_int("enhancer_random_directions", self.enhancer_random_directions, 0)
+        v.check_int("enhancer_scales", self.enhancer_scales, 1)
+        v.check_float("enhancer_max_scale", self.enhancer_max_scale, low=0.0, low_open=True)
+
+
+class StrategyView(NamedTuple):
+    """What the learner knows at iteration ``t`` (built inside the traced loop, never a jit argument)."""
+
+    instance: Instance        # features, pi0, d0, kl_coef; reward and skew zeroed
+    theta: jax.Array          # [d] BT-MLE on the data so far
+    confidence: ConfidenceSet  # centre theta, Gram Sigma_t, Cholesky, radius beta_t
+    nu: jax.Array             # [n_x, d] reference vector of the uncertainties
+    log_pi: jax.Array         # [n_x, K] main agent pi_t
+    log_pi_cal: jax.Array     # [n_x, K] the agent's calibration policy (pi0, or pi_{t-1} for SELM)
+    reward_hat: jax.Array     # [n_x, K] <theta, phi>
+    uncertainty: jax.Array    # [n_x, K] Gamma(x, a) = ||phi(x, a) - nu(x)||_{Sigma^{-1}} (no beta)
+    hessian: jax.Array        # [d, d] Hessian of the regularised BT NLL at theta
+    iteration: jax.Array      # scalar int, t = 0, 1, ...
+    key: jax.Array            # PRNG key for randomised strategies
+    options: StrategyOptions
+
+
+class Pair(NamedTuple):
+    log_joint: jax.Array      # [n_x, K, K] log P(a1, a2 | x)
+    info: jax.Array           # scalar diagnostic (the enhancer: 1 if Pi_t had a non-trivial member), else NaN
+
+
+Strategy = Callable[[StrategyView], Pair]
+
+
+def independent(log_pi1: jax.Array, log_pi2: jax.Array, info=jnp.nan) -> Pair:
+    """``a1 ~ pi1(.|x)`` and ``a2 ~ pi2(.|x)`` independently."""
+    return Pair(log_pi1[:, :, None] + log_pi2[:, None, :], jnp.asarray(info, log_pi1.dtype))
+
+
+def second_marginal(pair: Pair) -> jax.Array:
+    """``log P(a2 | x)``, ``[n_x, K]`` (the explorer's policy)."""
+    return jax.scipy.special.logsumexp(pair.log_joint, axis=1)
+
+
+def public_view(instance: Instance) -> Instance:
+    """The instance without its true reward and skew (what a strategy may look at)."""
+    return instance._replace(reward=jnp.zeros_like(instance.reward), skew=jnp.zeros_like(instance.skew),
+                             params=jax.tree.map(jnp.zeros_like, instance.params))
+
+
+def _gibbs(view: StrategyView, reward: jax.Array) -> jax.Array:
+    return gibbs_policy(view.instance.log_pi0, reward, view.instance.kl_coef)
+
+
+def _enhancer(view: StrategyView) -> Pair:
+    log_pi2, nontrivial = enhancer_module.enhancer_policy(view)
+    return independent(view.log_pi, log_pi2, nontrivial)
+
+
+def _thompson(view: StrategyView) -> Pair:
+    chol = spd_solve.cholesky(view.hessian)
+    noise = jax.random.normal(view.key, view.theta.shape, view.theta.dtype)
+    sample = view.theta + spd_solve.solve_upper_transposed(chol, noise)
+    return independent(view.log_pi, _gibbs(view, view.instance.phi @ sample))
+
+
+def _uniform(view: StrategyView) -> Pair:
+    u = uniform_policy(view.instance.n_contexts, view.instance.n_actions, view.log_pi.dtype)
+    return independent(u, u)
+
+
+def _pairing(name: str) -> Strategy:
+    return lambda view: Pair(pairing_law(name, view.log_pi, view.reward_hat, view.options.k),
+                             jnp.asarray(jnp.nan, view.log_pi.dtype))
+
+
+def bonus_strategy(bonus: Callable[[StrategyView], jax.Array]) -> Strategy:
+    """``(pi_t, Gibbs(r_hat + bonus(view)))`` for a bonus table ``[n_x, K]`` (optimism when the bonus is
+    ``beta Gamma``)."""
+    return lambda view: independent(view.log_pi, _gibbs(view, view.reward_hat + bonus(view)))
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "enhancer": _enhancer,
+    "pi0": lambda view: independent(view.log_pi, view.instance.log_pi0),
+    "self_play": lambda view: independent(view.log_pi, view.log_pi),
+    "uniform": _uniform,
+    "optimism": bonus_strategy(lambda view: view.confidence.beta * view.uncertainty),
+    "thompson": _thompson,
+    "calibration": lambda view: independent(view.log_pi, view.log_pi_cal),
+    **{name: _pairing(name) for name in PAIRINGS},
+}
+BUILTIN_STRATEGIES = tuple(STRATEGIES)
+
+
+def register(name: str, strategy: Strategy, *, overwrite: bool = False) -> Strategy:
+    """Add a strategy under ``name`` (a built-in name is refused unless ``overwrite``)."""
+    if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
+        v.fail("strategy name", name, "a non-empty name of letters, digits, '_' and '-'")
+    if name in STRATEGIES and not overwrite:
+        v.fail("strategy name", name, f"a name not yet registered (taken: {', '.join(STRATEGIES)}), or overwrite=True")
+    if not callable(strategy):
+        v.fail(f"strategy {name!r}", strategy, "a function StrategyView -> Pair")
+    STRATEGIES[name] = strategy
+    return strategy
+
+
+def register_bonus(name: str, bonus: Callable[[StrategyView], jax.Array], *, overwrite: bool = False) -> Strategy:
+    """Register ``bonus_strategy(bonus)`` under ``name``."""
+    return register(name, bonus_strategy(bonus), overwrite=overwrite)
+
+
+def get(name: str) -> Strategy:
+    v.check_choice("strategy", name, tuple(STRATEGIES))
+    return STRATEGIES[name]
+

@@ -1,0 +1,19 @@
+"""The optional torch + transformers stack of the LLM bridge (the ``llm`` extra), imported on demand.
+
+Both the world's frozen feature maps (``bandits.lm.hf_features``) and the learners' trainable policy
+(``algorithms.lm.hf_policy``) need it; neither imports torch at module import time.
+"""
+from __future__ import annotations
+
+INSTALL_HINT = ("install the optional LLM dependencies: `pip install torch==2.13.0` first (a CPU wheel; an "
+                "unpinned torch may pull a multi-GB CUDA build), then `pip install 'rlhf-bandits[llm]'`")
+
+
+def import_torch_stack():
+    """``(torch, transformers)``, or an ImportError that names the missing ``llm`` extra."""
+    try:
+        import torch
+        import transformers
+    except ImportError as err:   # pragma: no cover - exercised in a subprocess without torch
+        raise ImportError(f"The Hugging Face adapter needs torch and transformers ({err}); {INSTALL_HINT}.") from err
+    return torch, transformers

@@ -1,0 +1,268 @@
+"""active-vs-random (THEORY.md E9, §4.4): random vs uncertainty-based selection x MLE vs OMD, equal label budget.
+
+Per seed: one instance (``B = reward_norm``), a pool of ``pool`` candidate comparisons drawn from the
+logging policy ``(pi0, pi0)`` (labels drawn with the pool, revealed only when selected), ``budget`` labels.
+Selections (``selections``):
+
+- ``random``: the first ``budget`` pool rows (the pool is in random order);
+- ``active``: APO-style, each round the still-unlabelled candidate with the largest ``||z||_{A_t^{-1}}``
+  (``A_t = cH_t`` for OMD, ``V_t`` for MLE; ``algorithms.onepass.active_selection``);
+- ``active_batch``: P3's code, the pool arrives in batches of ``batch``; the top ``batch // 4`` of each by
+  ``||z||_{A^{-1}}`` (scored with the design at the batch start) are labelled (needs ``pool >= 4 budget``).
+
+Estimators (``estimators``): ``mle`` (refit each label, warm-started) and ``omd`` by default, or any of
+``algorithms.onepass.estimators.ESTIMATORS`` (``ogd`` and ``hvp`` use ``V_t``); algorithm names are
+``selection-estimator``. Metrics at label counts ``checkpoints``: as in ``omd_vs_mle`` (estimation error,
+held-out expected accuracy / log-loss, plug-in and pessimistic suboptimality under ``objective``), and
+``seconds``: the wall-clock of one round (selection + update) at round t, from seed 0's state after
+``t - 1`` rounds in a separate jitted call (MLE buffer of exactly t rows; all pool rows marked available,
+which costs the same), median of ``timing_repeats``; NaN except for seed 0 at ``timing_rounds``.
+The selections of one estimator run one after the other through one compiled scan (``lax.map`` over the
+selection index, ``lax.switch`` to the selection; only the chosen one runs); the timed round is that
+same code. The summary's ``total_seconds`` integrates those per-round times over rounds 1..budget (trapezoid on the
+timed rounds, flat before the first): the analogue of P3's train-time column.
+``regret_avg`` / ``regret_weak`` do not apply: NaN.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import bandits as b
+from algorithms.onepass import active_selection as act
+from algorithms.core import confidence as conf
+from algorithms.onepass.estimators import ESTIMATORS
+from bandits import validation as v
+from experiments.catalogue import p3_common as p3
+from experiments.engine import plotting
+from experiments.engine.results import Results, concat_tables
+from experiments.engine.runner import run_vectorized, seed_keys
+
+SELECTIONS = ("random", "active", "active_batch")
+EST = ("mle", "omd")
+METRICS = p3.METRICS
+
+# NaN means "not applicable" in these columns (module docstring).
+nan_columns = ("regret_avg", "regret_weak", "seconds")
+
+description = "E9: random vs active (APO / top-25% batch) selection x MLE vs OMD at an equal label budget"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(p3.P3Config):
+    """Fields reachable with ``--set field=value`` (module docstring); the instance, estimator, objective
+    and timing fields are ``p3_common.P3Config``'s.
+
+    reward_norm: ``B``; pool: candidate comparisons; budget: labels; batch: the top-fraction batch size;
+    checkpoints: label counts at which metrics are taken; heldout: held-out comparisons; selections:
+    random | active | active_batch; estimators: any of omd, mle, ogd, hvp (default mle, omd).
+    """
+
+    reward_norm: float = 2.0
+    pool: int = 8192
+    budget: int = 1024
+    batch: int = 32
+    checkpoints: tuple[int, ...] = (32, 64, 128, 256, 512, 1024)
+    heldout: int = 2048
+    selections: tuple[str, ...] = SELECTIONS
+    estimators: tuple[str, ...] = EST
+
+    def __post_init__(self):
+        v.check_float("reward_norm", self.reward_norm, low=0.0, low_open=True)
+        v.check_int("budget", self.budget, 1)
+        v.check_int("batch", self.batch, 4)
+        v.check_int("pool", self.pool, self.budget)
+        p3.check_names("selections", self.selections, SELECTIONS)
+        p3.check_names("estimators", self.estimators, ESTIMATORS)
+        needed = -(-self.budget // (self.batch // 4)) * self.batch
+        if "active_batch" in self.selections and self.pool < needed:
+            v.fail("pool", self.pool, f"at least {needed} (ceil(budget / (batch // 4)) batches of {self.batch}) "
+                   "with selection 'active_batch'")
+        v.check_int("heldout", self.heldout, 1)
+        super().__post_init__()
+
+    @property
+    def rounds(self) -> int:
+        """The horizon: one label per round."""
+        return self.budget
+
+    @property
+    def names(self) -> list[tuple[str, str]]:
+        return [(s, e) for s in self.selections for e in self.estimators]
+
+
+presets = {
+    "quick": Config(n_contexts=64, pool=1536, budget=256, checkpoints=(16, 32, 64, 128, 256), heldout=1024,
+                    timing_rounds=(16, 256), timing_repeats=5),
+    "paper": Config(),
+}
+seeds = {"quick": 8, "paper": 32}
+
+
+def choose(selection, est, state, available, t, pool_z, batch_rows, config):
+    """Index of the pool row labelled at round ``t`` (``batch_rows``: the current batch's chosen rows)."""
+    if selection == "random":
+        return t.astype(jnp.int32), batch_rows
+    inverse = est.inverse_design(state)
+    if selection == "active":
+        return act.select_max_uncertainty(pool_z, inverse, available), batch_rows
+    n_sel = config.batch // 4
+    start = (t // n_sel) * config.batch
+    rows = jax.lax.dynamic_slice_in_dim(pool_z, start, config.batch)
+    fresh = act.top_fraction(act.uncertainty(rows, inverse), n_sel) + start
+    batch_rows = jnp.where(t % n_sel == 0, fresh, batch_rows)
+    return batch_rows[t % n_sel], batch_rows
+
+
+def choose_any(selections, index, est, state, available, t, pool_z, batch_rows, config):
+    """``choose`` with ``selections[index]`` (a traced index: ``lax.switch``, so the selections of one
+    estimator share one compiled round, and only the chosen selection runs)."""
+    branches = [functools.partial(choose, s, est, config=config) for s in selections]
+    if len(branches) == 1:
+        return branches[0](state, available, t, pool_z, batch_rows)
+    return jax.lax.switch(index, branches, state, available, t, pool_z, batch_rows)
+
+
+def simulate(key, config: Config):
+    """One seed: metrics ``[n_checkpoints, n_alg]`` and, per algorithm, light state snapshots after rounds
+    ``t - 1`` (``t`` in ``config.timed``) and the pool rows chosen. The selections of one estimator run
+    one after the other (``lax.map``) through one compiled scan."""
+    k_inst, k_pool, k_held = jax.random.split(key, 3)
+    inst = p3.scaled_instance(k_inst, config, config.reward_norm)
+    data = b.sample_preference_data(k_pool, inst, inst.log_pi0, inst.log_pi0, config.pool)
+    pool_z = b.feature_differences(inst, data)
+    pool_y = data.y.astype(pool_z.dtype)
+    z_held, p_held = p3.heldout_set(k_held, inst, config.heldout)
+    nu = conf.reference_vector(inst, "pi0")
+    ck = jnp.asarray(config.checkpoints)
+    tk = jnp.asarray([t - 1 for t in config.timed])
+    ests = p3.estimators(config, config.estimators, config.reward_norm, config.budget)
+    d, n_sel = config.dim, len(config.selections)
+    metrics, timings = {}, {}
+    for est_name, est in zip(config.estimators, ests):
+        init = est.init()
+        timing0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (len(tk),) + a.shape), p3.light(init))
+
+        def one_selection(index, est=est, init=init, timing0=timing0):
+            def body(carry, _):
+                state, available, rows, snaps, timing, t = carry
+                idx, rows = choose_any(config.selections, index, est, state, available, t, pool_z, rows, config)
+                state = est.update(state, pool_z[idx], pool_y[idx])
+                available = available.at[idx].set(False)
+                pos = p3.snapshot_index(t + 1, ck)
+                snaps = (snaps[0].at[pos].set(est.theta(state), mode="drop"),
+                         snaps[1].at[pos].set(est.inverse_design(state), mode="drop"))
+                tpos = p3.snapshot_index(t + 1, tk)
+                timing = jax.tree.map(lambda buf, a: buf.at[tpos].set(a, mode="drop"), timing, p3.light(state))
+                return (state, available, rows, snaps, timing, t + 1), idx
+
+            snaps = (jnp.zeros((len(ck), d), pool_z.dtype), jnp.zeros((len(ck), d, d), pool_z.dtype))
+            carry0 = (init, jnp.ones(config.pool, bool), jnp.zeros(config.batch // 4, jnp.int32), snaps, timing0,
+                      jnp.asarray(0))
+            (_, _, _, snaps, timing, _), chosen = jax.lax.scan(body, carry0, None, length=config.budget)
+            per = lambda th, iv, t: p3.estimate_metrics(inst, th, iv, t, z_held, p_held, nu, config)
+            return jax.vmap(per)(snaps[0], snaps[1], ck), timing, chosen
+
+        got, timing, chosen = jax.lax.map(one_selection, jnp.arange(n_sel, dtype=jnp.int32))
+        for j, selection in enumerate(config.selections):
+            metrics[(selection, est_name)] = {m: got[m][j] for m in METRICS}
+            timings[(selection, est_name)] = (jax.tree.map(lambda a, j=j: a[j], timing), chosen[j])
+    stacked = {m: jnp.stack([metrics[n][m] for n in config.names], axis=-1) for m in METRICS}
+    return stacked, tuple(timings[n] for n in config.names)
+
+
+def _round(state, pool_z, pool_y, t, index, reward_norm, config, est_name, capacity):
+    est = p3.estimators(config, (est_name,), reward_norm, max(capacity, 1))[0]
+    idx, _ = choose_any(config.selections, index, est, state, jnp.ones(pool_z.shape[0], bool), t, pool_z,
+                        jnp.zeros(config.batch // 4, jnp.int32), config)
+    return est.update(state, pool_z[idx], pool_y[idx])
+
+
+def timing_pass(config: Config, timings) -> np.ndarray:
+    """Seconds of one round ``[n_timed, n_alg]`` for seed 0 (module docstring); one compile per estimator
+    (and per timed ``t`` for the MLE, whose buffer has exactly ``t`` rows)."""
+    key = seed_keys(config.seed, 1)[0]
+    k_inst, k_pool, _ = jax.random.split(key, 3)
+    inst = p3.scaled_instance(k_inst, config, config.reward_norm)
+    data = b.sample_preference_data(k_pool, inst, inst.log_pi0, inst.log_pi0, config.pool)
+    pool_z = b.feature_differences(inst, data)
+    pool_y = data.y.astype(pool_z.dtype)
+    out = np.full((len(config.timed), len(config.names)), np.nan)
+    jitted = {}
+    for ia, (selection, est_name) in enumerate(config.names):
+        timing, chosen = timings[ia]
+        chosen = np.asarray(chosen)
+        index = jnp.asarray(config.selections.index(selection), jnp.int32)
+        for it, t in enumerate(config.timed):
+            cap = t if est_name == "mle" else 0         # only the MLE's shapes depend on t
+            if (est_name, cap) not in jitted:
+                jitted[est_name, cap] = jax.jit(functools.partial(_round, config=config, est_name=est_name,
+                                                                  capacity=cap))
+            state = jax.tree.map(lambda a: a[it], timing)
+            if est_name == "mle":       # the labelled rows so far, in the order they were chosen
+                state = p3.mle_state_at(state, pool_z[chosen], pool_y[chosen], t)
+            out[it, ia] = p3.time_call(jitted[est_name, cap], (state, pool_z, pool_y, jnp.asarray(t - 1), index,
+                                                               jnp.asarray(config.reward_norm)),
+                                       config.timing_repeats)
+    return out
+
+
+def run(config: Config, seeds: int, progress) -> Results:
+    keys = seed_keys(config.seed, seeds)
+    out, timings = run_vectorized(functools.partial(simulate, config=config), keys, progress=progress, tag="e9")
+    secs = timing_pass(config, jax.tree.map(lambda a: a[0], timings))
+    progress.message("timing done")
+    ck = np.asarray(config.checkpoints)
+    tables, summary = [], {"dispatch_seconds": p3.dispatch_seconds(config)}
+    timed = np.asarray(config.timed, float)
+    for ia, (selection, est_name) in enumerate(config.names):
+        name = f"{selection}-{est_name}"
+        n = seeds * len(ck)
+        table = {"algorithm": np.full(n, name), "selection": np.full(n, selection),
+                 "estimator": np.full(n, est_name), "seed": np.repeat(np.arange(seeds), len(ck)),
+                 "t": np.tile(ck, seeds)}
+        for m in METRICS:
+            table[m] = out[m][:, :, ia].reshape(-1)
+        table["regret_avg"] = p3.nan_column(n)
+        table["regret_weak"] = p3.nan_column(n)
+        sec = p3.nan_column(n)
+        for it, t in enumerate(config.timed):
+            sec[(table["seed"] == 0) & (table["t"] == t)] = secs[it, ia]
+        table["seconds"] = sec
+        tables.append(table)
+        grid = np.concatenate([[1.0], timed, [float(config.budget)]])
+        vals = np.concatenate([[secs[0, ia]], secs[:, ia], [secs[-1, ia]]])
+        summary[f"{name}/total_seconds"] = float(np.trapezoid(vals, grid))
+        summary[f"{name}/heldout_accuracy_budget"] = float(out["heldout_accuracy"][:, -1, ia].mean())
+        summary[f"{name}/heldout_accuracy_budget_sem"] = float(out["heldout_accuracy"][:, -1, ia].std(ddof=1)
+                                                               / np.sqrt(seeds)) if seeds > 1 else float("nan")
+        summary[f"{name}/estimation_error_budget"] = float(out["estimation_error"][:, -1, ia].mean())
+        summary[f"{name}/subopt_pess_budget"] = float(out["subopt_pess"][:, -1, ia].mean())
+    return Results(concat_tables(tables), summary)
+
+
+def plot(table, config: Config, out_dir: Path) -> list[Path]:
+    names = list(dict.fromkeys(np.asarray(table["algorithm"]).tolist()))
+    panels = [("heldout_accuracy", "held-out accuracy", False), ("estimation_error", "||theta - theta*||_2", True),
+              ("subopt_pess", "pessimistic SubOpt", True)]
+    fig, axes = plotting.figure(ncols=len(panels), size=(4.6, 3.6))
+    styles = {"random": "--", "active": "-", "active_batch": ":"}
+    for ax, (metric, label, loglog) in zip(np.atleast_1d(axes), panels):
+        for name in names:
+            sel, est = name.rsplit("-", 1)
+            x, y = plotting.pivot(table, "t", metric, where={"algorithm": name})
+            if loglog and not np.all(y.mean(0) > 0):
+                loglog_ok = False
+            else:
+                loglog_ok = loglog
+            plotting.band_plot(ax, x, y, name, color=p3.COLORS[est], linestyle=styles[sel], loglog=loglog_ok)
+        plotting.set_logx(ax)
+        ax.set(title=label, xlabel="labels used", ylabel=label)
+        ax.legend(fontsize="xx-small")
+    fig.suptitle(f"active-vs-random: pool {config.pool}, budget {config.budget}, B={config.reward_norm:g}")
+    return plotting.save_figure(fig, out_dir, "active_vs_random")

@@ -1,0 +1,95 @@
+"""batch-size (THEORY.md E4, §9.2 invariant 19): is batching free, as P1 claims?
+
+At a fixed total of ``total_queries`` comparisons, P1's online loop (``experiments.catalogue.online_explore``)
+runs with batch size ``m`` in ``batch_sizes`` and ``T = total_queries / m`` iterations. P1
+(Xiong et al., ICML 2024, THEORY.md §2.4): with ``T = Õ(d)`` iterations the total ``m T`` matches
+the sequential ``m = 1`` sample complexity, so the final suboptimality should barely depend on
+``m`` once ``T >= d log d`` (invariant 19); with ``T < d`` (large ``m``) the loop adapts too rarely.
+Every ``m`` sees the same instances and the same stream of contexts and label uniforms (comparison
+``i`` has the same uniforms whatever the batching).
+
+Columns: those of ``online-explore`` (``batch_size`` tells the runs apart).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from bandits import validation as v
+from experiments.catalogue import online_common
+from experiments.engine import plotting, stats
+from experiments.engine.results import Results, concat_tables
+from experiments.engine.runner import seed_keys
+
+description = "E4: final suboptimality at a fixed query budget across batch sizes m (P1: batching is free)"
+nan_columns = online_common.nan_columns
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(online_common.Config):
+    total_queries: int = 4096
+    batch_sizes: tuple[int, ...] = (16, 64, 256)
+    algorithms: tuple[str, ...] = ("enhancer", "pi0", "optimism")
+
+    def __post_init__(self):
+        super().__post_init__()
+        v.check_int("total_queries", self.total_queries, 1)
+        if not self.batch_sizes:
+            v.fail("batch_sizes", self.batch_sizes, "a non-empty tuple of divisors of total_queries")
+        for m in self.batch_sizes:
+            v.check_int("batch_sizes", m, 1)
+            if self.total_queries % m:
+                v.fail("batch_sizes", self.batch_sizes, f"divisors of total_queries = {self.total_queries}")
+
+
+presets = {
+    "quick": Config(n_contexts=32, n_actions=16, total_queries=512, batch_sizes=(16, 64, 256),
+                    algorithms=("enhancer", "pi0"), settings=("hard",)),
+    "paper": Config(n_contexts=64, n_actions=16, total_queries=1024, batch_sizes=(16, 64, 256)),
+}
+seeds = {"quick": 32, "paper": 64}
+
+
+def run(config: Config, seeds: int, progress) -> Results:
+    keys = seed_keys(config.seed, seeds)
+    tables = []
+    for m in config.batch_sizes:
+        tables += online_common.run_algorithms(config, config.algorithm_names, keys, progress,
+                                                iterations=config.total_queries // m, batch_size=m, tag=f"m{m}/")
+    table = concat_tables(tables)
+    summary = {}
+    for setting in config.settings:
+        for alg in config.algorithm_names:
+            finals = []
+            for m in config.batch_sizes:
+                sel = (table["setting"] == setting) & (table["algorithm"] == alg) & (table["batch_size"] == m)
+                last = sel & (table["queries"] == table["queries"][sel].max())
+                y = table["subopt"][last]
+                finals.append(float(y.mean()))
+                summary[f"{setting}/{alg}/m{m}/final_subopt"] = finals[-1]
+                summary[f"{setting}/{alg}/m{m}/final_subopt_ci95"] = float(stats.t_interval(y)[1])
+            summary[f"{setting}/{alg}/max_over_min_final_subopt"] = max(finals) / min(finals)
+    return Results(table, summary)
+
+
+def plot(table, config: Config, out_dir: Path) -> list[Path]:
+    settings = list(dict.fromkeys(np.asarray(table["setting"]).tolist()))
+    algorithms = list(dict.fromkeys(np.asarray(table["algorithm"]).tolist()))
+    sizes = sorted(set(np.asarray(table["batch_size"]).tolist()))
+    fig, axes = plotting.figure(ncols=len(algorithms), nrows=len(settings), size=(5.0, 4.0))
+    axes = np.asarray(axes).reshape(len(settings), len(algorithms))
+    for row, setting in zip(axes, settings):
+        for ax, alg in zip(row, algorithms):
+            for i, m in enumerate(sizes):
+                where = {"setting": setting, "algorithm": alg, "batch_size": m}
+                x, y = plotting.pivot(table, "queries", "subopt", where=where)
+                keep = x > 0
+                plotting.band_plot(ax, x[keep], y[:, keep], f"m = {m} (T = {config.total_queries // m})",
+                                   color=f"C{i}", loglog=True)
+            ax.set(title=f"{setting}: {alg}", xlabel="queries m t", ylabel="J(pi*) - J(pi_t)")
+    n_seeds = len(np.unique(np.asarray(table["seed"])))
+    fig.suptitle(f"batch-size: {config.total_queries} queries in batches of m, {n_seeds} seeds (mean, 95% band)\n"
+                 f"d={config.dim}, K={config.n_actions}, n_x={config.n_contexts}, kl_coef={config.kl_coef:g}")
+    return plotting.save_figure(fig, out_dir, "batch_size")

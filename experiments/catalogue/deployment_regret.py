@@ -1,0 +1,268 @@
+"""deployment-regret (THEORY.md E10, §4.5, §6): cumulative average / weak regret of deployment rules vs T.
+
+Per seed: one instance (``B = reward_norm``); each round a context ``x_t ~ d0``, the rule picks
+``(a_t, a'_t)`` from its estimator's ``theta_t`` and inverse design (``algorithms.onepass.deployment``), the BT label
+is drawn, and the estimator is updated on ``z = phi(x_t,a_t) - phi(x_t,a'_t)``. Algorithms are
+``rule:estimator`` strings (``p3:omd`` is P3's rule with its one-pass OMD; the classic dueling bandits
+use the MLE refit as in their papers). Bonus radius ``beta_t = c_beta sqrt(d log(1 + t))`` [D] for every
+rule (the ``||.||_{cH^{-1}}`` vs ``||.||_{V^{-1}}`` norms carry the difference between OMD and MLE).
+All rules on one seed share contexts and label uniforms (common random numbers).
+
+Regret (THEORY.md §9.1 item 15), cumulative over rounds 1..t, reported at ``checkpoints``:
+
+- ``objective = unregularized`` (P3's theory): ``regret_avg = sum max_a r* - (r*(a_t) + r*(a'_t))/2``,
+  ``regret_weak = sum max_a r* - max(r*(a_t), r*(a'_t))``;
+- ``objective = kl``: the pair only decides what is queried; the policy served at round t is
+  ``Gibbs(<theta_t, phi>)`` at ``kl_coef`` and ``regret_avg = sum_t J*(x_t) - J_{x_t}(Gibbs(theta_t))``
+  (the KL-regularized regret, exact per context); ``regret_weak`` has no analogue there: NaN.
+``estimation_error = ||theta_t - theta*||``; held-out metrics do not apply: NaN. ``seconds``: wall-clock
+of one round (rule + update) at round t for seed 0, from its state after ``t - 1`` rounds in a separate
+jitted call (MLE buffer of exactly t rows: the pairs seed 0 played, recorded in the scan), median of
+``timing_repeats``; NaN on other rows. The rules that share an estimator run one after the other
+through one compiled scan (``lax.map`` over the rule index, ``lax.switch`` to the rule; only the chosen
+rule runs), and the timed round is that same code, so it compiles once per estimator (and per timed
+``t`` for the MLE) rather than once per rule and round.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import bandits as b
+from algorithms.onepass import deployment as dueling
+from algorithms.onepass.estimators import ESTIMATORS
+from bandits import validation as v
+from experiments.catalogue import p3_common as p3
+from experiments.engine import plotting
+from experiments.engine.results import Results, concat_tables
+from experiments.engine.runner import run_vectorized, seed_keys
+
+DEFAULT = ("p3:omd", "maxinp:mle", "colstim:mle", "maxpairucb:mle", "greedy:omd", "random:omd",
+           "best_worst:omd", "best_second:omd", "best_quartile:omd")
+
+# NaN means "not applicable" in these columns (module docstring).
+nan_columns = ("error_local", "heldout_accuracy", "heldout_logloss", "subopt", "subopt_pess",
+               "regret_weak", "seconds")
+
+description = "E10: deployment regret (avg/weak) of P3's rule vs MaxInP/CoLSTIM/MaxPairUCB/greedy/pairings"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(p3.P3Config):
+    """Fields reachable with ``--set field=value``; the instance, estimator, objective and timing fields
+    are ``p3_common.P3Config``'s.
+
+    reward_norm: ``B``; rounds: ``T``; checkpoints: rounds at which the cumulative regrets are reported;
+    algorithms: ``rule:estimator`` strings (rules of ``algorithms.onepass.deployment``, estimators omd, mle, ogd, hvp);
+    colstim_c: CoLSTIM's perturbation scale; quantile: the rank of ``best_quartile``'s second action.
+    """
+
+    reward_norm: float = 2.0
+    rounds: int = 2048
+    checkpoints: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)
+    algorithms: tuple[str, ...] = DEFAULT + ("p3:mle", "maxinp:omd", "colstim:omd", "maxpairucb:omd")
+    colstim_c: float = 1.0
+    quantile: float = 0.25
+
+    def __post_init__(self):
+        v.check_float("reward_norm", self.reward_norm, low=0.0, low_open=True)
+        v.check_int("rounds", self.rounds, 2)
+        if not self.algorithms:
+            v.fail("algorithms", self.algorithms, "a non-empty tuple of 'rule:estimator' strings")
+        for name in self.algorithms:
+            rule, _, est = str(name).partition(":")
+            if rule not in dueling.RULES or est not in ESTIMATORS:
+                v.fail("algorithms", name, "'rule:estimator' with rule in " + ", ".join(dueling.RULES)
+                       + " and estimator in " + ", ".join(ESTIMATORS))
+        v.check_float("colstim_c", self.colstim_c, low=0.0)
+        v.check_float("quantile", self.quantile, low=0.0, high=1.0)
+        super().__post_init__()
+
+    def parsed(self) -> list[tuple[str, str]]:
+        return [tuple(str(n).split(":")) for n in self.algorithms]
+
+
+presets = {
+    "quick": Config(n_contexts=64, rounds=256, checkpoints=(16, 32, 64, 128, 256), algorithms=DEFAULT,
+                    timing_rounds=(16, 256), timing_repeats=5),
+    "paper": Config(),
+}
+seeds = {"quick": 8, "paper": 32}
+
+
+def _estimator(config, est_name, capacity):
+    return p3.estimators(config, (est_name,), config.reward_norm, capacity)[0]
+
+
+def groups(config: Config) -> dict[str, tuple[tuple[str, ...], list[int]]]:
+    """``estimator -> (its distinct rules, indices into config.algorithms)``, in order of appearance."""
+    out: dict[str, tuple[list[str], list[int]]] = {}
+    for ia, (rule, est_name) in enumerate(config.parsed()):
+        rules, members = out.setdefault(est_name, ([], []))
+        if rule not in rules:
+            rules.append(rule)
+        members.append(ia)
+    return {e: (tuple(r), m) for e, (r, m) in out.items()}
+
+
+def select(rules, rule_index, key, phi, theta, inverse, beta, log_pi0, kl_coef, config):
+    """``dueling.select_pair`` of ``rules[rule_index]`` (a traced index: ``lax.switch``, so the rules of
+    one estimator share one compiled round, and only the chosen rule runs)."""
+    branches = [functools.partial(dueling.select_pair, r, colstim_c=config.colstim_c, quantile=config.quantile)
+                for r in rules]
+    if len(branches) == 1:
+        return branches[0](key, phi, theta, inverse, beta, log_pi0, kl_coef)
+    return jax.lax.switch(rule_index, branches, key, phi, theta, inverse, beta, log_pi0, kl_coef)
+
+
+def play_round(rules, rule_index, est, state, key, inst, x, t, config):
+    """One deployment round for context ``x`` with rule ``rules[rule_index]``: (new state, a, a', y)."""
+    k_rule, k_label = jax.random.split(key)
+    beta = p3.beta_schedule(config.c_beta, config.dim, t)
+    a, a2 = select(rules, rule_index, k_rule, inst.phi[x], est.theta(state), est.inverse_design(state), beta,
+                   inst.log_pi0[x], inst.kl_coef, config)
+    p = jax.nn.sigmoid(inst.reward[x, a] - inst.reward[x, a2])
+    y = (jax.random.uniform(k_label, dtype=p.dtype) < p).astype(p.dtype)
+    return est.update(state, inst.phi[x, a] - inst.phi[x, a2], y), a, a2, y
+
+
+def simulate(key, config: Config):
+    """One seed: cumulative regrets and error at the checkpoints ``[n_ck, 3, n_alg]``, per algorithm the
+    light state snapshots after rounds ``t - 1`` (``t`` in ``config.timed``) and the pairs played with
+    their labels (for the MLE's honest timing buffer), and the contexts. The algorithms of one estimator
+    run one after the other (``lax.map``) through one compiled scan."""
+    k_inst, k_run = jax.random.split(key)
+    inst = p3.scaled_instance(k_inst, config, config.reward_norm)
+    ck = jnp.asarray(config.checkpoints)
+    tk = jnp.asarray([t - 1 for t in config.timed])
+    round_keys = jax.random.split(k_run, config.rounds)
+    contexts = jax.vmap(lambda k: jax.random.categorical(jax.random.fold_in(k, 7), jnp.log(inst.d0)))(round_keys)
+    log_z = b.log_partition(inst.log_pi0, inst.reward, inst.kl_coef)
+    n_alg = len(config.algorithms)
+    out, timings, played = [None] * n_alg, [None] * n_alg, [None] * n_alg
+    for est_name, (rules, members) in groups(config).items():
+        est = _estimator(config, est_name, config.rounds)
+        init = est.init()
+        timing0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (len(tk),) + a.shape), p3.light(init))
+
+        def one_rule(rule_index, rules=rules, est=est, init=init, timing0=timing0):
+            def body(carry, inp):
+                state, cum, timing, t = carry
+                key, x = inp
+                theta = est.theta(state)
+                if config.objective == "kl":
+                    log_pi = jax.nn.log_softmax(inst.log_pi0[x] + inst.phi[x] @ theta / inst.kl_coef)
+                    served = (jnp.exp(log_pi) @ inst.reward[x]
+                              - inst.kl_coef * b.kl_divergence(log_pi, inst.log_pi0[x]))
+                    inc = jnp.stack([inst.kl_coef * log_z[x] - served, jnp.nan])
+                state, a, a2, y = play_round(rules, rule_index, est, state, key, inst, x, t, config)
+                if config.objective != "kl":
+                    inc = jnp.stack(dueling.pair_regret(inst.reward[x], a, a2))
+                cum = cum + inc
+                tpos = p3.snapshot_index(t + 1, tk)
+                timing = jax.tree.map(lambda buf, s: buf.at[tpos].set(s, mode="drop"), timing, p3.light(state))
+                err = jnp.linalg.norm(est.theta(state) - inst.theta_star)
+                return (state, cum, timing, t + 1), (jnp.concatenate([cum, err[None]]), jnp.stack([a, a2]), y)
+
+            carry0 = (init, jnp.zeros(2, inst.phi.dtype), timing0, jnp.asarray(0))
+            (_, _, timing, _), (trace, pairs, ys) = jax.lax.scan(body, carry0, (round_keys, contexts))
+            return trace[ck - 1], timing, (pairs, ys)          # [n_ck, 3], ..., ([T, 2], [T])
+
+        index = jnp.asarray([rules.index(config.parsed()[ia][0]) for ia in members], jnp.int32)
+        traces, timing, plays = jax.lax.map(one_rule, index)
+        for j, ia in enumerate(members):
+            out[ia] = traces[j]
+            timings[ia] = jax.tree.map(lambda a, j=j: a[j], timing)
+            played[ia] = jax.tree.map(lambda a, j=j: a[j], plays)
+    return jnp.stack(out, axis=-1), tuple(timings), tuple(played), contexts
+
+
+def _timed_round(state, rule_index, key, x, t, inst, config, rules, est_name, capacity):
+    est = _estimator(config, est_name, max(capacity, 1))
+    return play_round(rules, rule_index, est, state, key, inst, x, t, config)[0]
+
+
+def timing_pass(config: Config, timings, played, contexts) -> np.ndarray:
+    """Seconds of one round ``[n_timed, n_alg]`` for seed 0 from its snapshots (module docstring); one
+    compile per estimator (and per timed ``t`` for the MLE, whose buffer has exactly ``t`` rows)."""
+    key = seed_keys(config.seed, 1)[0]
+    k_inst, k_run = jax.random.split(key)
+    inst = jax.jit(lambda k: p3.scaled_instance(k, config, config.reward_norm))(k_inst)
+    round_keys = jax.random.split(k_run, config.rounds)
+    phi, contexts = np.asarray(inst.phi), np.asarray(contexts)
+    out = np.full((len(config.timed), len(config.algorithms)), np.nan)
+    for est_name, (rules, members) in groups(config).items():
+        jitted = {}
+        for ia in members:
+            rule_index = jnp.asarray(rules.index(config.parsed()[ia][0]), jnp.int32)
+            pairs, ys = (np.asarray(a) for a in played[ia])
+            for it, t in enumerate(config.timed):
+                cap = t if est_name == "mle" else 0
+                if cap not in jitted:
+                    jitted[cap] = jax.jit(functools.partial(_timed_round, config=config, rules=rules,
+                                                            est_name=est_name, capacity=cap))
+                state = jax.tree.map(lambda a: a[it], timings[ia])
+                if est_name == "mle":       # the pairs played so far, in order
+                    z = phi[contexts, pairs[:, 0]] - phi[contexts, pairs[:, 1]]
+                    state = p3.mle_state_at(state, z, ys, t)
+                out[it, ia] = p3.time_call(jitted[cap], (state, rule_index, round_keys[t - 1], jnp.asarray(0),
+                                                         jnp.asarray(t - 1), inst), config.timing_repeats)
+    return out
+
+
+def run(config: Config, seeds: int, progress) -> Results:
+    keys = seed_keys(config.seed, seeds)
+    out, timings, played, contexts = run_vectorized(functools.partial(simulate, config=config), keys,
+                                                    progress=progress, tag="e10")
+    first = lambda tree: jax.tree.map(lambda a: a[0], tree)     # seed 0
+    secs = timing_pass(config, first(timings), first(played), contexts[0])
+    progress.message("timing done")
+    ck = np.asarray(config.checkpoints)
+    tables, summary = [], {"dispatch_seconds": p3.dispatch_seconds(config)}
+    for ia, name in enumerate(config.algorithms):
+        n = seeds * len(ck)
+        table = {"algorithm": np.full(n, name), "seed": np.repeat(np.arange(seeds), len(ck)), "t": np.tile(ck, seeds),
+                 "estimation_error": out[:, :, 2, ia].reshape(-1), "error_local": p3.nan_column(n),
+                 "heldout_accuracy": p3.nan_column(n), "heldout_logloss": p3.nan_column(n),
+                 "subopt": p3.nan_column(n), "subopt_pess": p3.nan_column(n),
+                 "regret_avg": out[:, :, 0, ia].reshape(-1), "regret_weak": out[:, :, 1, ia].reshape(-1)}
+        sec = p3.nan_column(n)
+        for it, t in enumerate(config.timed):
+            sec[(table["seed"] == 0) & (table["t"] == t)] = secs[it, ia]
+        table["seconds"] = sec
+        tables.append(table)
+        summary[f"{name}/regret_avg_T"] = float(out[:, -1, 0, ia].mean())
+        if config.objective != "kl":
+            summary[f"{name}/regret_weak_T"] = float(out[:, -1, 1, ia].mean())
+        summary[f"{name}/seconds_t_max"] = float(secs[-1, ia])
+    return Results(concat_tables(tables), summary)
+
+
+def plot(table, config: Config, out_dir: Path) -> list[Path]:
+    names = list(dict.fromkeys(np.asarray(table["algorithm"]).tolist()))
+    metrics = [("regret_avg", "cumulative average regret")]
+    if config.objective != "kl":
+        metrics.append(("regret_weak", "cumulative weak regret"))
+    # colour = rule, line style = estimator, so p3:omd and p3:mle read as the same rule on two estimators
+    colors = plotting.distinct_colors(dict.fromkeys(str(n).split(":")[0] for n in names))
+    styles = {"omd": "-", "mle": "--", "ogd": ":", "hvp": "-."}
+    fig, axes = plotting.figure(ncols=len(metrics), size=(5.4, 4.2))
+    for ax, (metric, label) in zip(np.atleast_1d(axes), metrics):
+        positive = True
+        for name in names:
+            rule, est = str(name).split(":")
+            x, y = plotting.pivot(table, "t", metric, where={"algorithm": name})
+            positive &= bool(np.all(y.mean(0) > 0))
+            plotting.band_plot(ax, x, y, name, color=colors[rule], linestyle=styles[est])
+        if positive:    # the rules span a decade or more: a log axis keeps the low curves apart
+            plotting.set_loglog(ax)
+        ax.set(title=label, xlabel="T (rounds)", ylabel=label)
+        ax.legend(fontsize="xx-small", ncols=2)
+    fig.suptitle(f"deployment-regret ({config.objective}): B={config.reward_norm:g}, K={config.n_actions}, "
+                 f"d={config.dim}")
+    return plotting.save_figure(fig, out_dir, "deployment_regret")

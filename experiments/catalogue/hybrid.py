@@ -1,0 +1,118 @@
+"""hybrid (THEORY.md E5; P1 hybrid GSHF, §2.4): offline only vs online only vs hybrid at one budget.
+
+With ``budget`` comparisons in total:
+
+- ``offline``: all ``budget`` comparisons ``a1, a2 ~ pi0`` up front, then MLE-Gibbs (no online rounds);
+- ``online``: no offline data, ``budget / m`` online iterations under ``strategy``;
+- ``hybrid``: ``offline_fraction * budget`` comparisons from ``pi0``, then the rest online under
+  ``strategy``: P1's hybrid algorithm with its exploration pair ``(pi_t, pi0)`` by default.
+
+P1's hybrid bound (THEORY.md §2.4) has the coverage term ``beta ||E_x[phi(x, pi*) - phi(x, pi0)]||_{Sigma^{-1}}``
+(``confidence_width``): the online pairs ``(pi_t, pi0)`` should shrink it faster than more ``pi0``
+data. The offline data's coverage is set by the instance's coverage knob (settings ``hard``:
+``pi0`` covering ``pi*`` poorly; ``easy``: uniform ``pi0``).
+
+Columns: those of ``online-explore`` plus ``mode`` and ``comparisons`` (offline + online data).
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from bandits import validation as v
+from algorithms.online import agents
+from experiments.catalogue import online_common
+from experiments.engine import plotting, stats
+from experiments.engine.results import Results, concat_tables
+from experiments.engine.runner import seed_keys
+
+MODES = ("offline", "online", "hybrid")
+description = "E5: offline-only vs online-only vs hybrid (P1) at an equal comparison budget"
+nan_columns = online_common.nan_columns
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(online_common.Config):
+    budget: int = 2048
+    offline_fraction: float = 0.5
+    strategy: str = "pi0"
+
+    def __post_init__(self):
+        super().__post_init__()
+        v.check_int("budget", self.budget, 2)
+        v.check_float("offline_fraction", self.offline_fraction, low=0.0, high=1.0, low_open=True)
+        if not 0 < self.offline_size < self.budget:
+            v.fail("offline_fraction", self.offline_fraction, f"a fraction leaving both parts of budget = "
+                   f"{self.budget} non-empty")
+        agents.algorithm_spec(self.strategy)
+        for mode, n in (("online", self.budget), ("hybrid", self.budget - self.offline_size)):
+            if n % self.batch_size:
+                v.fail("batch_size", self.batch_size, f"a divisor of the {mode} part of the budget, {n}")
+
+    @property
+    def offline_size(self) -> int:
+        return int(round(self.offline_fraction * self.budget))
+
+
+presets = {
+    "quick": Config(n_contexts=32, n_actions=16, budget=512, batch_size=32, strategy="pi0"),
+    "paper": Config(n_contexts=64, n_actions=16, budget=1024, batch_size=32),
+}
+seeds = {"quick": 32, "paper": 64}
+
+
+def run(config: Config, seeds: int, progress) -> Results:
+    keys = seed_keys(config.seed, seeds)
+    plan = {"offline": (config.budget, 0), "online": (0, config.budget // config.batch_size),
+            "hybrid": (config.offline_size, (config.budget - config.offline_size) // config.batch_size)}
+    tables = []
+    for mode, (n_off, iterations) in plan.items():
+        for table in online_common.run_algorithms(config, (config.strategy,), keys, progress, iterations=iterations,
+                                                   offline_size=n_off, tag=f"{mode}/"):
+            count = len(table["seed"])
+            table["mode"] = np.full(count, mode)
+            table["comparisons"] = table["offline_size"] + table["queries"]
+            tables.append(table)
+    table = concat_tables(tables)
+    summary = {}
+    for setting in config.settings:
+        for mode in MODES:
+            sel = (table["setting"] == setting) & (table["mode"] == mode)
+            last = sel & (table["comparisons"] == table["comparisons"][sel].max())
+            summary[f"{setting}/{mode}/final_subopt"] = float(table["subopt"][last].mean())
+            summary[f"{setting}/{mode}/final_subopt_kl"] = float(table["subopt_kl"][last].mean())
+            summary[f"{setting}/{mode}/final_confidence_width"] = float(table["confidence_width"][last].mean())
+    return Results(table, summary)
+
+
+def plot(table, config: Config, out_dir: Path) -> list[Path]:
+    settings = list(dict.fromkeys(np.asarray(table["setting"]).tolist()))
+    fig, axes = plotting.figure(ncols=2, nrows=len(settings), size=(5.6, 4.2))
+    axes = np.asarray(axes).reshape(len(settings), 2)
+    for row, setting in zip(axes, settings):
+        for i, mode in enumerate(MODES):
+            where = {"setting": setting, "mode": mode}
+            x, y = plotting.pivot(table, "comparisons", "subopt", where=where)
+            if len(x) == 1:
+                row[0].errorbar(x, y.mean(0), yerr=stats.mean_ci(y)[2] - y.mean(0), fmt="s", color=f"C{i}",
+                                label=f"{mode} (MLE-Gibbs on {int(x[0])} pi0 comparisons)")
+                row[1].plot(x, plotting.pivot(table, "comparisons", "confidence_width", where=where)[1].mean(0),
+                            "s", color=f"C{i}", label=mode)
+                continue
+            plotting.band_plot(row[0], x, y, mode, color=f"C{i}", loglog=True)
+            x, w = plotting.pivot(table, "comparisons", "confidence_width", where=where)
+            plotting.band_plot(row[1], x, w, mode, color=f"C{i}", loglog=True)
+        coverage, temperature = config.setting_values(setting)
+        pi0 = "uniform pi0" if temperature == 0 else f"pi0: c={coverage:+.1f}, s={temperature:g}"
+        row[0].set(title=f"{setting} ({pi0}): suboptimality", xlabel="comparisons (offline + online)",
+                   ylabel="J(pi*) - J(pi_t)")
+        row[1].set(title=f"{setting}: coverage term of P1's hybrid bound", xlabel="comparisons (offline + online)",
+                   ylabel="beta ||phi(pi*) - phi(pi0)||_{Sigma^-1}")
+        row[0].legend(fontsize="x-small")
+    n_seeds = len(np.unique(np.asarray(table["seed"])))
+    fig.suptitle(f"hybrid: budget {config.budget}, offline fraction {config.offline_fraction:g}, online pairs "
+                 f"'{config.strategy}', m={config.batch_size}, {n_seeds} seeds (mean, 95% band)\n"
+                 f"d={config.dim}, K={config.n_actions}, n_x={config.n_contexts}, kl_coef={config.kl_coef:g}")
+    return plotting.save_figure(fig, out_dir, "hybrid")

@@ -1,0 +1,236 @@
+"""omd-vs-mle (THEORY.md E8, §4.2-4.3): one-pass OMD vs MLE refit vs OGD vs HVP/CG on a passive stream.
+
+Per seed and per ``B`` in ``reward_norms`` (so ``kappa = 2 + e^{2B} + e^{-2B}`` grows): one instance
+(features, direction of ``theta*`` and the data's randomness shared across ``B``: ``theta* = B u``), one
+stream of ``rounds`` comparisons from the fixed logging policy ``(pi0, pi0)``, and every estimator of
+``algorithms.onepass.estimators`` run over it in one ``lax.scan`` (the MLE refits on all data so far,
+warm-started, each round). At each checkpoint ``t``:
+
+- ``estimation_error = ||theta_t - theta*||_2``; ``error_local = ||theta_t - theta*||_{A_t}`` (``A_t = cH_t``
+  for OMD, ``V_t`` otherwise);
+- ``heldout_accuracy`` / ``heldout_logloss``: on ``heldout`` fresh logging-policy pairs, the accuracy and the
+  cross-entropy *in expectation over the BT label* (``p_i 1{<theta,z_i> > 0} + (1-p_i) 1{< 0}``, ties 1/2;
+  ``-p_i log sigma(<theta,z_i>) - (1-p_i) log sigma(-<theta,z_i>)``), so no label noise is added;
+- ``subopt`` (plug-in output policy) and ``subopt_pess`` (P3's pessimistic output, pointwise variant,
+  ``beta_t = c_beta sqrt(d log(1 + t))`` [D], reference vector ``E_{pi0} phi``) under ``objective``
+  (``unregularized``: greedy, reward gap; ``kl``: Gibbs at ``kl_coef``, KL-regularized gap);
+  see ``algorithms.onepass.policies``;
+- ``seconds``: wall-clock of ONE round (the estimator's update on comparison t) at round t, measured
+  outside the vectorised scan (a ``lax.scan`` has no per-round clock): a separately jitted call of the
+  update from seed 0's actual state after round ``t-1`` (snapshotted in the scan), compile excluded,
+  ``block_until_ready``, median of ``timing_repeats`` calls. For the MLE the call gets a buffer of exactly
+  ``t`` rows (the data so far), so its cost grows with ``t`` honestly (one compile per timed ``t``);
+  inside the simulation scan the buffer is padded to ``rounds``. Timed only for seed 0 and the rounds
+  in ``timing_rounds``; NaN on every other row. The cost of a trivial jitted call on the same inputs
+  (dispatch floor) is in the summary (``dispatch_seconds``).
+``regret_avg`` / ``regret_weak`` do not apply here: NaN.
+
+OMD's step size is ``omd_step_size`` (default ``p3_common.DEFAULT_OMD_STEP_SIZE = 1``, the most robust
+value of the sweep recorded in paper_repro.md; ``--set omd_step_size=theory`` gives P3's
+``(1/2) log 2 + B + 1``). The shared fields and helpers are in ``experiments.catalogue.p3_common``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import bandits as b
+from algorithms.core import confidence as conf
+from algorithms.onepass.estimators import ESTIMATORS
+from bandits import validation as v
+from experiments.catalogue import p3_common as p3
+from experiments.engine import plotting
+from experiments.engine.results import Results, concat_tables
+from experiments.engine.runner import run_vectorized, seed_keys
+
+LABELS, COLORS, METRICS = p3.LABELS, p3.COLORS, p3.METRICS
+
+# NaN means "not applicable" in these columns (module docstring).
+nan_columns = ("regret_avg", "regret_weak", "seconds")
+
+description = "E8: one-pass OMD vs MLE refit/OGD/HVP: error, held-out acc/loss, time per round vs t, B sweep"
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(p3.P3Config):
+    """Fields reachable with ``--set field=value`` (module docstring for the metrics); the instance,
+    estimator, objective and timing fields are ``p3_common.P3Config``'s.
+
+    reward_norms: the ``B`` sweep; rounds: stream length; checkpoints: rounds at which metrics are taken;
+    heldout: held-out comparisons; algorithms: estimators run (omd, mle, ogd, hvp).
+    """
+
+    reward_norms: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)
+    rounds: int = 4096
+    checkpoints: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+    heldout: int = 2048
+    algorithms: tuple[str, ...] = ESTIMATORS
+
+    def __post_init__(self):
+        if not self.reward_norms:
+            v.fail("reward_norms", self.reward_norms, "a non-empty tuple of numbers > 0")
+        for r in self.reward_norms:
+            v.check_float("reward_norms", r, low=0.0, low_open=True)
+        v.check_int("rounds", self.rounds, 2)
+        v.check_int("heldout", self.heldout, 1)
+        p3.check_names("algorithms", self.algorithms, ESTIMATORS)
+        super().__post_init__()
+
+
+presets = {
+    "quick": Config(n_contexts=64, rounds=512, checkpoints=(16, 32, 64, 128, 256, 512), heldout=1024,
+                    timing_rounds=(16, 128, 512), timing_repeats=7),
+    "paper": Config(),
+}
+seeds = {"quick": 8, "paper": 32}
+
+
+def make_stream(key, reward_norm, config):
+    """Instance, the logging-policy stream ``(z, y)`` and the held-out set of one seed and one ``B``."""
+    k_inst, k_data, k_held = jax.random.split(key, 3)
+    inst = p3.scaled_instance(k_inst, config, reward_norm)
+    stream = b.sample_preference_data(k_data, inst, inst.log_pi0, inst.log_pi0, config.rounds)
+    z = b.feature_differences(inst, stream)
+    z_held, p_held = p3.heldout_set(k_held, inst, config.heldout)
+    return inst, z, stream.y.astype(z.dtype), z_held, p_held
+
+
+def simulate(key, reward_norm, config: Config):
+    """One seed, one ``B``: metrics ``[n_checkpoints, n_alg]`` and light state snapshots after rounds
+    ``t - 1`` for ``t`` in ``config.timed`` (for the timing pass)."""
+    inst, z, y, z_held, p_held = make_stream(key, reward_norm, config)
+    nu = conf.reference_vector(inst, "pi0")
+    ests = p3.estimators(config, config.algorithms, reward_norm, config.rounds)
+    ck = jnp.asarray(config.checkpoints)
+    tk = jnp.asarray([t - 1 for t in config.timed])
+    init = tuple(e.init() for e in ests)
+    d = config.dim
+    snaps = tuple((jnp.zeros((len(ck), d), z.dtype), jnp.zeros((len(ck), d, d), z.dtype)) for _ in ests)
+    timing = tuple(jax.tree.map(lambda a: jnp.broadcast_to(a, (len(tk),) + a.shape), p3.light(s)) for s in init)
+
+    def body(carry, row):
+        states, snaps, timing, t = carry
+        states = tuple(e.update(s, row[0], row[1]) for e, s in zip(ests, states))
+        pos = p3.snapshot_index(t + 1, ck)
+        snaps = tuple((th.at[pos].set(e.theta(s), mode="drop"), iv.at[pos].set(e.inverse_design(s), mode="drop"))
+                      for e, s, (th, iv) in zip(ests, states, snaps))
+        tpos = p3.snapshot_index(t + 1, tk)
+        timing = tuple(jax.tree.map(lambda buf, a: buf.at[tpos].set(a, mode="drop"), tb, p3.light(s))
+                       for tb, s in zip(timing, states))
+        return (states, snaps, timing, t + 1), None
+
+    (_, snaps, timing, _), _ = jax.lax.scan(body, (init, snaps, timing, jnp.asarray(0)), (z, y))
+    thetas = jnp.stack([th for th, _ in snaps])        # [n_alg, n_ck, d]
+    invs = jnp.stack([iv for _, iv in snaps])          # [n_alg, n_ck, d, d]
+    per = lambda th, iv, t: p3.estimate_metrics(inst, th, iv, t, z_held, p_held, nu, config)
+    metrics = jax.vmap(jax.vmap(per, in_axes=(0, 0, 0)), in_axes=(0, 0, None))(thetas, invs, ck)
+    return {m: metrics[m].T for m in METRICS}, timing
+
+
+def one_seed(key, reward_norms, config: Config):
+    """All ``B`` of one seed (common random numbers): metrics ``[n_B, n_checkpoints, n_alg]``."""
+    return jax.vmap(lambda r: simulate(key, r, config))(reward_norms)
+
+
+def timing_pass(config: Config, timing, progress) -> np.ndarray:
+    """Per-round seconds ``[n_B, n_timed, n_alg]`` of seed 0 from its state snapshots ``timing``
+    (``[n_B]``-batched light states of seed 0, module docstring)."""
+    key = seed_keys(config.seed, 1)[0]
+    out = np.full((len(config.reward_norms), len(config.timed), len(config.algorithms)), np.nan)
+    stream = jax.jit(lambda k, r: make_stream(k, r, config)[1:3])
+    jitted = {}
+    for ib, bnorm in enumerate(config.reward_norms):
+        z, y = stream(key, jnp.asarray(bnorm))
+        for it, t in enumerate(config.timed):
+            for ia, name in enumerate(config.algorithms):
+                cache = (name, t if name == "mle" else 0)
+                if cache not in jitted:
+                    jitted[cache] = jax.jit(functools.partial(_update, config=config, name=name, capacity=cache[1]))
+                state = jax.tree.map(lambda a: a[ib, it], timing[ia])
+                if name == "mle":
+                    state = p3.mle_state_at(state, z, y, t)
+                out[ib, it, ia] = p3.time_call(jitted[cache], (state, z[t - 1], y[t - 1], jnp.asarray(bnorm)),
+                                               config.timing_repeats)
+        progress.message(f"timing: B={bnorm:g} done")
+    return out
+
+
+def _update(state, z, y, reward_norm, config, name, capacity):
+    return p3.estimators(config, (name,), reward_norm, max(capacity, 1))[0].update(state, z, y)
+
+
+def run(config: Config, seeds: int, progress) -> Results:
+    keys = seed_keys(config.seed, seeds)
+    norms = np.asarray(config.reward_norms, float)
+    out, timing = run_vectorized(functools.partial(one_seed, config=config), keys, norms, progress=progress,
+                                 tag="e8")
+    secs = timing_pass(config, jax.tree.map(lambda a: a[0], timing), progress)
+    algs, ck = list(config.algorithms), list(config.checkpoints)
+    tables, summary = [], {"dispatch_seconds": p3.dispatch_seconds(config)}
+    for ib, bnorm in enumerate(norms):
+        for ia, alg in enumerate(algs):
+            n = seeds * len(ck)
+            table = {"algorithm": np.full(n, alg), "seed": np.repeat(np.arange(seeds), len(ck)),
+                     "t": np.tile(np.asarray(ck), seeds), "reward_norm": np.full(n, bnorm),
+                     "kappa": np.full(n, 2.0 + math.exp(2 * bnorm) + math.exp(-2 * bnorm))}
+            for m in METRICS:
+                table[m] = out[m][:, ib, :, ia].reshape(-1)
+            table["regret_avg"] = p3.nan_column(n)
+            table["regret_weak"] = p3.nan_column(n)
+            sec = p3.nan_column(n)
+            for it, t in enumerate(config.timed):
+                rows = np.flatnonzero((table["seed"] == 0) & (table["t"] == t))
+                sec[rows] = secs[ib, it, ia]
+            table["seconds"] = sec
+            tables.append(table)
+            prefix = f"B={bnorm:g}/{alg}"
+            summary[f"{prefix}/estimation_error_t_max"] = float(out["estimation_error"][:, ib, -1, ia].mean())
+            summary[f"{prefix}/heldout_accuracy_t_max"] = float(out["heldout_accuracy"][:, ib, -1, ia].mean())
+            summary[f"{prefix}/heldout_logloss_t_max"] = float(out["heldout_logloss"][:, ib, -1, ia].mean())
+            summary[f"{prefix}/subopt_pess_t_max"] = float(out["subopt_pess"][:, ib, -1, ia].mean())
+            summary[f"{prefix}/seconds_t_min"] = float(secs[ib, 0, ia])
+            summary[f"{prefix}/seconds_t_max"] = float(secs[ib, -1, ia])
+    return Results(concat_tables(tables), summary)
+
+
+def _where(table, **cond):
+    mask = np.ones(len(table["algorithm"]), bool)
+    for k, val in cond.items():
+        mask &= np.asarray(table[k]) == val
+    return {k: np.asarray(c)[mask] for k, c in table.items()}
+
+
+def plot(table, config: Config, out_dir: Path) -> list[Path]:
+    norms = sorted(set(np.asarray(table["reward_norm"], float).tolist()))
+    algs = [a for a in ESTIMATORS if a in set(np.asarray(table["algorithm"]).tolist())]
+    panels = [("estimation_error", "||theta_t - theta*||_2", True), ("heldout_accuracy", "held-out accuracy", False),
+              ("heldout_logloss", "held-out log-loss", False), ("seconds", "s per round, seed 0", True)]
+    fig, axes = plotting.figure(ncols=len(panels), nrows=len(norms), size=(4.2, 3.2))
+    axes = np.asarray(axes).reshape(len(norms), len(panels))
+    for i, bnorm in enumerate(norms):
+        for j, (metric, label, loglog) in enumerate(panels):
+            ax = axes[i, j]
+            for alg in algs:
+                sub = _where(table, reward_norm=bnorm, algorithm=alg)
+                if metric == "seconds":
+                    sub = _where(sub, seed=0)
+                    ok = np.isfinite(sub["seconds"])
+                    sub = {k: c[ok] for k, c in sub.items()}
+                    if not len(sub["t"]):
+                        continue
+                x, y = plotting.pivot(sub, "t", metric)
+                plotting.band_plot(ax, x, y, LABELS[alg], color=COLORS[alg], loglog=loglog)
+            if not loglog:
+                plotting.set_logx(ax)
+            kappa = 2.0 + math.exp(2 * bnorm) + math.exp(-2 * bnorm)
+            ax.set(title=f"B={bnorm:g} (kappa={kappa:.3g}): {label}", xlabel="t (comparisons)", ylabel=label)
+            ax.legend(fontsize="xx-small")
+    fig.suptitle(f"omd-vs-mle: passive stream from pi0 (d={config.dim}, K={config.n_actions}); "
+                 "mean over seeds, 95% band")
+    return plotting.save_figure(fig, out_dir, "omd_vs_mle")

@@ -1,0 +1,112 @@
+"""Statistics of results over seeds, one module for every experiment, summary and figure.
+
+- ``t_interval``: the mean and the half-width ``t_{(1+level)/2, n-1} sd / sqrt(n)`` of its Student-t
+  interval (NaN half-width for fewer than two values: no interval can be estimated);
+- ``mean_ci``: the mean over seeds (axis 0) with that interval as ``(mean, low, high)`` arrays;
+- ``paired_interval``: the t-interval of per-seed differences ``y - base``: methods run on the same seeds
+  with common random numbers are compared by their paired differences, not by two marginal intervals;
+- ``welch_interval``: ``mean(y) - mean(x)`` for independent samples with Welch's t-interval;
+- ``fit_loglog_slope``: least-squares slope of ``log(mean over seeds of y)`` against ``log x``, with a
+  percentile-bootstrap interval over seeds (seeds resampled with replacement, the seed-mean curve
+  refitted; ``numpy.random.default_rng(seed)``, so the interval is reproducible).
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+from scipy import stats
+
+__all__ = ["Slope", "by_seed", "fit_loglog_slope", "mean_ci", "paired_interval", "t_interval", "welch_interval"]
+
+
+class Slope(NamedTuple):
+    slope: float
+    low: float
+    high: float
+    intercept: float
+
+
+def t_interval(y: Any, level: float = 0.95, axis: int = 0) -> tuple[Any, Any]:
+    """``(mean, half)`` along ``axis``: ``half = t_{(1+level)/2, n-1} sd / sqrt(n)``, NaN when ``n < 2``.
+
+    Scalars for a 1-D ``y``, arrays otherwise."""
+    y = np.asarray(y, dtype=float)
+    n = y.shape[axis]
+    mean = y.mean(axis=axis)
+    if n < 2:
+        return mean, np.full_like(mean, np.nan)
+    return mean, stats.t.ppf(0.5 + level / 2, n - 1) * y.std(axis=axis, ddof=1) / np.sqrt(n)
+
+
+def paired_interval(y: Any, base: Any, level: float = 0.95) -> tuple[Any, Any]:
+    """``t_interval`` of the per-seed differences ``y - base`` (axis 0 is the seed, paired by seed)."""
+    y, base = np.asarray(y, dtype=float), np.asarray(base, dtype=float)
+    if y.shape != base.shape:
+        raise ValueError(f"paired_interval needs one value per seed on both sides, got shapes {y.shape} "
+                         f"and {base.shape}.")
+    return t_interval(y - base, level)
+
+
+def welch_interval(x: Any, y: Any, level: float = 0.95) -> tuple[float, float, float]:
+    """``mean(y) - mean(x)`` and its Welch t-interval ``(diff, low, high)`` for independent samples
+    (a zero-width interval when both samples are constant)."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    diff = float(y.mean() - x.mean())
+    vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
+    se = np.sqrt(vx + vy)
+    if se == 0:
+        return diff, diff, diff
+    dof = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
+    half = float(stats.t.ppf(0.5 + level / 2, dof) * se)
+    return diff, diff - half, diff + half
+
+
+def by_seed(x: Any, y_by_seed: Any) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y_by_seed, dtype=float)
+    if y.ndim == 1:
+        y = y[None, :]
+    if x.ndim != 1 or y.ndim != 2 or y.shape[1] != x.shape[0]:
+        raise ValueError(f"expected x [n_points] and y_by_seed [n_seeds, n_points]; got x {x.shape}, "
+                         f"y_by_seed {y.shape}.")
+    return x, y
+
+
+def mean_ci(y_by_seed: Any, level: float = 0.95) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean over seeds (axis 0) and its Student-t interval as ``(mean, low, high)`` (``t_interval``); with
+    one seed the interval collapses to the mean (a band of zero width)."""
+    mean, half = t_interval(y_by_seed, level)
+    half = np.nan_to_num(half, nan=0.0)
+    return mean, mean - half, mean + half
+
+
+def fit_loglog_slope(x: Any, y_by_seed: Any, *, level: float = 0.95, n_boot: int = 2000,
+                     seed: int = 0) -> Slope:
+    """Slope of ``log(mean over seeds of y)`` against ``log x`` (least squares) and a bootstrap CI.
+
+    The interval resamples seeds with replacement ``n_boot`` times (``np.random.default_rng(seed)``)
+    and takes percentiles of the refitted slopes; with one seed it collapses to the point estimate.
+    Needs ``x > 0`` and positive seed means.
+    """
+    x, y = by_seed(x, y_by_seed)
+    if x.size < 2 or np.any(x <= 0):
+        raise ValueError(f"fit_loglog_slope needs at least two positive x values, got {x}.")
+    lx = np.log(x) - np.log(x).mean()
+
+    def slopes(means: np.ndarray) -> np.ndarray:
+        if np.any(means <= 0) or not np.all(np.isfinite(means)):
+            raise ValueError("fit_loglog_slope needs positive finite seed means of y.")
+        ly = np.log(means)
+        return (ly - ly.mean(axis=-1, keepdims=True)) @ lx / (lx @ lx)
+
+    mean = y.mean(axis=0)
+    point = float(slopes(mean))
+    intercept = float(np.log(mean).mean() - point * np.log(x).mean())
+    n = y.shape[0]
+    if n < 2:
+        return Slope(point, point, point, intercept)
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    boot = slopes(y[idx].mean(axis=1))
+    low, high = np.quantile(boot, [0.5 - level / 2, 0.5 + level / 2])
+    return Slope(point, float(low), float(high), intercept)
