@@ -1,6 +1,6 @@
 """The world: KL-regularized preference bandit instances, oracles, exact evaluation and data.
 
-Knows nothing about learning (DESIGN.md §1). See THEORY.md §1, §3.1, §8.1 for the mathematics.
+Knows nothing about learning (docs/design.md §1). See docs/theory.md §1, §3.1, §8.1 for the mathematics.
 """
 from bandits import _xla_workarounds  # noqa: F401  (before JAX's CPU backend starts)
 from bandits.data import (PreferenceData, comparison_uniforms, inverse_cdf, concatenate, feature_differences,

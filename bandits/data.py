@@ -1,4 +1,4 @@
-"""Preference data: fixed-shape arrays sampled from a pair of policies (THEORY.md §1.4; DESIGN.md §2-3).
+"""Preference data: fixed-shape arrays sampled from a pair of policies (docs/theory.md §1.4; docs/design.md §2-3).
 
 Comparison ``i`` is drawn as ``x ~ d0``, ``a1 ~ pi1(.|x)``, ``a2 ~ pi2(.|x)``, ``y ~ Bernoulli(P(x,a1,a2))``,
 from its own key ``fold_in(key, i)``, which gives four uniforms ``(u_x, u_1, u_2, u_y)``; each draw is

@@ -1,9 +1,9 @@
-"""Exact evaluation of policies on a finite instance (THEORY.md §1.2-1.3, §9.1 item 16).
+"""Exact evaluation of policies on a finite instance (docs/theory.md §1.2-1.3, §9.1 item 16).
 
 With ``eta = kl_coef`` and policies as log-probabilities ``[n_x, K]``:
 
 - ``J(pi) = E_{x~d0}[ E_{a~pi} r*(x,a) - eta KL(pi(.|x) || pi0(.|x)) ]`` (P1 §2, eq. of the objective);
-- ``pi* = pi_{r*}`` (Gibbs), ``J(pi*) = eta E_x log Z_{r*}(x)`` (THEORY.md §1.3(i));
+- ``pi* = pi_{r*}`` (Gibbs), ``J(pi*) = eta E_x log Z_{r*}(x)`` (docs/theory.md §1.3(i));
 - ``subopt(pi) = J(pi*) - J(pi)``, which equals ``eta E_x KL(pi || pi*)`` exactly (§1.3(ii));
 - the P1 form ``subopt_kl(pi) = J(pi*) - J(pi) + eta E_x KL(pi* || pi)`` bounded in P1's theorems;
 - the win rate ``E_x E_{a~pi1, b~pi2} P(x, a, b)`` under the instance's true preference oracle.
@@ -63,7 +63,7 @@ def suboptimality(instance: Instance, log_pi: jax.Array) -> jax.Array:
 
 
 def suboptimality_kl(instance: Instance, log_pi: jax.Array) -> jax.Array:
-    """P1's bounded quantity ``J(pi*) - J(pi) + eta E_x KL(pi* || pi)`` (THEORY.md §9.1 item 16)."""
+    """P1's bounded quantity ``J(pi*) - J(pi) + eta E_x KL(pi* || pi)`` (docs/theory.md §9.1 item 16)."""
     return suboptimality(instance, log_pi) + instance.kl_coef * expected_kl(
         instance, optimal_policy(instance), log_pi)
 

@@ -1,4 +1,4 @@
-"""The KL-regularized preference bandit instance: a pytree of arrays (DESIGN.md §2, THEORY.md §1, §8.1).
+"""The KL-regularized preference bandit instance: a pytree of arrays (docs/design.md §2, docs/theory.md §1, §8.1).
 
 An ``Instance`` holds everything exact evaluation needs on a finite world:
 
@@ -63,7 +63,7 @@ class Instance(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class InstanceConfig:
-    """Static description of a random instance family (THEORY.md §8.1). Validated on creation.
+    """Static description of a random instance family (docs/theory.md §8.1). Validated on creation.
 
     n_contexts: number of contexts ``n_x`` (>= 1); n_actions: ``K`` (>= 2); dim: ``d`` (>= 1);
     reward_norm: ``B = ||theta*||`` (> 0; for neural rewards, the reward spread ``std = B / sqrt(d)``);

@@ -1,4 +1,4 @@
-"""The KL-regularized two-player preference game of P2 (Ye et al., NeurIPS 2024, §3; THEORY.md §3.1).
+"""The KL-regularized two-player preference game of P2 (Ye et al., NeurIPS 2024, §3; docs/theory.md §3.1).
 
     J(pi1, pi2) = E_{x~d0}[ E_{a~pi1, b~pi2} G(x,a,b) - eta KL(pi1 || pi0) + eta KL(pi2 || pi0) ],
 
@@ -11,7 +11,7 @@ resp. ``0``), the symmetric Nash equilibrium has value ``c / 2``, and for any ``
 - the duality gap ``Gap(pi) = c/2 - min_{pi2} J(pi, pi2) >= 0``, zero iff ``pi`` is the equilibrium.
 
 The equilibrium itself is computed by symmetric KL-regularized extragradient in log space
-(Cen, Wei & Chi 2021; THEORY.md §3.3, §9.1 item 11), stopped on the exact gap.
+(Cen, Wei & Chi 2021; docs/theory.md §3.3, §9.1 item 11), stopped on the exact gap.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def max_min_value(instance: Instance, log_pi: jax.Array, payoff: str = "identity
 
 
 def duality_gap(instance: Instance, log_pi: jax.Array, payoff: str = "identity") -> jax.Array:
-    """``Gap(pi) = J(pi*, pi*) - min_{pi2} J(pi, pi2) >= 0`` (THEORY.md §3.1)."""
+    """``Gap(pi) = J(pi*, pi*) - min_{pi2} J(pi, pi2) >= 0`` (docs/theory.md §3.1)."""
     return nash_value(payoff) - max_min_value(instance, log_pi, payoff)
 
 
@@ -86,7 +86,7 @@ def nash_equilibrium(instance: Instance, payoff: str = "identity", tol: float | 
                      max_iter: int = 20000) -> NashSolution:
     """The symmetric equilibrium ``pi* ∝ pi0 exp(G(x, ., pi*) / eta)`` by symmetric extragradient.
 
-    One step with ``alpha = 1 / (eta + 2 max|G|)`` (THEORY.md §9.1 item 11):
+    One step with ``alpha = 1 / (eta + 2 max|G|)`` (docs/theory.md §9.1 item 11):
 
         log p_half ∝ (1 - alpha eta) log p + alpha eta log pi0 + alpha G p
         log p_next ∝ (1 - alpha eta) log p + alpha eta log pi0 + alpha G p_half

@@ -1,10 +1,10 @@
 """Policies as log-probabilities ``[n_x, K]``: the Gibbs oracle, the exact KL, and helpers.
 
-Gibbs / policy-improvement oracle (P1 §3 "computational oracle O(r, pi0, eta)"; THEORY.md §1.3):
+Gibbs / policy-improvement oracle (P1 §3 "computational oracle O(r, pi0, eta)"; docs/theory.md §1.3):
 
     pi_r(a|x) = pi0(a|x) exp(r(x,a) / kl_coef) / Z_r(x),   log Z_r(x) = logsumexp_a(log pi0 + r / kl_coef).
 
-Everything is computed in log space (THEORY.md §9.1 items 1-2) so that tiny ``kl_coef`` and large
+Everything is computed in log space (docs/theory.md §9.1 items 1-2) so that tiny ``kl_coef`` and large
 ``K`` stay finite.
 """
 from __future__ import annotations

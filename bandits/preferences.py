@@ -1,6 +1,6 @@
 """Preference oracles: Bradley-Terry from any reward, and a general (possibly intransitive) oracle.
 
-General oracle (THEORY.md §8.1(iii), P2 §3.1):
+General oracle (docs/theory.md §8.1(iii), P2 §3.1):
 
     P(x, a, b) = sigmoid( r(x,a) - r(x,b) + phi(x,a)^T S phi(x,b) ),   S = -S^T,
 

@@ -1,4 +1,4 @@
-"""The reference (SFT) policy ``pi0`` with a coverage knob (THEORY.md §8.1).
+"""The reference (SFT) policy ``pi0`` with a coverage knob (docs/theory.md §8.1).
 
     logits pi0(.|x) = s * ( c * rho(x, .) + sqrt(1 - c^2) * xi(x, .) ),
 

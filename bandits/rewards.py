@@ -1,8 +1,8 @@
 """True reward models of the bandit world: linear and neural (MLP) Bradley-Terry rewards.
 
 Linear: ``r*(x, a) = <theta*, phi(x, a)>`` with ``theta* = B u``, ``u`` uniform on the unit sphere
-(THEORY.md §1.1, §8.1). Neural: ``r*(x, a) = w2^T tanh(W1 phi(x, a) + b1)``, a one-hidden-layer MLP
-with random parameters (THEORY.md §8.1(ii)), rescaled at construction so that the reward table has
+(docs/theory.md §1.1, §8.1). Neural: ``r*(x, a) = w2^T tanh(W1 phi(x, a) + b1)``, a one-hidden-layer MLP
+with random parameters (docs/theory.md §8.1(ii)), rescaled at construction so that the reward table has
 the same spread as a linear reward of norm ``B`` on unit features (std ``B / sqrt(d)``).
 Parameters are plain NamedTuple pytrees; ``reward_table`` dispatches on their type.
 """
@@ -35,7 +35,7 @@ def random_unit_vector(key: jax.Array, d: int, dtype=None) -> jax.Array:
 
 
 def init_linear_reward(key: jax.Array, d: int, norm: float, dtype=None) -> LinearReward:
-    """``theta* = norm * u`` with ``u`` uniform on the sphere (THEORY.md §8.1)."""
+    """``theta* = norm * u`` with ``u`` uniform on the sphere (docs/theory.md §8.1)."""
     return LinearReward(norm * random_unit_vector(key, d, dtype))
 
 

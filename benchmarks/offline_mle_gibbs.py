@@ -1,4 +1,4 @@
-"""Benchmark (DESIGN.md §8, issue 3 "Speed"): the offline-rate MLE-Gibbs sweep, ours vs NumPy/SciPy.
+"""Benchmark (docs/design.md §8, issue 3 "Speed"): the offline-rate MLE-Gibbs sweep, ours vs NumPy/SciPy.
 
 Workload: S seeds (default 1024) x 9 sample sizes n = 64..16384 (doubling); d=8, K=32, n_x=128, B=2,
 kl_coef=1, lam=1, uniform pi0, float64. Per seed: instance, one pi0-vs-pi0 comparison stream of

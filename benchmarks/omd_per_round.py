@@ -1,4 +1,4 @@
-"""Benchmark (DESIGN.md §8; P3 §4.1-4.2, THEORY.md §9.1 item 17): per-round time of one-pass OMD vs MLE refit vs t.
+"""Benchmark (docs/design.md §8; P3 §4.1-4.2, docs/theory.md §9.1 item 17): per-round time of one-pass OMD vs MLE refit vs t.
 
 For each t in --rounds: the cost of round t (one update on comparison t, given the state after t-1
 rounds), for

@@ -1,4 +1,4 @@
-"""Benchmark (DESIGN.md §8, issue 4 "Speed"): P1's online loop with the ``optimism`` strategy, ours vs NumPy/SciPy.
+"""Benchmark (docs/design.md §8, issue 4 "Speed"): P1's online loop with the ``optimism`` strategy, ours vs NumPy/SciPy.
 
 Workload (defaults: the online-explore ``paper`` preset, hard setting): S seeds (default 1024); per
 seed one instance (n_x=64, K=16, d=8, B=2, kl_coef=0.1, pi0 with coverage -0.8 and temperature 10)
@@ -790,7 +790,7 @@ def main(argv=None):
               f"B1/ours {s['b1_over_ours_end_to_end']:.2f}x, B3/ours {s['b3_over_ours_end_to_end']:.2f}x", flush=True)
     report["speedups"] = speedups
 
-    # fraction of the machine's limit (DESIGN.md §8)
+    # fraction of the machine's limit (docs/design.md §8)
     flops, bytes_ = work_model(sz, b3_iters, args.seeds)
     limits = {"flops": flops, "bytes": bytes_}
     if not args.skip_limits:

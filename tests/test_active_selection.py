@@ -1,4 +1,4 @@
-"""Uncertainty-based active selection (THEORY.md §4.4): hand-built pools with a known answer and NumPy
+"""Uncertainty-based active selection (docs/theory.md §4.4): hand-built pools with a known answer and NumPy
 brute force over all (x, a, a') triplets."""
 import jax.numpy as jnp
 import numpy as np

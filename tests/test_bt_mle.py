@@ -1,4 +1,4 @@
-"""BT-MLE against scipy.optimize; warm starts; constraint; shift invariance (THEORY.md §9.2 inv. 3)."""
+"""BT-MLE against scipy.optimize; warm starts; constraint; shift invariance (docs/theory.md §9.2 inv. 3)."""
 import jax
 import jax.numpy as jnp
 import numpy as np

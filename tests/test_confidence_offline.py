@@ -1,4 +1,4 @@
-"""Confidence sets and P1's offline policies: THEORY.md §9.2 invariants 5, 7, 8, 20; Option I vs brute force."""
+"""Confidence sets and P1's offline policies: docs/theory.md §9.2 invariants 5, 7, 8, 20; Option I vs brute force."""
 import jax
 import jax.numpy as jnp
 import numpy as np

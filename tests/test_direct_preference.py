@@ -1,4 +1,4 @@
-"""Direct preference training: THEORY.md §9.2 invariant 4 (second half) against scipy's BT-MLE,
+"""Direct preference training: docs/theory.md §9.2 invariant 4 (second half) against scipy's BT-MLE,
 pessimistic DPO's Gamma shift, IPO's closed form, linear DPO = BT logistic regression, value
 improvement on a linear BT instance, masking, vmap == loop, jit == eager, validation."""
 import functools

@@ -1,4 +1,4 @@
-"""Deployment pair-selection rules (THEORY.md §4.5, §6) against NumPy brute force, and regret monotonicity."""
+"""Deployment pair-selection rules (docs/theory.md §4.5, §6) against NumPy brute force, and regret monotonicity."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,4 @@
-"""The linear antisymmetric general preference model (P2, THEORY.md §3.1-3.2): psi, MLE, confidence set."""
+"""The linear antisymmetric general preference model (P2, docs/theory.md §3.1-3.2): psi, MLE, confidence set."""
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -1,4 +1,4 @@
-"""P2's KL-regularized game: THEORY.md §9.2 invariants 13 and 14, against brute-force references."""
+"""P2's KL-regularized game: docs/theory.md §9.2 invariants 13 and 14, against brute-force references."""
 import jax
 import jax.numpy as jnp
 import numpy as np

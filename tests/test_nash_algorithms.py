@@ -1,4 +1,4 @@
-"""Nash dynamics (exact and sampled), P2's offline pessimistic policy and online agent (THEORY.md §3, §6;
+"""Nash dynamics (exact and sampled), P2's offline pessimistic policy and online agent (docs/theory.md §3, §6;
 §9.2 invariants 13, 14, 17). The game itself (J(pi,pi) = 1/2, equilibrium fixed point, best response
 vs scipy, logit+BT = Gibbs, jit/vmap of the symmetric solver) is tested in tests/test_nash.py."""
 import jax

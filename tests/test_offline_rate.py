@@ -1,14 +1,13 @@
 """offline-rate: config validation, a tiny end-to-end run, the table's contents and the figure."""
-import dataclasses
-
 import numpy as np
 import pytest
 
 from experiments.catalogue import offline_rate as e
+from experiments.engine.config import replace
 from experiments.engine.runner import Progress
 
-TINY = dataclasses.replace(e.presets["quick"], n_contexts=8, n_actions=6, dim=3, sample_sizes=(16, 64),
-                           panel_coverages=(0.8,), dpo_steps=20)
+TINY = replace(e.presets["quick"], n_contexts=8, n_actions=6, dim=3, sample_sizes=(16, 64),
+               panel_coverages=(0.8,), dpo_steps=20)
 
 
 @pytest.mark.parametrize("field,value,message", [
@@ -23,7 +22,7 @@ TINY = dataclasses.replace(e.presets["quick"], n_contexts=8, n_actions=6, dim=3,
 ])
 def test_config_validation(field, value, message):
     with pytest.raises(ValueError, match=message):
-        dataclasses.replace(TINY, **{field: value})
+        replace(TINY, **{field: value})
 
 
 def test_tiny_run_table_and_plot(tmp_path):
@@ -46,8 +45,8 @@ def test_tiny_run_table_and_plot(tmp_path):
 
 
 def test_neural_reward_runs_with_misspecified_linear_baseline():
-    cfg = dataclasses.replace(TINY, reward="neural", hidden=4, panel_coverages=(), neural_steps=20,
-                              algorithms=("mle_gibbs", "neural_gibbs"))
+    cfg = replace(TINY, reward="neural", hidden=4, panel_coverages=(), neural_steps=20,
+                  algorithms=("mle_gibbs", "neural_gibbs"))
     t = e.run(cfg, 2, Progress()).table
     assert set(np.unique(t["algorithm"])) == {"mle_gibbs", "neural_gibbs"}
     assert np.all(np.isnan(t["in_confidence_set"]))

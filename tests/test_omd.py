@@ -1,4 +1,4 @@
-"""P3's one-pass estimators (THEORY.md §4.2, §9.2 invariants 15-16): OMD step vs scipy on its per-round
+"""P3's one-pass estimators (docs/theory.md §4.2, §9.2 invariants 15-16): OMD step vs scipy on its per-round
 objective, Sherman-Morrison vs direct solves, the local-design order and sandwich, OGD / HVP-CG / MLE-refit
 against NumPy references."""
 import jax

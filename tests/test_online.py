@@ -1,4 +1,4 @@
-"""The online loop, its strategies, pairings, enhancer and DPO agent (THEORY.md §2.4-2.5, §6, §9.2)."""
+"""The online loop, its strategies, pairings, enhancer and DPO agent (docs/theory.md §2.4-2.5, §6, §9.2)."""
 import itertools
 
 import jax

@@ -1,4 +1,4 @@
-"""Gibbs oracle and exact KL: THEORY.md §9.2 invariants 1, 2, 3, 10, and numerical stability."""
+"""Gibbs oracle and exact KL: docs/theory.md §9.2 invariants 1, 2, 3, 10, and numerical stability."""
 import jax
 import jax.numpy as jnp
 import numpy as np

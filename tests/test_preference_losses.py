@@ -1,4 +1,4 @@
-"""Direct-alignment losses on log-prob arrays: THEORY.md §9.2 invariants 4 (first half) and 17,
+"""Direct-alignment losses on log-prob arrays: docs/theory.md §9.2 invariants 4 (first half) and 17,
 brute-force NumPy values, closed-form and finite-difference gradients, masking, validation."""
 import jax
 import jax.numpy as jnp

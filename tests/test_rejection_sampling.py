@@ -1,4 +1,4 @@
-"""Best-of-n, RSO and P1's multi-step rejection sampling (THEORY.md §2.5 item 2, §6, §9.2 invariant 12).
+"""Best-of-n, RSO and P1's multi-step rejection sampling (docs/theory.md §2.5 item 2, §6, §9.2 invariant 12).
 
 Exact laws are checked against brute-force enumeration of every candidate tuple; samplers against the
 exact laws with chi-square / binomial tests on fixed seeds (each also shown to reject a wrong law).

@@ -1,8 +1,6 @@
 """reward-kl (E2): config validation, a tiny end-to-end run + plot, exact optimality of Gibbs(r*) at
 every grid point, the RS panel tied to the exact laws of algorithms.offline.rejection_sampling, and a tiny
 neural-reward run (``--set reward=neural``) through the registry and the override parser."""
-import dataclasses
-
 import numpy as np
 import pytest
 
@@ -10,10 +8,11 @@ import bandits as b
 from algorithms.offline import rejection_sampling as rs
 from experiments.engine import registry
 from experiments.catalogue import reward_kl as rk
+from experiments.engine.config import replace
 from experiments.engine.runner import Progress, seed_keys
 
-TINY = rk.Config(n_contexts=4, n_actions=6, dim=3, n=48, n_kl=4, kl_min=0.03, kl_max=3.0,
-                 rs_budgets=(4, 9), rs_stages=2, seed=3)
+TINY = replace(rk.Config(), n_contexts=4, n_actions=6, dim=3, n=48, n_kl=4, kl_min=0.03, kl_max=3.0,
+               rs_budgets=(4, 9), rs_stages=2, seed=3)
 SEEDS = 3
 
 
@@ -37,7 +36,7 @@ SEEDS = 3
 ])
 def test_config_validation(field, value, match):
     with pytest.raises(ValueError, match=match):
-        dataclasses.replace(rk.Config(), **{field: value})
+        replace(rk.Config(), **{field: value})
 
 
 def test_registered_and_presets_valid():
@@ -159,8 +158,8 @@ def test_rs_empirical_law_matches_monte_carlo_sampler():
     sample = jax.vmap(lambda k: rs.rejection_sample(k, inst0.log_pi0, proxy, eta, budget, "empirical"))(
         jax.random.split(jax.random.key(7), 4000))
     actions, accepted = np.asarray(sample.actions), np.asarray(sample.accepted)  # [draws, n_x, budget]
-    for x in range(TINY.n_contexts):
-        counts = np.bincount(actions[:, x][accepted[:, x]], minlength=TINY.n_actions)
+    for x in range(TINY.instance.n_contexts):
+        counts = np.bincount(actions[:, x][accepted[:, x]], minlength=TINY.instance.n_actions)
         freq = counts / counts.sum()
         assert np.max(np.abs(freq - law[x])) < 0.03, (x, freq, law[x])
 
@@ -175,7 +174,7 @@ def test_tiny_neural_run_through_registry(tmp_path):
     from experiments.engine.config import apply_overrides
     exp = registry.get("reward-kl")
     config = apply_overrides(registry.preset(exp, "reward-kl", "quick"), NEURAL_OVERRIDES)
-    assert config.reward == "neural" and config.instance.reward == "neural"
+    assert config.instance.reward == "neural"
     seeds = 2
     res = exp.run(config, seeds, Progress())
     t = res.table

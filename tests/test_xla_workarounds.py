@@ -17,8 +17,9 @@ def test_offline_program_with_two_trainers_finishes():
         import jax, numpy as np
         jax.config.update("jax_enable_x64", True)
         from experiments.catalogue import offline_rate as e
-        cfg = e.Config(sample_sizes=(64, 256, 1024, 4096), dpo_steps=100,
-                       algorithms=("dpo", "pessimistic_dpo"))
+        from experiments.engine.config import replace
+        cfg = replace(e.Config(), sample_sizes=(64, 256, 1024, 4096), dpo_steps=100,
+                      algorithms=("dpo", "pessimistic_dpo"))
         f = jax.jit(jax.vmap(lambda k, c: e.per_seed(k, c, 0.0, 1.0, cfg), in_axes=(0, None)))
         out = f(jax.random.split(jax.random.key(0), 8), np.float64(0.0))
         jax.block_until_ready(out)

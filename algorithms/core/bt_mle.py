@@ -1,4 +1,4 @@
-"""Bradley-Terry maximum likelihood for linear rewards (THEORY.md §1.4, §9.1 item 4; P1 §2).
+"""Bradley-Terry maximum likelihood for linear rewards (docs/theory.md §1.4, §9.1 item 4; P1 §2).
 
 With ``z_i = phi(x_i, a1_i) - phi(x_i, a2_i)``, labels ``y_i`` and ``s_i = 2 y_i - 1``:
 

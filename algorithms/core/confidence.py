@@ -1,8 +1,8 @@
-"""Gram matrices, confidence radii and elliptical uncertainties (THEORY.md §1.4, §9.1 items 5-6).
+"""Gram matrices, confidence radii and elliptical uncertainties (docs/theory.md §1.4, §9.1 items 5-6).
 
 - Gram matrix, **sum-normalised** by default: ``Sigma = lam I + sum_i z_i z_i^T``; the mean-normalised
   ``lam I + (1/n) sum_i z_i z_i^T`` is available and ``beta`` then uses the matching formula.
-- Radius ``beta`` (Zhu et al. 2023 Lemma 3.1 as used by P1; THEORY.md §1.4), modes:
+- Radius ``beta`` (Zhu et al. 2023 Lemma 3.1 as used by P1; docs/theory.md §1.4), modes:
   ``theory``: ``c_beta sqrt((d + log(1/delta)) / gamma^2 + lam B^2)`` (sum form; the mean form divides
   the first term by ``n``), with ``gamma = 1 / (2 + e^{2LB} + e^{-2LB})`` the smallest slope of the
   sigmoid on ``Theta_B`` (L = max feature norm = 1);
@@ -13,9 +13,14 @@
   ``Gamma^e(pi) = ||E_{x~d0} phi(x, pi) - nu||_{Sigma^{-1}}``; ``nu`` options ``pi0`` (the exact
   ``E_{x~d0, a~pi0} phi``: our world is finite), ``pi0_context`` (per-context ``phi(x, pi0)``), ``zero``.
 Norms use the Cholesky factor (through its triangular inverse, never an inverse of Sigma).
+
+``ConfidenceConfig`` declares and validates the set's fields once (ridge ``lam``, radius mode and
+multiplier, ``delta``, reference vector); ``mle_confidence_set`` is the whole pipeline (BT-MLE, Gram,
+radius, set) that the offline and online learners share.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import NamedTuple
 
@@ -23,12 +28,40 @@ import jax
 import jax.numpy as jnp
 
 from algorithms.core import spd_solve
+from algorithms.core.bt_mle import fit_bt_mle
 from bandits import Instance
 from bandits import validation as v
 
 BETA_MODES = ("theory", "sqrt_d", "const")
 NORMALIZATIONS = ("sum", "mean")
 REFERENCE_VECTORS = ("pi0", "pi0_context", "zero")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfidenceConfig:
+    """The BT-MLE ridge and the confidence set (sum-normalised Gram), validated on creation.
+
+    lam: ridge ``lam > 0`` of the MLE and of ``Sigma``; beta_mode: ``theory`` | ``sqrt_d`` | ``const``
+    (module docstring); c_beta: the radius multiplier ``> 0``; delta: the confidence level ``1 - delta``
+    of the ``theory`` radius, ``0 < delta <= 1``; reference_vector: ``nu`` (``pi0`` | ``pi0_context`` | ``zero``).
+    """
+
+    lam: float = 1.0
+    beta_mode: str = "sqrt_d"
+    c_beta: float = 1.0
+    delta: float = 0.05
+    reference_vector: str = "pi0"
+
+    def __post_init__(self):
+        v.check_float("lam", self.lam, low=0.0, low_open=True)
+        v.check_choice("beta_mode", self.beta_mode, BETA_MODES)
+        v.check_float("c_beta", self.c_beta, low=0.0, low_open=True)
+        v.check_float("delta", self.delta, low=0.0, high=1.0, low_open=True)
+        v.check_choice("reference_vector", self.reference_vector, REFERENCE_VECTORS)
+
+    def radius(self, dim: int, n, reward_norm) -> jax.Array:
+        """``beta`` of this mode for ``n`` comparisons in dimension ``dim`` (``confidence_radius``)."""
+        return confidence_radius(self.beta_mode, dim, n, self.lam, reward_norm, self.delta, self.c_beta)
 
 
 class ConfidenceSet(NamedTuple):
@@ -75,6 +108,15 @@ def confidence_radius(mode: str, dim: int, n, lam, reward_norm, delta: float = 0
 
 def confidence_set(center: jax.Array, gram: jax.Array, beta) -> ConfidenceSet:
     return ConfidenceSet(center, gram, spd_solve.cholesky(gram), jnp.asarray(beta, gram.dtype))
+
+
+def mle_confidence_set(z: jax.Array, y: jax.Array, mask: jax.Array, n, reward_norm, config: ConfidenceConfig,
+                       theta0: jax.Array | None = None) -> ConfidenceSet:
+    """The BT-MLE ``theta_hat`` on the valid rows (warm start ``theta0``) and its set
+    ``{theta : ||theta - theta_hat||_Sigma <= beta}``, ``Sigma = lam I + sum_i z_i z_i^T``, ``beta`` from
+    ``config`` for ``n`` comparisons (docs/theory.md §1.4)."""
+    theta = fit_bt_mle(z, y, mask, config.lam, theta0=theta0).theta
+    return confidence_set(theta, gram_matrix(z, mask, config.lam), config.radius(z.shape[-1], n, reward_norm))
 
 
 def dual_norm(chol: jax.Array, vectors: jax.Array) -> jax.Array:

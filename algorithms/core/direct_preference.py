@@ -9,7 +9,7 @@ Methods (losses from ``algorithms.core.preference_losses``, with ``beta = tau = 
 
 - ``'dpo'``  (Rafailov et al. 2023): ``-log sigmoid(kl_coef h)``;
 - ``'ipo'``  (Azar et al. 2023): ``(h - 1/(2 kl_coef))^2``;
-- ``'pessimistic_dpo'`` (P1 = Xiong et al. ICML 2024, THEORY.md §2.3): DPO with the margin
+- ``'pessimistic_dpo'`` (P1 = Xiong et al. ICML 2024, docs/theory.md §2.3): DPO with the margin
   ``Gamma(x, a_w) - Gamma(x, a_l)`` for a caller-supplied pointwise uncertainty table ``Gamma [n_x, K]``
   in reward units (confidence radius included, e.g. ``beta ||phi(x,a) - nu||_{Sigma^{-1}}``). Option II's
   Gibbs policy satisfies ``r_MLE = kl_coef log(pi / pi0) + Gamma + c(x)``; substituting into the BT
@@ -20,7 +20,7 @@ Training: full batch, a fixed number of optimiser steps (optax, Adam by default)
 is at infinite logits when the data are separable (finite iff, in each context, the graph of wins
 on the compared actions is strongly connected; e.g. a pair seen with one outcome and no cycle
 through it diverges), and actions absent from the data keep their ``pi0`` logit exactly
-(THEORY.md §9.1 item 13): use ``weight_decay`` (the
+(docs/theory.md §9.1 item 13): use ``weight_decay`` (the
 penalty ``weight_decay/2 ||logits - log_pi0||^2``, i.e. an L2 penalty ``weight_decay / (2 kl_coef^2)``
 on the implicit reward; ``||w||^2`` for the linear policy) or few ``steps`` (early stopping). The
 reported ``loss`` is the minimised objective, penalty included, at the returned parameters.

@@ -1,8 +1,8 @@
-"""Neural Bradley-Terry reward estimation and its uncertainty (THEORY.md §8.1(ii); issue 3, neural half).
+"""Neural Bradley-Terry reward estimation and its uncertainty (docs/theory.md §8.1(ii); issue 3, neural half).
 
 Model: an MLP reward ``r_psi(x, a) = w2 . tanh(W1 phi(x, a) + b1)`` (the class of the world's
 ``bandits.MLPReward``, so the neural instance is realizable). Estimator: the regularised BT negative
-log-likelihood of P1 §2 / THEORY.md §1.4 with the linear score replaced by the network,
+log-likelihood of P1 §2 / docs/theory.md §1.4 with the linear score replaced by the network,
 
     L(psi) = (1/n) sum_i mask_i softplus(-s_i (r_psi(x_i, a1_i) - r_psi(x_i, a2_i))) + (lam / 2n) ||psi||^2,
 

@@ -1,4 +1,4 @@
-"""Direct-alignment losses written once, on log-probability arrays (THEORY.md §6, §2.3; LLM_BRIDGE.md §0).
+"""Direct-alignment losses written once, on log-probability arrays (docs/theory.md §6, §2.3; docs/llm_bridge.md §0).
 
 Every loss takes per-comparison log-probabilities of the chosen (preferred) and rejected responses
 under the trained policy ``pi`` and the reference ``pi_ref``, so tabular, tiny-LM and Hugging Face
@@ -6,15 +6,15 @@ policies share one definition: a backend only has to supply the four arrays. Wit
 
     h = [log pi(y_w|x) - log pi_ref(y_w|x)] - [log pi(y_l|x) - log pi_ref(y_l|x)]
 
-and ``beta = kl_coef`` (THEORY.md §1.2), every loss is the mean over valid rows (``mask``; all rows
+and ``beta = kl_coef`` (docs/theory.md §1.2), every loss is the mean over valid rows (``mask``; all rows
 when ``mask`` is None; 0 when no row is valid). Masked rows are zeroed *before* any nonlinearity, so
 non-finite values there reach neither the loss nor its gradient. All arrays of one call must have
 the same shape (any shape; the mean runs over every valid element).
 
 - DPO (Rafailov et al. 2023):           ``softplus(-(beta h + margin))  =  -log sigmoid(beta h + margin)``;
-  the optional additive ``margin`` gives P1's pessimistic DPO (Xiong et al. ICML 2024; THEORY.md §2.3).
+  the optional additive ``margin`` gives P1's pessimistic DPO (Xiong et al. ICML 2024; docs/theory.md §2.3).
 - IPO (Azar et al. 2023):               ``(h - 1 / (2 tau))^2`` with ``tau = kl_coef``.
-- DPO + likelihood bonus (THEORY.md §6): ``DPO + alpha mean_{y ~ pi_cal}[log pi(y|x) - c log pi_ref(y|x)]``,
+- DPO + likelihood bonus (docs/theory.md §6): ``DPO + alpha mean_{y ~ pi_cal}[log pi(y|x) - c log pi_ref(y|x)]``,
   of which XPO, SELM and VPO are calibration choices (``xpo_loss``, ``selm_loss``, ``vpo_loss``).
 
 Scalars (``beta``, ``tau``, coefficients) may be traced (``vmap`` over a ``kl_coef`` grid); they are
@@ -77,9 +77,9 @@ def dpo_loss(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, bet
     """DPO (Rafailov et al. 2023): ``mean_i softplus(-(beta h_i + margin_i))``.
 
     With ``pi = Gibbs(r)`` and ``beta = kl_coef`` the log-partition cancels inside ``h`` and this is
-    exactly the Bradley-Terry negative log-likelihood of ``r`` (THEORY.md §9.2 invariant 4).
+    exactly the Bradley-Terry negative log-likelihood of ``r`` (docs/theory.md §9.2 invariant 4).
     ``margin`` (per comparison, additive inside the sigmoid) is P1's pessimistic DPO margin
-    ``Gamma(x, y_w) - Gamma(x, y_l)`` (Xiong et al. ICML 2024; THEORY.md §2.3); None means 0.
+    ``Gamma(x, y_w) - Gamma(x, y_l)`` (Xiong et al. ICML 2024; docs/theory.md §2.3); None means 0.
     """
     _check_positive("beta", beta)
     h = _h(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, margin, mask)
@@ -90,7 +90,7 @@ def dpo_loss(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, bet
 def ipo_loss(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, tau, *, mask=None) -> jax.Array:
     """IPO (Azar et al. 2023): ``mean_i (h_i - 1 / (2 tau))^2`` with ``tau = kl_coef``.
 
-    Zero iff every valid ``h_i = 1 / (2 tau)`` (THEORY.md §9.2 invariant 17). For a pair seen with
+    Zero iff every valid ``h_i = 1 / (2 tau)`` (docs/theory.md §9.2 invariant 17). For a pair seen with
     empirical win rate ``p`` the per-pair minimiser is ``h = (p - 1/2) / tau``.
     """
     _check_positive("tau", tau)
@@ -109,7 +109,7 @@ def likelihood_bonus(cal_logp, cal_ref_logp, ref_coef=1.0, *, cal_mask=None) -> 
 def dpo_with_likelihood_bonus(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, beta,
                               cal_logp, cal_ref_logp, bonus_coef, ref_coef=1.0, *, margin=None,
                               mask=None, cal_mask=None) -> jax.Array:
-    """``dpo_loss + bonus_coef * mean_{y ~ pi_cal}[log pi(y|x) - ref_coef log pi_ref(y|x)]`` (THEORY.md §6).
+    """``dpo_loss + bonus_coef * mean_{y ~ pi_cal}[log pi(y|x) - ref_coef log pi_ref(y|x)]`` (docs/theory.md §6).
 
     The one primitive behind XPO, SELM and VPO: they differ only in the calibration responses
     ``y ~ pi_cal`` (whose log-probs under ``pi`` and ``pi_ref`` are ``cal_logp``, ``cal_ref_logp``)
@@ -172,7 +172,7 @@ def vpo_loss(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, bet
     """VPO (Cen et al. 2024): ``dpo_loss + sign alpha beta E_{x, y ~ pi_cal} log(pi(y|x) / pi_ref(y|x))``.
 
     From ``min_r l_BT(r) - sign alpha max_pi J_r(pi)`` with the calibration ``E_{pi_cal} r = 0``, which
-    makes ``max_pi J_r = -beta E_{pi_cal} log(pi / pi_ref)`` (THEORY.md §6). ``sign = +1``: optimism
+    makes ``max_pi J_r = -beta E_{pi_cal} log(pi / pi_ref)`` (docs/theory.md §6). ``sign = +1``: optimism
     (online); ``-1``: pessimism (offline). ``bonus_coef = sign * alpha * beta``, ``ref_coef = 1``.
     """
     if v.is_concrete(alpha):

@@ -1,6 +1,6 @@
-"""P1's online iterative DPO loop through a Hugging Face policy, on real text, sampled (LLM_BRIDGE.md §1.4, §5.1).
+"""P1's online iterative DPO loop through a Hugging Face policy, on real text, sampled (docs/llm_bridge.md §1.4, §5.1).
 
-The loop of ``algorithms/lm/iterative.py`` (Xiong et al. ICML 2024, P1 §2.5; THEORY.md §2.5), with the policy a
+The loop of ``algorithms/lm/iterative.py`` (Xiong et al. ICML 2024, P1 §2.5; docs/theory.md §2.5), with the policy a
 local ``transformers`` checkpoint (``algorithms.lm.hf_policy.HFPolicy``) instead of an enumerable JAX LM. Iteration
 ``t = 1..T``:
 
@@ -24,7 +24,7 @@ both unbiased on policy, k3 with lower variance and never negative per sample).
 
 **Nothing here is exact.** Every number is a Monte Carlo estimate from a few samples, with these further
 approximations: the samples come from ``generate`` (a KV-cache forward) while log-probs come from a separate
-full forward, and in float32 they differ by up to ~1e-2 nats per response (LLM_BRIDGE §1.5.6), so the KL
+full forward, and in float32 they differ by up to ~1e-2 nats per response (docs/llm_bridge.md §1.5.6), so the KL
 estimates are slightly off-policy; responses are cut at ``max_new_tokens`` (``ended_with_eos`` is recorded;
 a truncated response is scored as it stands); the 95% intervals treat the pooled draws of all prompts as one
 i.i.d. sample of ``(x uniform, y ~ pi_t)`` (conservative: the draws are stratified, ``n_eval`` per prompt); a

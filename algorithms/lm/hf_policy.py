@@ -1,4 +1,4 @@
-"""A Hugging Face causal LM as a language policy: sample, score, featurize (LLM_BRIDGE.md §1.2, §1.5, §2(a)).
+"""A Hugging Face causal LM as a language policy: sample, score, featurize (docs/llm_bridge.md §1.2, §1.5, §2(a)).
 
 ``HFPolicy`` wraps a *local* checkpoint directory (safetensors, or one GGUF file via ``gguf_file=``), loaded
 offline (``HF_HUB_OFFLINE=1``, ``local_files_only=True``, ``trust_remote_code=False``). torch and transformers
@@ -16,7 +16,7 @@ Conventions (shared with the JAX tiny LMs, ``bandits/lm/space.py``):
 - A response with ``L`` tokens and no EOS is "truncated", an outcome of its own (``ended_with_eos=False``),
   so the probabilities of all responses of at most ``L`` tokens sum to 1 exactly.
 
-The pitfalls of LLM_BRIDGE.md §1.5 that this adapter owns:
+The pitfalls of docs/llm_bridge.md §1.5 that this adapter owns:
 
 1. Pure ancestral sampling at temperature 1: a fresh ``GenerationConfig`` with ``do_sample=True,
    temperature=1, top_k=0, top_p=1`` and every other logits transform neutral. The checkpoint's
@@ -86,7 +86,7 @@ def _token_ids(field: str, value, vocab: int) -> tuple[int, ...]:
 
 
 class HFPolicy:
-    """A local causal-LM checkpoint as a ``LanguagePolicy`` (LLM_BRIDGE.md §1.2; module docstring).
+    """A local causal-LM checkpoint as a ``LanguagePolicy`` (docs/llm_bridge.md §1.2; module docstring).
 
     path: a checkpoint directory (``config.json`` + weights, or the directory of ``gguf_file``).
     gguf_file: a GGUF file name inside ``path`` (dequantised by transformers; use ``dtype="float32"``).

@@ -1,4 +1,4 @@
-"""P1's iterative DPO loop on a JAX tiny LM, with exact evaluation (LLM_BRIDGE.md §1.4, §5.4 test 8; THEORY.md §2.5).
+"""P1's iterative DPO loop on a JAX tiny LM, with exact evaluation (docs/llm_bridge.md §1.4, §5.4 test 8; docs/theory.md §2.5).
 
 Iteration ``t = 1..T`` (Xiong et al. ICML 2024, P1 §2.5; the RLHFlow recipe):
 
@@ -27,7 +27,7 @@ After every iteration the policy is enumerated over the whole response space
 
 No claim is made that ``KL(pi_t || pi0)`` stays near ``KL(pi* || pi0)``: ``max_min`` pairs are not drawn from
 ``pi0 x pi0``, so DPO's fixed point is not ``Gibbs(r* / eta)``, and the overshoot depends on the data per
-iteration, the steps and the labels (LLM_BRIDGE.md §5.4 test 8, caveat). It is an output, not an assumption.
+iteration, the steps and the labels (docs/llm_bridge.md §5.4 test 8, caveat). It is an output, not an assumption.
 
 Everything is a pure function of ``(key, params0, instance, prompts)`` with the LM, the options and the
 space static, so ``jax.vmap`` over seeds (keys, initial LMs and reward tables) equals a loop over seeds.

@@ -1,4 +1,4 @@
-"""One training step of a loss written on log-prob arrays, for JAX and torch policies (LLM_BRIDGE.md §1.2, §1.4).
+"""One training step of a loss written on log-prob arrays, for JAX and torch policies (docs/llm_bridge.md §1.2, §1.4).
 
 Every direct-alignment loss lives once, in JAX, on log-prob arrays (``algorithms/core/preference_losses.py``).
 A training step only has to produce the policy's sequence log-probs with a gradient path back to its

@@ -1,4 +1,4 @@
-"""Tabular Nash-learning dynamics, exact and sampled (THEORY.md §6 "General-preference / Nash methods").
+"""Tabular Nash-learning dynamics, exact and sampled (docs/theory.md §6 "General-preference / Nash methods").
 
 Notation: ``G(x, a, pi) = sum_b pi(b|x) G(x, a, b)`` for a payoff tensor ``G [n_x, K, K]``
 (``bandits.payoff_matrices``: ``P`` for 'identity', the log-odds for 'logit'), ``tau = kl_coef`` the KL
@@ -12,7 +12,7 @@ coefficient of the game, ``eta = step`` the mirror-descent step and ``pi_ref = p
 - IPO (Azar et al. 2023) as the best-response oracle: ``BR(mu) ∝ pi_ref exp(G(., mu) / tau)``, the
   maximiser of ``G(pi, mu) - tau KL(pi || pi_ref)``; iterating ``pi_{t+1} = BR(pi_t)`` is self-play IPO.
 
-With ``tau = 0`` Nash-MD and INPO are SPPO (THEORY.md §9.2 invariant 17). The tau-regularized
+With ``tau = 0`` Nash-MD and INPO are SPPO (docs/theory.md §9.2 invariant 17). The tau-regularized
 equilibrium ``pi* ∝ pi_ref exp(G(., pi*) / tau)`` is an exact fixed point of INPO and of BR; Nash-MD's
 fixed point solves ``pi ∝ pi_ref exp(G(., pi^mu) / tau)`` and so differs from ``pi*`` by ``O(eta tau)``
 [D]; SPPO (no KL to ``pi_ref``) targets the unregularized game.

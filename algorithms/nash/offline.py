@@ -1,11 +1,11 @@
-"""Offline Nash learning of P2 (Ye et al., NeurIPS 2024, §3.2 reconstructed; THEORY.md §3.2) and the
+"""Offline Nash learning of P2 (Ye et al., NeurIPS 2024, §3.2 reconstructed; docs/theory.md §3.2) and the
 reward-based baseline it should beat on intransitive preferences.
 
 Given offline comparisons, the general-preference MLE ``theta_hat`` and its confidence set
 ``C = {theta : ||theta - theta_hat||_Sigma <= beta}`` (``algorithms.nash.preference_model``):
 
 - plug-in equilibrium (``plug_in_nash``): the symmetric equilibrium of the estimated game ``P_theta_hat``;
-- pessimistic max-min policy (``pessimistic_policy``) [D, the pointwise form of THEORY.md §3.2]: the
+- pessimistic max-min policy (``pessimistic_policy``) [D, the pointwise form of docs/theory.md §3.2]: the
   max-player's policy of the KL-regularized game with the *lower-confidence* payoff
 
       G_pess(x, a, b) = g( sigmoid( <theta_hat, psi(x,a,b)> - beta Gamma(x,a,b) ) ),
@@ -14,7 +14,7 @@ Given offline comparisons, the general-preference MLE ``theta_hat`` and its conf
   i.e. ``pi_hat = argmax_pi min_pi2 E_x[ E_{a~pi, b~pi2} G_pess - eta KL(pi||pi0) + eta KL(pi2||pi0) ]``.
   Since ``g o sigmoid`` is increasing, ``G_pess <= G*`` on the event ``theta* in C``. The game is no
   longer symmetric, so it is solved by two-sequence KL-regularized extragradient (``solve_game``;
-  THEORY.md §3.3), stopped on its exact duality gap.
+  docs/theory.md §3.3), stopped on its exact duality gap.
 - Guarantee [D]: on ``theta* in C``, with ``L_g = 1/4`` (identity) or 1 (logit),
 
       Gap(pi_hat) <= sup_{pi2} E_x E_{a~pi*, b~pi2}[G* - G_pess] + eps_solver
@@ -37,7 +37,7 @@ Given offline comparisons, the general-preference MLE ``theta_hat`` and its conf
   Pessimism can only pay off when the errors are large against ``eta`` (small ``kl_coef``, small ``n``,
   little generalisation across pairs); measured in paper_repro.md (nash-offline).
 
-Baseline (THEORY.md §3.4 target 1): reward-based RLHF, the Bradley-Terry MLE on
+Baseline (docs/theory.md §3.4 target 1): reward-based RLHF, the Bradley-Terry MLE on
 ``z = phi(a1) - phi(a2)`` followed by its Gibbs policy (``bt_gibbs_policy``); DPO lives in
 ``algorithms.core.direct_preference``.
 """
@@ -97,7 +97,7 @@ def max_min_value_of(g: jax.Array, log_pi0: jax.Array, d0: jax.Array, kl_coef, l
 def solve_game(g: jax.Array, log_pi0: jax.Array, d0: jax.Array, kl_coef, tol=None,
                max_iter: int = 20000) -> GameSolution:
     """Saddle point of ``max_p min_q Phi(p, q)`` (any payoff tensor ``g [n_x, K, K]``) by KL-regularized
-    extragradient (Cen, Wei & Chi 2021; THEORY.md §3.3) with ``alpha = 1 / (eta + 2 max|G|)``:
+    extragradient (Cen, Wei & Chi 2021; docs/theory.md §3.3) with ``alpha = 1 / (eta + 2 max|G|)``:
 
         log p_half ∝ (1 - alpha eta) log p + alpha eta log pi0 + alpha G q
         log q_half ∝ (1 - alpha eta) log q + alpha eta log pi0 - alpha G^T p

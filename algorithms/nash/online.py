@@ -1,4 +1,4 @@
-"""Online Nash learning of P2 (Ye et al., NeurIPS 2024, §3.3 reconstructed; THEORY.md §3.3): the main
+"""Online Nash learning of P2 (Ye et al., NeurIPS 2024, §3.3 reconstructed; docs/theory.md §3.3): the main
 agent plays the equilibrium of the estimated game, a second policy chooses whom it is compared with.
 
 Round ``t = 0 .. T-1`` (one ``lax.scan`` step; fixed-shape buffers of ``T * batch`` comparisons):
@@ -11,11 +11,11 @@ Round ``t = 0 .. T-1`` (one ``lax.scan`` step; fixed-shape buffers of ``T * batc
    (``bandits.nash_equilibrium`` on ``model_instance``);
 4. pairing ``pi2_{t+1}`` by ``method``:
 
-   - ``'enhancer'`` [D, the optimistic best response of THEORY.md §3.3]: the opponent that is best
+   - ``'enhancer'`` [D, the optimistic best response of docs/theory.md §3.3]: the opponent that is best
      against the main agent in the *most favourable plausible* world for the opponent,
      ``pi2 ∝ pi0 exp(-E_{a~pi1} G_lcb(x, a, .) / eta)`` with ``G_lcb = g(sigmoid(<theta, psi> - beta Gamma))``;
      it seeks out opponents that might beat ``pi1`` and whose comparisons with ``pi1`` are uncertain;
-   - ``'self_play'``: ``pi2 = pi1`` (greedy; THEORY.md §6 "Greedy / self-play");
+   - ``'self_play'``: ``pi2 = pi1`` (greedy; docs/theory.md §6 "Greedy / self-play");
    - ``'uniform'``: both actions uniform over ``K`` (random pairs, independent of learning).
 
 Round 0 starts from ``theta = 0`` (``P = 1/2``), whose equilibrium is ``pi0``. Every round's policies

@@ -1,6 +1,6 @@
-"""The learnable general preference model of P2 (Ye et al., NeurIPS 2024; THEORY.md §3.1-3.2).
+"""The learnable general preference model of P2 (Ye et al., NeurIPS 2024; docs/theory.md §3.1-3.2).
 
-Linear antisymmetric class [D, THEORY.md §3.1 "function approximation"]:
+Linear antisymmetric class [D, docs/theory.md §3.1 "function approximation"]:
 
     P_theta(x, a, b) = sigmoid(<theta, psi(x, a, b)>),
     psi(x, a, b) = [ phi(x,a) - phi(x,b) ;  (phi_i(x,a) phi_j(x,b) - phi_j(x,a) phi_i(x,b))_{i<j} ],
@@ -17,14 +17,14 @@ realizable for linear-reward instances, with ``theta* = [theta_star ; upper(S*)]
 whose reward is ``phi theta_r`` and skew block ``S`` (``model_instance``), so every exact evaluator
 of ``bandits`` (payoff matrices, equilibrium, best response, gap) applies to the *estimated* game.
 
-MLE: logistic regression without intercept on ``psi_i = psi(x_i, a1_i, a2_i)`` (THEORY.md §3.2 step
+MLE: logistic regression without intercept on ``psi_i = psi(x_i, a1_i, a2_i)`` (docs/theory.md §3.2 step
 1): ``l(theta) = sum_i softplus(-(2y_i - 1) <theta, psi_i>) + (lam/2) ||theta||^2``, solved by the
 damped Newton of ``algorithms.core.bt_mle`` (``psi`` in place of ``z``). Confidence set:
 ``{theta : ||theta - theta_hat||_Sigma <= beta}`` with ``Sigma = lam I + sum_i psi_i psi_i^T`` and
 ``beta`` from ``algorithms.core.confidence.confidence_radius`` with ``dim = D``. Uncertainties:
 
 - pointwise  ``Gamma(x, a, b) = ||psi(x, a, b)||_{Sigma^{-1}}`` (``pair_uncertainty``);
-- of a policy pair ``Gamma(x, pi1, pi2) = ||E_{a~pi1, b~pi2} psi(x, a, b)||_{Sigma^{-1}}`` (THEORY.md
+- of a policy pair ``Gamma(x, pi1, pi2) = ||E_{a~pi1, b~pi2} psi(x, a, b)||_{Sigma^{-1}}`` (docs/theory.md
   §3.2 step 2, linear case; ``policy_pair_uncertainty``). ``psi`` is bilinear in the two actions'
   features, so the expectation only needs the policies' feature means.
 """

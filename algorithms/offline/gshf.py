@@ -1,4 +1,4 @@
-"""Offline policies of P1 (Xiong et al., ICML 2024, offline GSHF; THEORY.md §2.2) and their bounds.
+"""Offline policies of P1 (Xiong et al., ICML 2024, offline GSHF; docs/theory.md §2.2) and their bounds.
 
 Given the MLE ``theta_hat``, the confidence set ``C = {theta : ||theta - theta_hat||_Sigma <= beta}``
 and a reference vector ``nu``:
@@ -8,7 +8,7 @@ and a reference vector ``nu``:
   ``pi_hat = Gibbs(r_hat)``.
 - Option I (expected-uncertainty pessimism):
   ``pi_hat = argmax_pi <theta_hat, phi_bar(pi) - nu> - beta ||phi_bar(pi) - nu||_{Sigma^{-1}} - eta E KL(pi||pi0)``.
-  Solved exactly through the ellipsoid dual (THEORY.md §2.2): the objective equals
+  Solved exactly through the ellipsoid dual (docs/theory.md §2.2): the objective equals
   ``max_pi min_{theta in C} [<theta, phi_bar(pi) - nu> - eta E KL]``; by the minimax theorem
   ``pi_hat = Gibbs(<theta_pess, phi>)`` with ``theta_pess = argmin_{theta in C} F(theta)``,
   ``F(theta) = eta E_x log Z_theta(x) - <theta, nu>`` (convex, ``grad F = phi_bar(pi_theta) - nu``).
@@ -16,7 +16,7 @@ and a reference vector ``nu``:
   ``F(theta) + (mu/2) ||theta - theta_hat||_Sigma^2`` (damped Newton inside), exactly as for a
   trust-region subproblem.
 
-Bounds on the event ``theta* in C`` (THEORY.md §2.2; §9.2 invariant 7), for any comparator ``pi``:
+Bounds on the event ``theta* in C`` (docs/theory.md §2.2; §9.2 invariant 7), for any comparator ``pi``:
 
 - Option II: ``eta E KL(pi||pi_hat) + J(pi) - J(pi_hat) <= 2 beta E_{x, a~pi} ||phi(x,a) - nu||_{Sigma^{-1}}``;
 - Option I: ``J(pi) - J(pi_hat) <= 2 beta ||phi_bar(pi) - nu||_{Sigma^{-1}}``;

@@ -2,9 +2,9 @@
 
 All three turn draws from a proposal into (approximate) draws from a reward-tilted policy. On a finite
 action set every law involved is computed exactly, and the samplers simulate the actual mechanism so
-the two can be checked against each other (THEORY.md §2.5 item 2, §6, §9.1 item 12, §9.2 invariant 12).
+the two can be checked against each other (docs/theory.md §2.5 item 2, §6, §9.1 item 12, §9.2 invariant 12).
 
-**Best-of-n** (RAFT / BoN; THEORY.md §6). Draw ``a_1..a_n ~ pi0(.|x)`` i.i.d. and keep the one with the
+**Best-of-n** (RAFT / BoN; docs/theory.md §6). Draw ``a_1..a_n ~ pi0(.|x)`` i.i.d. and keep the one with the
 highest reward. Ties are broken by the *lowest action index*, i.e. actions are totally ordered by
 ``(r(x,a), -a)`` and BoN returns the maximum of the draws in that order. With
 ``F(a) = pi0({b : b ⪯ a})`` and ``F_<(a) = F(a) - pi0(a)`` the exact law is
@@ -31,7 +31,7 @@ independently with probability ``exp((r(x,a) - M(x)) / kl_coef)``:
   ``n = 1`` and tends to Gibbs as ``n -> inf``. ``accepted_law`` computes it exactly.
 
 **Multi-step rejection sampling** (P1 = Xiong et al., ICML 2024, §2.5 "multi-step rejection
-sampling"; THEORY.md §2.5 item 2). For a schedule ``kl_coefs = (eta_1 > eta_2 > ... > eta_N = eta)``
+sampling"; docs/theory.md §2.5 item 2). For a schedule ``kl_coefs = (eta_1 > eta_2 > ... > eta_N = eta)``
 and ``1/eta_0 := 0``, stage ``k`` proposes from the previous stage's exact accepted law ``pi_{k-1}``
 (``pi_0 = pi0``) and accepts with probability ``exp((r - M) (1/eta_k - 1/eta_{k-1}))``, targeting
 
@@ -45,7 +45,7 @@ way it would in practice.
 
 Every function works on one instance (``[n_x, K]`` arrays) and one key; batch with ``jax.vmap``.
 Sample counts are static (they fix shapes); ``kl_coef``/``kl_coefs`` may be traced. Acceptance is
-decided in log space, ``log u < (r - M) / kl_coef`` (THEORY.md §9.1 item 12), so a tiny ``kl_coef``
+decided in log space, ``log u < (r - M) / kl_coef`` (docs/theory.md §9.1 item 12), so a tiny ``kl_coef``
 never overflows. Bad arguments raise ``ValueError`` naming the field, the value and what is allowed;
 value checks run on concrete (non-traced) inputs only.
 """
@@ -267,7 +267,7 @@ def _is_empirical(max_reward: str) -> bool:
 
 
 def best_of_n_law(log_pi0: jax.Array, reward: jax.Array, n) -> jax.Array:
-    """Exact log-law ``[n_x, K]`` of best-of-``n`` from ``pi0`` (THEORY.md §6, "Best-of-n / RAFT").
+    """Exact log-law ``[n_x, K]`` of best-of-``n`` from ``pi0`` (docs/theory.md §6, "Best-of-n / RAFT").
 
     ``P(a|x) = F(a)^n - F_<(a)^n`` with ``F(a) = pi0({b : b ⪯ a})``, ``F_<(a) = F(a) - pi0(a)`` in
     the total order ``b ⪯ a  iff  r(b) < r(a), or r(b) = r(a) and b >= a``: among tied rewards the
@@ -297,7 +297,7 @@ def sample_best_of_n(key: jax.Array, log_pi0: jax.Array, reward: jax.Array, n: i
 
 def exact_acceptance_rate(log_pi0: jax.Array, reward: jax.Array, kl_coef) -> jax.Array:
     """Per-context ``E_{a~pi0} exp((r(x,a) - M(x)) / kl_coef)`` with exact ``M = max_{supp pi0} r``,
-    shape ``[n_x]`` (RSO, Liu et al. 2024; THEORY.md §9.2 invariant 12). Equals
+    shape ``[n_x]`` (RSO, Liu et al. 2024; docs/theory.md §9.2 invariant 12). Equals
     ``Z(x) exp(-M(x)/kl_coef)``: the fraction of proposals one-step RSO accepts."""
     log_pi0, reward = _check_policy_and_reward(log_pi0, reward)
     _check_kl_coef(kl_coef)
@@ -327,7 +327,7 @@ def accepted_law(log_pi0: jax.Array, reward: jax.Array, kl_coef, *, max_reward: 
 
 def rejection_sample(key: jax.Array, log_pi0: jax.Array, reward: jax.Array, kl_coef, n_candidates: int,
                      max_reward: str = "exact") -> RejectionSample:
-    """One-step statistical rejection sampling (RSO; Liu et al. 2024, ICLR 2024; THEORY.md §6).
+    """One-step statistical rejection sampling (RSO; Liu et al. 2024, ICLR 2024; docs/theory.md §6).
 
     Per context, draw ``n_candidates`` (static) actions from ``pi0`` and accept each independently iff
     ``log u < (r(x,a) - M(x)) / kl_coef`` with ``u ~ U[0,1)``. ``max_reward="exact"`` uses
@@ -364,12 +364,12 @@ def _multistep_laws(log_pi0, reward, kl_coefs, counts, empirical):
 def multistep_law(log_pi0: jax.Array, reward: jax.Array, kl_coefs, *, max_reward: str = "exact",
                   n_candidates=None) -> AcceptedLaw:
     """Exact per-stage accepted laws ``[N, n_x, K]`` and expected acceptance rates ``[N, n_x]`` of
-    P1's multi-step rejection sampling (Xiong et al., ICML 2024, §2.5; THEORY.md §2.5 item 2).
+    P1's multi-step rejection sampling (Xiong et al., ICML 2024, §2.5; docs/theory.md §2.5 item 2).
 
     Stage ``k`` proposes from stage ``k-1``'s accepted law (``pi0`` for ``k = 1``) and tilts by
     ``exp((r - M)(1/eta_k - 1/eta_{k-1}))``, ``1/eta_0 = 0``. With ``max_reward="exact"`` stage ``k``'s
     law is the Gibbs policy at ``eta_k`` and the rates satisfy ``prod_k alpha_k =
-    exact_acceptance_rate(eta_N)``, ``alpha_k >= exact_acceptance_rate(eta_N)`` (THEORY.md §9.2
+    exact_acceptance_rate(eta_N)``, ``alpha_k >= exact_acceptance_rate(eta_N)`` (docs/theory.md §9.2
     invariant 12). ``"empirical"`` needs ``n_candidates`` (an int, or one static int per stage).
     """
     log_pi0, reward = _check_policy_and_reward(log_pi0, reward)
@@ -385,7 +385,7 @@ def multistep_law(log_pi0: jax.Array, reward: jax.Array, kl_coefs, *, max_reward
 
 def multistep_rejection_sample(key: jax.Array, log_pi0: jax.Array, reward: jax.Array, kl_coefs,
                                n_candidates, max_reward: str = "exact") -> MultiStepSample:
-    """P1's multi-step rejection sampling (Xiong et al., ICML 2024, §2.5; THEORY.md §2.5 item 2).
+    """P1's multi-step rejection sampling (Xiong et al., ICML 2024, §2.5; docs/theory.md §2.5 item 2).
 
     ``kl_coefs = (eta_1 > ... > eta_N = eta)`` (may be traced; ``N`` is static). Stage ``k`` draws
     ``n_k`` candidates per context from the exact law ``pi_{k-1}`` of stage ``k-1``'s accepted samples

@@ -1,8 +1,8 @@
-"""TMPS-PF: two-stage mixed-policy sampling for preference feedback (THEORY.md §5.3).
+"""TMPS-PF: two-stage mixed-policy sampling for preference feedback (docs/theory.md §5.3).
 
 Zhao, Ye, Gu, Zhang, "Sharp Analysis for KL-Regularized Contextual Bandits and RLHF",
 arXiv 2411.04625, Algorithm 2 (TMPS-PF). In the toolkit's parametrization ``kl_coef = 1/eta_Zhao``
-(Zhao et al. put ``eta^{-1}`` on the KL; THEORY.md §1.2)::
+(Zhao et al. put ``eta^{-1}`` on the KL; docs/theory.md §1.2)::
 
     Stage 1: m comparisons x ~ d0, a1, a2 ~ pi0(.|x), y ~ BT;   theta_hat0 = BT-MLE(stage 1)
              pi_hat0(a|x) = pi0(a|x) exp(<theta_hat0, phi(x,a)> / kl_coef) / Z(x)

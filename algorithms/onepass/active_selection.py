@@ -1,4 +1,4 @@
-"""Active selection of comparisons by uncertainty (THEORY.md §4.4; APO, Das et al. 2024; P3's active trainer).
+"""Active selection of comparisons by uncertainty (docs/theory.md §4.4; APO, Das et al. 2024; P3's active trainer).
 
 Given the inverse design ``A^{-1}`` of the current estimator (``cH_t^{-1}`` for OMD, ``V_t^{-1}`` for MLE),
 the uncertainty of a comparison with feature difference ``z = phi(x,a) - phi(x,a')`` is

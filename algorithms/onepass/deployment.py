@@ -1,4 +1,4 @@
-"""Deployment-stage pair-selection rules (THEORY.md §4.5 P3's rule; §6 dueling-bandit baselines).
+"""Deployment-stage pair-selection rules (docs/theory.md §4.5 P3's rule; §6 dueling-bandit baselines).
 
 Every rule sees one context: features ``phi [K, d]``, the estimate ``theta`` (so ``r_hat = phi theta``),
 the inverse design ``A^{-1}`` of its estimator (``cH_t^{-1}`` for OMD, ``V_t^{-1}`` for MLE), a radius
@@ -11,7 +11,7 @@ the inverse design ``A^{-1}`` of its estimator (``cH_t^{-1}`` for OMD, ``V_t^{-1
 - ``colstim`` (Bengs, Saha, Huellermeier 2022): ``a = argmax r_hat_a + colstim_c eps_a ||phi_a||_{A^{-1}}``
   with ``eps_a`` i.i.d. standard logistic (the BT link's noise); ``a' = argmax_b r_hat_b + beta W[b, a]``.
 - ``maxpairucb`` (Di et al. 2023): ``argmax_{a,b} r_hat_a + r_hat_b + beta W[a,b]``.
-- ``greedy`` (self-play): ``a, a'`` i.i.d. from ``Gibbs(r_hat)`` at ``kl_coef`` (THEORY.md §6 "Greedy").
+- ``greedy`` (self-play): ``a, a'`` i.i.d. from ``Gibbs(r_hat)`` at ``kl_coef`` (docs/theory.md §6 "Greedy").
 - ``random``: ``a, a'`` i.i.d. from ``pi0(.|x)``.
 - ``best_worst``, ``best_second``, ``best_quartile`` (P3's ``--rm_strategy``): rank all K actions by
   ``r_hat``; the best against the worst, the second, or the action at rank ``round(quantile (K-1))``
@@ -79,7 +79,7 @@ def select_pair(rule: str, key: jax.Array, phi: jax.Array, theta: jax.Array, inv
 
 
 def pair_regret(reward: jax.Array, a, b):
-    """``(average, weak)`` one-round regret of the pair on reward row ``reward [K]`` (THEORY.md §9.1 item 15):
+    """``(average, weak)`` one-round regret of the pair on reward row ``reward [K]`` (docs/theory.md §9.1 item 15):
     ``max r - (r_a + r_b) / 2`` and ``max r - max(r_a, r_b)``."""
     best = jnp.max(reward)
     return best - 0.5 * (reward[a] + reward[b]), best - jnp.maximum(reward[a], reward[b])

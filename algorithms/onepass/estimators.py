@@ -1,4 +1,4 @@
-"""One interface over P3's online reward estimators (THEORY.md §4.2, §4.8): OMD, MLE refit, OGD, HVP/CG.
+"""One interface over P3's online reward estimators (docs/theory.md §4.2, §4.8): OMD, MLE refit, OGD, HVP/CG.
 
 ``make_estimator(name, dim, ...)`` returns an ``Estimator`` bundle of pure functions::
 
@@ -7,7 +7,7 @@
     theta(state)            -> [d]             the current estimate
     inverse_design(state)   -> [d, d]          A_t^{-1} whose norm ||v||_{A_t^{-1}} is the bonus width
 
-with ``A_t = cH_t`` (OMD's local, curvature-weighted design, THEORY.md §4.2) for ``omd`` and
+with ``A_t = cH_t`` (OMD's local, curvature-weighted design, docs/theory.md §4.2) for ``omd`` and
 ``A_t = V_t = lam I + sum z z^T`` for the others (the MLE design, §1.4). Hyper-parameters are closed over.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The "OMD/HVP" update of P3's official code (``rm_trainer_head_hvp.py``; THEORY.md §4.7), for a linear head.
+"""The "OMD/HVP" update of P3's official code (``rm_trainer_head_hvp.py``; docs/theory.md §4.7), for a linear head.
 
 Per round (one mini-batch ``Z [m, d]``, ``y [m]``; the online loop passes ``m = 1``), with the mean BT
 loss ``L(theta)`` of the batch, its gradient ``g`` and Hessian-vector products

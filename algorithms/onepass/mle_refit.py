@@ -1,4 +1,4 @@
-"""The "MLE refit every round" baseline of P3 (THEORY.md §4.1 "computational issue", §9.1 item 4).
+"""The "MLE refit every round" baseline of P3 (docs/theory.md §4.1 "computational issue", §9.1 item 4).
 
 Round t stores ``(z_t, y_t)`` in a fixed-capacity buffer (storage O(capacity)) and re-solves the
 regularised BT-MLE on the data so far (rows ``< t`` valid, the rest masked),
@@ -11,7 +11,7 @@ incremental update, so a round costs O(n_rows d^2) per Newton iteration. Inside 
 buffer has the full capacity, so every round pays for the whole buffer; per-round wall-clock at
 round t is therefore measured by the experiments with a buffer cut to the first t rows.
 The state also carries ``V_t^{-1}``, ``V_t = lam I + sum_i z_i z_i^T`` (Sherman-Morrison), the design
-whose norm the MLE-based bonuses use (THEORY.md §1.4).
+whose norm the MLE-based bonuses use (docs/theory.md §1.4).
 """
 from __future__ import annotations
 

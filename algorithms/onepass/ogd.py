@@ -1,4 +1,4 @@
-"""One-pass online gradient descent on the BT loss: the first-order baseline of P3 (THEORY.md §4.8 item 1).
+"""One-pass online gradient descent on the BT loss: the first-order baseline of P3 (docs/theory.md §4.8 item 1).
 
     theta_{t+1} = Proj_{||theta|| <= B}( theta_t - (lr / sqrt(t)) g_t(theta_t) ),
     g_t(theta) = (sigma(<theta, z_t>) - y_t) z_t,

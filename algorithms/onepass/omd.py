@@ -1,4 +1,4 @@
-"""One-pass reward estimator of P3: online mirror descent with a local norm (THEORY.md §4.2, §9.1 item 7).
+"""One-pass reward estimator of P3: online mirror descent with a local norm (docs/theory.md §4.2, §9.1 item 7).
 
 Li, Qian, Zhao, Zhou (arXiv 2502.07193). Per-sample BT loss, gradient and Hessian with
 ``z_t = phi(x_t, a_t) - phi(x_t, a'_t)``:
@@ -14,14 +14,14 @@ One round (``omd_step``), from ``theta_t`` and the cumulative local design ``cH_
     cH_{t+1}    = cH_t + H_t(theta_{t+1})                           (look-ahead Hessian)
 
 Equivalently ``theta_{t+1} = argmin_{theta in Theta} <g_t(theta_t), theta> + ||theta - theta_t||^2_{tH_t} / (2 eta)``
-(THEORY.md §4.2; §9.2 invariant 15 is its first-order condition). Both inverses ``tH_t^{-1}`` and
+(docs/theory.md §4.2; §9.2 invariant 15 is its first-order condition). Both inverses ``tH_t^{-1}`` and
 ``cH_{t+1}^{-1}`` are rank-one Sherman-Morrison updates of ``cH_t^{-1}``, so a round costs O(d^2) time
 and storage, independent of t. Projection ``projection``: ``none`` (as in P3's code), ``euclid``
 (``theta min(1, B / ||theta||)``) or ``local_norm`` (the paper's ``tH_t``-norm projection,
 ``theta(mu) = (tH + mu I)^{-1} tH theta'`` with ``||theta(mu)|| = B`` found by bisection on ``mu`` in the
 eigenbasis of ``tH``; this needs an eigendecomposition, O(d^3), and under ``vmap`` it is computed every
 round). The constants: ``eta = Theta(B)`` and ``lam = Theta(d eta)`` in the paper's analysis [M];
-``default_step_size`` is the ``(1/2) log 2 + B + 1`` form of THEORY.md §4.2, both are tunables here.
+``default_step_size`` is the ``(1/2) log 2 + B + 1`` form of docs/theory.md §4.2, both are tunables here.
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class OMDState(NamedTuple):
 
 
 def default_step_size(radius):
-    """``eta = (1/2) log 2 + B + 1`` (THEORY.md §4.2 [M]; a tunable). ``radius`` may be traced."""
+    """``eta = (1/2) log 2 + B + 1`` (docs/theory.md §4.2 [M]; a tunable). ``radius`` may be traced."""
     return 0.5 * math.log(2.0) + radius + 1.0
 
 
@@ -61,7 +61,7 @@ def logistic_gradient(theta: jax.Array, z: jax.Array, y) -> jax.Array:
 def sherman_morrison(inverse: jax.Array, u: jax.Array) -> jax.Array:
     """``(A + u u^T)^{-1}`` from a symmetric ``A^{-1}``: ``A^{-1} - A^{-1} u u^T A^{-1} / (1 + u^T A^{-1} u)``.
 
-    Re-symmetrised, which keeps rounding drift from accumulating asymmetrically (THEORY.md §9.1 item 5).
+    Re-symmetrised, which keeps rounding drift from accumulating asymmetrically (docs/theory.md §9.1 item 5).
     """
     w = inverse @ u
     out = inverse - jnp.outer(w, w) / (1.0 + u @ w)
@@ -86,7 +86,7 @@ def euclid_projection(theta: jax.Array, radius) -> jax.Array:
 
 
 def local_norm_projection(theta: jax.Array, matrix: jax.Array, radius, steps: int = 100) -> jax.Array:
-    """``argmin_{||u|| <= B} ||u - theta||_M`` for SPD ``M`` (THEORY.md §9.1 item 7).
+    """``argmin_{||u|| <= B} ||u - theta||_M`` for SPD ``M`` (docs/theory.md §9.1 item 7).
 
     KKT: ``u(mu) = (M + mu I)^{-1} M theta`` with ``mu >= 0``; in the eigenbasis ``M = Q diag(l) Q^T``,
     ``u = Q (l c / (l + mu))`` with ``c = Q^T theta``, whose norm decreases in ``mu``. If

@@ -1,7 +1,7 @@
-"""Output policies of P3's training stage and their exact suboptimality (THEORY.md §4.1, §4.3, §1.3).
+"""Output policies of P3's training stage and their exact suboptimality (docs/theory.md §4.1, §4.3, §1.3).
 
 From an estimate ``theta`` and the inverse design ``A^{-1}`` of its estimator (``cH^{-1}`` for OMD,
-``V^{-1}`` for the MLE), with a reference vector ``nu(x)`` (THEORY.md §1.4, §9.1 item 6):
+``V^{-1}`` for the MLE), with a reference vector ``nu(x)`` (docs/theory.md §1.4, §9.1 item 6):
 
 - plug-in reward ``r_hat(x,a) = <theta, phi(x,a)>``;
 - pessimistic reward (P3's ``J~ = Phi^T theta - beta ||Phi||_{cH^{-1}}``, pointwise variant of §4.3)
@@ -12,7 +12,7 @@ Two objectives, selectable with ``objective``:
 - ``unregularized`` (P3's theory): the policy is ``argmax_a r(x,a)`` and
   ``SubOpt = E_{x~d0}[max_a r*(x,a) - r*(x, argmax_a r(x,a))]`` (exact ties averaged uniformly);
 - ``kl``: the policy is ``Gibbs(r) = pi0 exp(r / kl_coef) / Z`` and
-  ``SubOpt = J(pi*) - J(Gibbs(r))`` with ``J`` the KL-regularized value (THEORY.md §1.2-1.3).
+  ``SubOpt = J(pi*) - J(Gibbs(r))`` with ``J`` the KL-regularized value (docs/theory.md §1.2-1.3).
 """
 from __future__ import annotations
 

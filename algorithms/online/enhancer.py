@@ -1,4 +1,4 @@
-"""P1's enhancer: the most uncertain plausibly-better policy (Xiong et al., ICML 2024; THEORY.md §2.4).
+"""P1's enhancer: the most uncertain plausibly-better policy (Xiong et al., ICML 2024; docs/theory.md §2.4).
 
 With the main agent ``pi1_t = Gibbs(theta_t)``, ``phi_bar(pi) = E_{x~d0} E_{a~pi} phi(x, a)`` and
 
@@ -6,12 +6,12 @@ With the main agent ``pi1_t = Gibbs(theta_t)``, ``phi_bar(pi) = E_{x~d0} E_{a~pi
     Pi_t = { pi' : eta E_{x~d0} KL(pi'(.|x) || pi1_t(.|x)) <= Gamma_t(pi1_t, pi') },
 
 the enhancer is ``pi2_t = argmax_{pi' in Pi_t} Gamma_t(pi1_t, pi')``. ``Pi_t`` is not convex and the
-objective is a norm, so there is no closed form; we use the tilted-family search of THEORY.md
+objective is a norm, so there is no closed form; we use the tilted-family search of docs/theory.md
 §2.4(a): candidates ``pi'_{v,s}(.|x) ∝ pi1_t(.|x) exp(s <v, phi(x, .)>)`` for directions ``v`` in
 {± eigenvectors of Sigma_t} ∪ {± random unit vectors} and scales ``s`` on a log-grid up to
 ``enhancer_max_scale``; the feasible candidate with the largest ``Gamma_t`` wins. Tilts maximise
 ``<v, phi_bar(pi')> - c KL(pi' || pi1_t)``, so along each direction the search is exact up to the
-grid. ``pi1_t`` itself (``Gamma = KL = 0``) is always feasible (THEORY.md §9.2 invariant 11), so the
+grid. ``pi1_t`` itself (``Gamma = KL = 0``) is always feasible (docs/theory.md §9.2 invariant 11), so the
 result is always in ``Pi_t``; the second output is 1 when a candidate with ``Gamma_t > 0`` was
 feasible ("a non-trivial member was found"), else 0 (the enhancer then equals the main agent).
 """

@@ -1,4 +1,4 @@
-"""The DPO agent of the online loop: iterative DPO with an optional likelihood bonus (THEORY.md §2.5, §6).
+"""The DPO agent of the online loop: iterative DPO with an optional likelihood bonus (docs/theory.md §2.5, §6).
 
 A softmax policy with reference ``pi0`` is trained at every iteration on all data so far by ``steps``
 full-batch Adam steps on
@@ -11,7 +11,7 @@ full-batch Adam steps on
 only by the optimiser and the MLE's ridge), and ``tabular``, free logits ``[n_x, K]`` (no sharing
 across actions: unseen actions keep their ``pi0`` logit). Training is either warm-started
 from the previous iteration (RLHFlow's practice) or restarted from ``pi0`` (P1's Guidebook
-pseudo-code), THEORY.md §2.5. The bonus is the primitive of ``algorithms.core.preference_losses``
+pseudo-code), docs/theory.md §2.5. The bonus is the primitive of ``algorithms.core.preference_losses``
 (``dpo_with_likelihood_bonus``) with its calibration expectation taken exactly over the finite
 instance instead of over sampled responses:
 
@@ -21,7 +21,7 @@ instance instead of over sampled responses:
 - ``selm`` (Zhang et al. 2024): ``pi_cal = pi_{t-1}`` (the previous iteration's policy), ``c = 1``,
   ``coef = alpha * eta``.
 
-With ``alpha = 0`` all four are DPO exactly (THEORY.md §9.2 invariant 17).
+With ``alpha = 0`` all four are DPO exactly (docs/theory.md §9.2 invariant 17).
 """
 from __future__ import annotations
 

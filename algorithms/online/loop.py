@@ -1,4 +1,4 @@
-"""P1's batch-online and hybrid loop (Xiong et al., ICML 2024, online GSHF; THEORY.md §2.4-2.5).
+"""P1's batch-online and hybrid loop (Xiong et al., ICML 2024, online GSHF; docs/theory.md §2.4-2.5).
 
 One seed, ``T + 1`` iterations of a ``lax.scan`` with fixed-shape buffers (vmap over seeds outside)::
 
@@ -27,7 +27,7 @@ The metrics at iteration ``t`` are those of the policy trained on ``t`` online b
 - ``kl_to_ref`` of ``pi_t`` and ``kl_to_ref_explorer``: ``E_x KL(P(a2 | x) || pi0)`` of the
   strategy's second action;
 - ``confidence_width``: ``beta_t ||phi_bar(pi*) - phi_bar(pi0)||_{Sigma_t^{-1}}``, the coverage term of
-  P1's online/hybrid bound (THEORY.md §2.4; the quantity E4 tracks);
+  P1's online/hybrid bound (docs/theory.md §2.4; the quantity E4 tracks);
 - ``bound``: on the event ``theta* in C_t``, ``subopt_kl(Gibbs(theta_t)) <= beta_t
   ||phi_bar(pi*) - phi_bar(pi_t)||_{Sigma_t^{-1}}`` (the plug-in bound of ``algorithms.offline.gshf``,
   which holds for any data-collection rule since it is deterministic given the data); NaN for the

@@ -1,4 +1,4 @@
-"""Exact laws of the rejection-sampling pairings used in practice (P1 §2.5 / RLHFlow; THEORY.md §2.4(c)).
+"""Exact laws of the rejection-sampling pairings used in practice (P1 §2.5 / RLHFlow; docs/theory.md §2.4(c)).
 
 Practice draws ``k`` responses from the current policy ``pi``, ranks them by the current reward
 estimate and labels a pair of them: best against worst (``max_min``, RLHFlow's default with

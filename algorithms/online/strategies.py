@@ -1,4 +1,4 @@
-"""Pair-selection strategies of the online loop: one signature, one registry (THEORY.md §2.4, §6).
+"""Pair-selection strategies of the online loop: one signature, one registry (docs/theory.md §2.4, §6).
 
 At iteration ``t`` the loop (``algorithms.online.loop``) hands a strategy a ``StrategyView`` of what the
 learner knows and the strategy returns a ``Pair``: the joint law ``[n_x, K, K]`` (log) of the
@@ -29,7 +29,7 @@ Built-in strategies:
 - ``max_min``, ``max_random``, ``best_second``, ``best_quartile``: ``k`` draws from ``pi_t`` ranked
   by ``r_hat`` (``algorithms.online.pairings``, exact laws);
 - ``calibration``: ``(pi_t, pi_cal)`` with ``pi_cal`` the agent's calibration policy, the pair of
-  XPO / VPO (``pi_cal = pi0``) and SELM (``pi_cal = pi_{t-1}``) (THEORY.md §6).
+  XPO / VPO (``pi_cal = pi0``) and SELM (``pi_cal = pi_{t-1}``) (docs/theory.md §6).
 """
 from __future__ import annotations
 

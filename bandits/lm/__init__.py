@@ -1,4 +1,4 @@
-"""The LLM bridge, JAX side (LLM_BRIDGE.md §0, §1, §2(b), §5.1): response spaces, two tiny language models
+"""The LLM bridge, JAX side (docs/llm_bridge.md §0, §1, §2(b), §5.1): response spaces, two tiny language models
 and their exact / candidate-set bandit instances. Never imports torch.
 
 - ``space``: ``ResponseSpace`` (fixed-length or EOS), ``enumerate_responses``, ``response_index``, the shared
@@ -8,7 +8,7 @@ and their exact / candidate-set bandit instances. Never imports torch.
 - ``exact``: ``exact_instance`` / ``candidate_instance`` (bandits ``Instance``s), the candidate-Gibbs KL,
   the best-of-n law with ties split by pi0 mass;
 - ``kl_estimators``: k1/k2/k3 (per token and per sequence) with their exact moments and exact expected
-  gradients against the true reverse/forward KL gradients (LLM_BRIDGE.md §4).
+  gradients against the true reverse/forward KL gradients (docs/llm_bridge.md §4).
 
 The two LMs share one API (``init``, ``token_logprobs``, ``sequence_logprob``, ``enumerated_token_logprobs``,
 ``sample``), so they are used as modules: ``from bandits.lm import tiny, tree``.

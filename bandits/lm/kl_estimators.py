@@ -2,7 +2,7 @@
 
 Everything here works on *per-token log-probability arrays* over the enumerated responses of one or
 several prompts, ``logp [A, L]`` or ``[n_x, A, L]`` (0 where ``mask`` is False), so it serves the tiny
-transformer, ``TreeLM`` and tabular policies alike (``L = 1``). LLM_BRIDGE §4.
+transformer, ``TreeLM`` and tabular policies alike (``L = 1``). docs/llm_bridge.md §4.
 
 Estimators (Schulman, "Approximating KL divergence", 2020, joschu.net/blog/kl-approx.html). With the
 per-token log-ratio ``d_t = log pi(y_t|x,y_<t) - log pi_ref(y_t|x,y_<t)`` and ``D = sum_t d_t``:
@@ -85,7 +85,7 @@ class Configuration(NamedTuple):
     placement: str
 
 
-# The configurations of LLM_BRIDGE §4.3 (and the libraries of §4.1 that use them).
+# The configurations of docs/llm_bridge.md §4.3 (and the libraries of §4.1 that use them).
 CONFIGURATIONS: dict[str, Configuration] = {
     "k1_loss": Configuration("k1", "token", "loss"),
     "k2_loss": Configuration("k2", "token", "loss"),            # OpenRLHF/verl k2 ("mse") in the loss

@@ -1,4 +1,4 @@
-"""Response spaces of the LLM bridge: fixed-length and EOS-terminated token sequences (LLM_BRIDGE.md §1.2, §2(b)).
+"""Response spaces of the LLM bridge: fixed-length and EOS-terminated token sequences (docs/llm_bridge.md §1.2, §2(b)).
 
 A response to one prompt is a padded token array ``tokens [L]`` (int32) with ``mask [L]`` (bool) True on
 the response's own tokens, EOS included. Masks are always built from *lengths*, never from
@@ -17,7 +17,7 @@ its code is the base-``V`` number ``sum_t c_t V^(L-1-t)``. Distinct responses ha
 
 ``ancestral_sample`` and ``masked_token_logprobs`` are the two places where the EOS/pad/mask convention
 meets a model; the tiny LMs share them, so their samplers and their log-probabilities describe the
-same law over the same support (LLM_BRIDGE.md §1.2, "sample").
+same law over the same support (docs/llm_bridge.md §1.2, "sample").
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TinyTransformerLM: a small causal transformer language model in plain JAX pytrees (LLM_BRIDGE.md §2(b)).
+"""TinyTransformerLM: a small causal transformer language model in plain JAX pytrees (docs/llm_bridge.md §2(b)).
 
 The realistic, *misspecified* policy class of the bridge: finite capacity, autoregressive, like a real
 LLM, yet small enough that every response of a tiny ``ResponseSpace`` can be scored exactly.
@@ -123,7 +123,7 @@ def features(cfg: TinyLMConfig, params: dict, prompt: jax.Array, tokens: jax.Arr
     reading ``[BOS, x, y_1..y_L]`` at the positions of the response's own tokens (``mask``).
 
     ``pooling="mean"``: ``sum_t mask_t h_{P+t} / sum_t mask_t`` (positions ``P+1..P+L``, 1-based ``t``);
-    ``"last"``: ``h`` at the response's last token, the LLM reward-head feature of P3 (THEORY.md §4.7),
+    ``"last"``: ``h`` at the response's last token, the LLM reward-head feature of P3 (docs/theory.md §4.7),
     as ``HFPolicy.features`` reads it. Causal attention makes ``h_{P+t}`` depend on ``x, y_1..y_t`` only,
     so padding after the response's end does not change it. An empty response (no mask) gets the
     hidden state at the prompt's last position. Needs ``P + L + 1 <= max_len``.

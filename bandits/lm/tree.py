@@ -1,4 +1,4 @@
-"""TreeLM: the realizable prefix-tree tabular language model (LLM_BRIDGE.md §2(b)).
+"""TreeLM: the realizable prefix-tree tabular language model (docs/llm_bridge.md §2(b)).
 
 One logit vector per (prompt, response prefix):
 

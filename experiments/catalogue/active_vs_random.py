@@ -1,4 +1,4 @@
-"""active-vs-random (THEORY.md E9, §4.4): random vs uncertainty-based selection x MLE vs OMD, equal label budget.
+"""active-vs-random (docs/theory.md E9, §4.4): random vs uncertainty-based selection x MLE vs OMD, equal label budget.
 
 Per seed: one instance (``B = reward_norm``), a pool of ``pool`` candidate comparisons drawn from the
 logging policy ``(pi0, pi0)`` (labels drawn with the pool, revealed only when selected), ``budget`` labels.

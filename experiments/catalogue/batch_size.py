@@ -1,8 +1,8 @@
-"""batch-size (THEORY.md E4, §9.2 invariant 19): is batching free, as P1 claims?
+"""batch-size (docs/theory.md E4, §9.2 invariant 19): is batching free, as P1 claims?
 
 At a fixed total of ``total_queries`` comparisons, P1's online loop (``experiments.catalogue.online_explore``)
 runs with batch size ``m`` in ``batch_sizes`` and ``T = total_queries / m`` iterations. P1
-(Xiong et al., ICML 2024, THEORY.md §2.4): with ``T = Õ(d)`` iterations the total ``m T`` matches
+(Xiong et al., ICML 2024, docs/theory.md §2.4): with ``T = Õ(d)`` iterations the total ``m T`` matches
 the sequential ``m = 1`` sample complexity, so the final suboptimality should barely depend on
 ``m`` once ``T >= d log d`` (invariant 19); with ``T < d`` (large ``m``) the loop adapts too rarely.
 Every ``m`` sees the same instances and the same stream of contexts and label uniforms (comparison

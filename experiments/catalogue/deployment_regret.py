@@ -1,4 +1,4 @@
-"""deployment-regret (THEORY.md E10, §4.5, §6): cumulative average / weak regret of deployment rules vs T.
+"""deployment-regret (docs/theory.md E10, §4.5, §6): cumulative average / weak regret of deployment rules vs T.
 
 Per seed: one instance (``B = reward_norm``); each round a context ``x_t ~ d0``, the rule picks
 ``(a_t, a'_t)`` from its estimator's ``theta_t`` and inverse design (``algorithms.onepass.deployment``), the BT label
@@ -8,7 +8,7 @@ use the MLE refit as in their papers). Bonus radius ``beta_t = c_beta sqrt(d log
 rule (the ``||.||_{cH^{-1}}`` vs ``||.||_{V^{-1}}`` norms carry the difference between OMD and MLE).
 All rules on one seed share contexts and label uniforms (common random numbers).
 
-Regret (THEORY.md §9.1 item 15), cumulative over rounds 1..t, reported at ``checkpoints``:
+Regret (docs/theory.md §9.1 item 15), cumulative over rounds 1..t, reported at ``checkpoints``:
 
 - ``objective = unregularized`` (P3's theory): ``regret_avg = sum max_a r* - (r*(a_t) + r*(a'_t))/2``,
   ``regret_weak = sum max_a r* - max(r*(a_t), r*(a'_t))``;

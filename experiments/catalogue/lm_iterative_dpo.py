@@ -1,4 +1,4 @@
-"""lm-iterative-dpo (LLM_BRIDGE.md §1.4, §5.4 test 8; THEORY.md §2.5): P1's iterative DPO on a tiny LM, exact J, KL.
+"""lm-iterative-dpo (docs/llm_bridge.md §1.4, §5.4 test 8; docs/theory.md §2.5): P1's iterative DPO on a tiny LM, exact J, KL.
 
 Per seed: a random reference LM ``pi0`` (``TreeLM``, realizable, or the tiny transformer, misspecified; ``lm``),
 ``n_prompts`` prompts, and a gold reward that is a per-prompt token-weight sum,
@@ -19,7 +19,7 @@ seed means of ``J``, ``E r*``, ``KL`` at ``T``, ``J(pi_T) - J(pi0)`` with its 95
 overshoot ``KL(pi_T || pi0) / KL(pi* || pi0)`` (a ratio > 1 means the loop went further from ``pi0`` than
 the target itself: max_min pairs are not ``pi0 x pi0`` pairs, so DPO's fixed point is not ``pi*``).
 
-``--set policy.backend=hf`` (LLM_BRIDGE §5.1) runs the same loop, variants and columns through a Hugging Face
+``--set policy.backend=hf`` (docs/llm_bridge.md §5.1) runs the same loop, variants and columns through a Hugging Face
 policy instead (``algorithms.lm.hf_loop``, shared with ``hf-smoke``): ``pi0`` is ``policy.path`` (default the
 installed SmolLM2-135M-Instruct GGUF; ``policy.device``, ``policy.dtype``, ``policy.max_new_tokens``), the
 prompts are the first ``n_prompts`` built-in ones, the gold reward is the planted MiniLM reward of
@@ -51,7 +51,7 @@ from experiments.engine import plotting, stats
 from experiments.engine.results import Results, concat_tables, tidy
 from experiments.engine.runner import run_vectorized, seed_keys
 
-description = ("LLM_BRIDGE §5.4 test 8: iterative DPO (max_min, warm/restart) on a tiny LM, exact J, E r*, KL "
+description = ("docs/llm_bridge.md §5.4 test 8: iterative DPO (max_min, warm/restart) on a tiny LM, exact J, E r*, KL "
                "(policy.backend=hf: a local checkpoint, sampled)")
 
 VARIANTS = {"max_min_warm": ("max_min", False), "max_min_restart": ("max_min", True),
@@ -66,7 +66,7 @@ nan_columns = ("chosen_reward", "rejected_reward", "dpo_loss_before", "dpo_loss_
 
 @dataclasses.dataclass(frozen=True)
 class PolicyConfig(ol.HFPolicyConfig):
-    """The policy backend (LLM_BRIDGE §5.1): ``backend="jax"`` is the tiny LM named by ``lm`` (exact);
+    """The policy backend (docs/llm_bridge.md §5.1): ``backend="jax"`` is the tiny LM named by ``lm`` (exact);
     ``"hf"`` a local checkpoint (the fields of ``lm_online_hf.HFPolicyConfig``; sampled), evaluated on
     ``n_eval`` fresh draws per prompt and iteration."""
 

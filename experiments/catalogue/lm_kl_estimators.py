@@ -1,4 +1,4 @@
-"""lm-kl-estimators (LLM_BRIDGE.md §4.3, issue 7): k1/k2/k3 KL estimators against exact ground truth.
+"""lm-kl-estimators (docs/llm_bridge.md §4.3, issue 7): k1/k2/k3 KL estimators against exact ground truth.
 
 On the tiny causal transformer (``bandits.lm.tiny``) every response of ``V^L`` is enumerated, so the
 value of each estimator (mean, bias, per-sample sd) and the *expected gradient* of each way of using it
@@ -55,7 +55,7 @@ from experiments.engine import plotting
 from experiments.engine.results import Results, concat_tables
 from experiments.engine.runner import run_vectorized, seed_keys
 
-description = "LLM_BRIDGE §4.3: k1/k2/k3 KL estimators on the tiny LM, exact value bias/sd and expected-gradient error"
+description = "docs/llm_bridge.md §4.3: k1/k2/k3 KL estimators on the tiny LM, exact value bias/sd and expected-gradient error"
 
 MC_METRICS = ("mc_mean", "mc_sd", "mc_lo", "mc_hi")
 nan_columns = MC_METRICS + ("grad_norm", "kl_grad_norm", "grad_cos_rev", "grad_rel_err", "grad_cos_fwd")
@@ -149,7 +149,7 @@ class Config:
         return ResponseSpace(self.vocab_size, self.length)
 
 
-# quick: |A| = 1000 (LLM_BRIDGE §5.4 test 6's size). paper: |A| = 1e4; §4.3's |A| = 1e5 (``--set length=5``)
+# quick: |A| = 1000 (docs/llm_bridge.md §5.4 test 6's size). paper: |A| = 1e4; §4.3's |A| = 1e5 (``--set length=5``)
 # needs about ten times the time and memory of a paper seed (several GB: the backward passes of ~300
 # expected gradients over every response).
 presets = {

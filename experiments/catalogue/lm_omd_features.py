@@ -1,7 +1,7 @@
-"""lm-omd-features (LLM_BRIDGE.md §5.1, §5.4 test 16; THEORY.md §4.2, §4.7-4.8): P3's one-pass OMD reward
+"""lm-omd-features (docs/llm_bridge.md §5.1, §5.4 test 16; docs/theory.md §4.2, §4.7-4.8): P3's one-pass OMD reward
 head on FROZEN language-model features, against the MLE refit (and one-pass OGD).
 
-P3's practical recipe (THEORY.md §4.7) trains only a linear reward head on the frozen last-layer embedding of
+P3's practical recipe (docs/theory.md §4.7) trains only a linear reward head on the frozen last-layer embedding of
 an LLM. Here the features ``phi(x, y)`` of a fixed set of (prompt, response) pairs are computed once, from
 one of three sources (``features``):
 
@@ -33,7 +33,7 @@ checkpoint ``t``:
   buffer of exactly ``t`` rows), measured as in E8 (``omd_vs_mle`` docstring); NaN elsewhere.
 
 The summary records the feature source, the raw and reduced dimensions, the kept variance, and for
-``checkpoint`` the path, GGUF file and sha256 of the config / weights (LLM_BRIDGE.md §5.1 "Manifest").
+``checkpoint`` the path, GGUF file and sha256 of the config / weights (docs/llm_bridge.md §5.1 "Manifest").
 """
 from __future__ import annotations
 

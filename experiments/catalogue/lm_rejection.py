@@ -1,4 +1,4 @@
-"""lm-rejection (LLM_BRIDGE.md §5.1, §5.4 test 4): exact laws of best-of-n, RS and RSO on the enumerable LM.
+"""lm-rejection (docs/llm_bridge.md §5.1, §5.4 test 4): exact laws of best-of-n, RS and RSO on the enumerable LM.
 
 Per seed: a random reference ``pi0`` (``TreeLM``, logits ``N(0, init_scale^2)``) over the fixed-length space
 ``V^L`` for ``n_prompts`` prompts, and a gold reward ``r ~ reward_scale N(0, 1)`` per (prompt, response). Every
@@ -39,7 +39,7 @@ from experiments.engine import plotting
 from experiments.engine.results import Results, concat_tables
 from experiments.engine.runner import run_vectorized, seed_keys
 
-description = "LLM_BRIDGE §5.4 test 4: exact best-of-n / RS / RSO laws on the tiny LM, TV to Gibbs, reward-KL frontier"
+description = "docs/llm_bridge.md §5.4 test 4: exact best-of-n / RS / RSO laws on the tiny LM, TV to Gibbs, reward-KL frontier"
 
 COLUMNS = ("reward_mean", "kl_to_ref", "tv_to_gibbs", "reward_bias", "acceptance_rate", "proposals_per_sample",
            "accepted_per_batch", "bon_kl_bound")

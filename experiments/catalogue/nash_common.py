@@ -1,4 +1,4 @@
-"""Shared by the four P2 experiments (THEORY.md §3): nash-intransitive, nash-offline, nash-online and
+"""Shared by the four P2 experiments (docs/theory.md §3): nash-intransitive, nash-offline, nash-online and
 nash-kl-sweep.
 
 - the metrics of one policy in P2's KL-regularized game (``policy_metrics``, columns ``METRICS``);

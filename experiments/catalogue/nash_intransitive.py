@@ -1,4 +1,4 @@
-"""nash-intransitive (THEORY.md §3.4 target 1, E6): duality gap of reward-based RLHF/DPO vs Nash methods
+"""nash-intransitive (docs/theory.md §3.4 target 1, E6): duality gap of reward-based RLHF/DPO vs Nash methods
 as the cyclic (skew-symmetric) part of the preference grows.
 
 For each seed: one linear instance whose oracle is ``P = sigmoid(r(a) - r(b) + s phi_a^T S phi_b)``

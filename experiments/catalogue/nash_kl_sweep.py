@@ -1,4 +1,4 @@
-"""nash-kl-sweep (THEORY.md §3.4 target 4; analogue of P2's Table 2): win rate against ``pi0`` (the SFT
+"""nash-kl-sweep (docs/theory.md §3.4 target 4; analogue of P2's Table 2): win rate against ``pi0`` (the SFT
 model) and against the equilibrium ``pi*`` across ``kl_coef``, for IPO-aligned and Nash policies.
 
 For each seed: one intransitive linear instance; ``kl_coef`` is a traced instance field (one compiled

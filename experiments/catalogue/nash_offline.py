@@ -1,4 +1,4 @@
-"""nash-offline (THEORY.md §3.4 target 2, E7): Nash duality gap against n for P2's offline algorithms
+"""nash-offline (docs/theory.md §3.4 target 2, E7): Nash duality gap against n for P2's offline algorithms
 under unilateral vs diagonal-only coverage.
 
 For each seed: one intransitive linear instance (``skew_strength``) and its equilibrium ``pi*``. The

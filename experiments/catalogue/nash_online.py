@@ -1,4 +1,4 @@
-"""nash-online (THEORY.md §3.4 target 3, E6 online): Nash duality gap against total queries for P2's
+"""nash-online (docs/theory.md §3.4 target 3, E6 online): Nash duality gap against total queries for P2's
 online agent with the enhancer vs self-play and uniform random pairs, and the sampled Nash dynamics.
 
 For each seed: one intransitive linear instance. Every method runs ``iterations`` rounds of ``batch``

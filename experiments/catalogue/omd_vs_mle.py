@@ -1,4 +1,4 @@
-"""omd-vs-mle (THEORY.md E8, §4.2-4.3): one-pass OMD vs MLE refit vs OGD vs HVP/CG on a passive stream.
+"""omd-vs-mle (docs/theory.md E8, §4.2-4.3): one-pass OMD vs MLE refit vs OGD vs HVP/CG on a passive stream.
 
 Per seed and per ``B`` in ``reward_norms`` (so ``kappa = 2 + e^{2B} + e^{-2B}`` grows): one instance
 (features, direction of ``theta*`` and the data's randomness shared across ``B``: ``theta* = B u``), one

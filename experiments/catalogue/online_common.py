@@ -173,7 +173,7 @@ def _table(out, config: Config, alg: str, setting: str, settings: OnlineSettings
 
 
 def rate_bound(config: Config, batch_size: int, confidence_width):
-    """P1's online/hybrid rate ``sqrt(d / (gamma^2 m)) + confidence_width`` (constant 1; THEORY.md §2.4)."""
+    """P1's online/hybrid rate ``sqrt(d / (gamma^2 m)) + confidence_width`` (constant 1; docs/theory.md §2.4)."""
     gamma = float(conf.sigmoid_slope_lower_bound(config.reward_norm))
     return math.sqrt(config.dim / (gamma**2 * batch_size)) + np.asarray(confidence_width, float)
 

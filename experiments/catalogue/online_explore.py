@@ -1,4 +1,4 @@
-"""online-explore (THEORY.md E3): P1's online loop under every pair-selection strategy.
+"""online-explore (docs/theory.md E3): P1's online loop under every pair-selection strategy.
 
 For each seed: one instance per setting, then for each algorithm the loop of ``algorithms.online.loop``
 (``T`` iterations of ``m`` comparisons, BT-MLE refit, exact evaluation of the main agent). Settings:
@@ -19,7 +19,7 @@ Columns: ``algorithm, setting, coverage, temperature, kl_coef, batch_size, seed,
 queries, subopt, subopt_kl, regret_kl, kl_to_ref, kl_to_ref_explorer, confidence_width, bound,
 bound_holds, in_confidence_set, strategy_info, bound_rate, bound_rate_holds`` (definitions in
 ``algorithms.online.loop``; ``bound`` is P1's plug-in bound for the Gibbs agent, NaN for the DPO agent).
-``bound_rate`` is the rate form of P1's online/hybrid theorem (THEORY.md §2.4),
+``bound_rate`` is the rate form of P1's online/hybrid theorem (docs/theory.md §2.4),
 ``sqrt(d / (gamma^2 m)) + beta_t ||phi_bar(pi*) - phi_bar(pi0)||_{Sigma_t^{-1}}`` with the constant of
 its ``≲`` set to 1 and ``gamma = 1 / (2 + e^{2B} + e^{-2B})``, for the Gibbs agent of a linear learner
 in a linear world (NaN elsewhere, like ``bound``); ``bound_rate_holds`` compares ``subopt_kl`` with it.

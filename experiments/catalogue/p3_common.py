@@ -1,4 +1,4 @@
-"""Shared by the three P3 experiments (THEORY.md §4): E8 omd-vs-mle, E9 active-vs-random, E10 deployment-regret.
+"""Shared by the three P3 experiments (docs/theory.md §4): E8 omd-vs-mle, E9 active-vs-random, E10 deployment-regret.
 
 - ``P3Config``: the frozen base of their configs, holding the instance, estimator (``EstimatorFields``, also
   used by lm-omd-features), objective and timing fields and their validation (each experiment's ``Config``
@@ -9,7 +9,7 @@
 
 OMD's step size ``eta`` (``omd_step_size``): the default ``DEFAULT_OMD_STEP_SIZE`` is the value chosen by
 the sweep recorded in paper_repro.md (E8, quick preset, B in {1,2,3,4}); ``omd_step_size=theory`` selects
-P3's ``(1/2) log 2 + B + 1`` (THEORY.md §4.2 [M]; ``algorithms.onepass.omd.default_step_size``), which was too large
+P3's ``(1/2) log 2 + B + 1`` (docs/theory.md §4.2 [M]; ``algorithms.onepass.omd.default_step_size``), which was too large
 on these instances.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""reward-kl (THEORY.md E2): reward-KL frontiers, over-optimization, and multi-step vs one-step RS.
+"""reward-kl (docs/theory.md E2): reward-KL frontiers, over-optimization, and multi-step vs one-step RS.
 
 For each seed: one instance with a peaked, low-coverage ``pi0`` (``coverage``, ``temperature``), one
 offline data set of ``n`` comparisons ``a1, a2 ~ pi0`` and its BT-MLE ``theta_hat`` (fitted once; it
@@ -7,10 +7,10 @@ is an array), every policy is evaluated exactly with the TRUE reward ``r*``:
 
 - panel ``frontier``: ``gibbs_true`` = Gibbs(r*) (the exact frontier ``pi*_eta``), ``mle_gibbs`` =
   Gibbs(<theta_hat, phi>) (over-optimizes the proxy), ``option_ii`` and ``option_i`` (P1's
-  pessimistic offline GSHF, THEORY.md §2.2);
+  pessimistic offline GSHF, docs/theory.md §2.2);
 - panel ``rs``: rejection sampling with the MLE reward as the proxy (as RSO does), at an equal
   proposal budget per prompt (``rs_budgets``): one-step RSO (``rso_*``) and P1's multi-step RS
-  (``multistep_*``, ``rs_stages`` stages, schedule ``rs_schedule``; THEORY.md §2.5 item 2), each with
+  (``multistep_*``, ``rs_stages`` stages, schedule ``rs_schedule``; docs/theory.md §2.5 item 2), each with
   the empirical-M rule (RSO's heuristic) and with the exact M. Each row is the *exact* law of the
   pooled accepted samples (``algorithms.offline.rejection_sampling.accepted_law`` / ``multistep_law``), so no
   Monte Carlo noise beyond the seed (instance + data). With the exact M both samplers' output law is
@@ -22,7 +22,7 @@ width ``hidden``), so the linear BT-MLE above is misspecified (its rows are kept
 ``neural_gibbs`` = Gibbs(r_net), with ``r_net`` the neural BT-MLE (``algorithms.core.neural_mle.fit_network``,
 ``neural_steps`` Adam steps at ``neural_learning_rate`` on the same offline data, fitted once per seed:
 it does not depend on ``kl_coef``), and ``neural_linear_pess`` = Gibbs(r_net - neural_beta Gamma_h),
-``Gamma_h`` the neural-linear uncertainty on the network's last-layer features (THEORY.md §8.1(ii);
+``Gamma_h`` the neural-linear uncertainty on the network's last-layer features (docs/theory.md §8.1(ii);
 the Option II form, as in ``offline-rate``). ``option_i`` is dropped for neural rewards: it is a second
 linear pessimistic policy, and ``option_ii`` is the linear counterpart of ``neural_linear_pess`` (same
 ``Gibbs(r_hat - beta Gamma)`` form), so the pairs (mle_gibbs, option_ii) and (neural_gibbs,
@@ -55,14 +55,13 @@ import numpy as np
 import bandits as b
 from algorithms.core import confidence as conf
 from algorithms.core import neural_mle
-from algorithms.offline import gshf as offline
+from algorithms.offline import learners
 from algorithms.offline import rejection_sampling as rs
-from algorithms.core.bt_mle import fit_bt_mle
 from bandits import validation as v
 from experiments.engine import plotting, stats
+from experiments.engine.config import check_unused, replace
 from experiments.engine.results import Results, concat_tables, tidy
 from experiments.engine.runner import run_vectorized, seed_keys
-from experiments.catalogue.world_config import ConfidenceFields
 
 FRONTIER = ("gibbs_true", "mle_gibbs", "option_ii", "option_i")
 NEURAL_FRONTIER = ("gibbs_true", "mle_gibbs", "option_ii", "neural_gibbs", "neural_linear_pess")
@@ -92,16 +91,17 @@ description = "E2: reward-KL frontier, over-optimization, pessimism, multi-step 
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(ConfidenceFields):
-    """Fields reachable with ``--set field=value``; instance fields as in ``bandits.InstanceConfig``,
-    confidence-set fields in ``ConfidenceFields``."""
+class Config:
+    """Fields reachable with ``--set field=value``; those of the nested ``instance`` (``bandits.InstanceConfig``;
+    its ``kl_coef`` is swept by ``kl_min``, ``kl_max``, ``n_kl``), ``confidence``
+    (``algorithms.core.confidence.ConfidenceConfig``) and ``offline`` (``algorithms.offline.learners.OfflineOptions``:
+    the neural fields) by their own names. ``algorithms``: the frontier's offline learners (any registered in
+    ``algorithms.offline.learners``; empty: the default set of the reward kind), beside ``gibbs_true``."""
 
-    n_contexts: int = 64
-    n_actions: int = 32
-    dim: int = 8
-    reward_norm: float = 2.0
-    coverage: float = 0.8
-    temperature: float = 10.0
+    instance: b.InstanceConfig = b.InstanceConfig(n_contexts=64, coverage=0.8, temperature=10.0)
+    confidence: conf.ConfidenceConfig = conf.ConfidenceConfig()
+    offline: learners.OfflineOptions = learners.OfflineOptions()
+    algorithms: tuple[str, ...] = ()
     n: int = 256
     kl_min: float = 0.01
     kl_max: float = 10.0
@@ -110,16 +110,17 @@ class Config(ConfidenceFields):
     rs_stages: int = 3
     rs_schedule: str = "inverse_linear"
     rs_geometric_ratio: float = 4.0
-    reward: str = "linear"
-    hidden: int = 32
-    neural_steps: int = 300
-    neural_learning_rate: float = 0.02
-    neural_beta: float = 1.0
     seed: int = 0
 
     def __post_init__(self):
-        super().__post_init__()
-        self.instance  # validates the instance fields (reward, hidden included)
+        check_unused(self, ("instance.kl_coef",), "reward-kl sweeps kl_coef over kl_min..kl_max (n_kl values)")
+        check_unused(self, ("offline.dpo_steps", "offline.dpo_learning_rate", "offline.ensemble_size"),
+                     "no learner of reward-kl's frontier trains DPO or an ensemble")
+        allowed = learners.names(neural=self.instance.reward == "neural")
+        for a in self.algorithms:
+            v.check_choice("algorithms", a, allowed)
+        if len(set(self.algorithms)) != len(self.algorithms):
+            v.fail("algorithms", self.algorithms, "a tuple without repeated names")
         v.check_int("n", self.n, 1)
         v.check_float("kl_min", self.kl_min, low=0.0, low_open=True)
         v.check_float("kl_max", self.kl_max, low=0.0, low_open=True)
@@ -134,19 +135,13 @@ class Config(ConfidenceFields):
                 or list(budgets) != sorted(set(budgets)) or min(budgets) < 2 * self.rs_stages:
             v.fail("rs_budgets", budgets, "a non-empty strictly increasing tuple of integers >= 2 * rs_stages "
                    f"= {2 * self.rs_stages} (every stage gets at least 2 proposals per prompt)")
-        v.check_int("neural_steps", self.neural_steps, 1)
-        v.check_float("neural_learning_rate", self.neural_learning_rate, low=0.0, low_open=True)
-        v.check_float("neural_beta", self.neural_beta, low=0.0)
-
-    @property
-    def instance(self) -> b.InstanceConfig:
-        return b.InstanceConfig(n_contexts=self.n_contexts, n_actions=self.n_actions, dim=self.dim,
-                                reward_norm=self.reward_norm, coverage=self.coverage,
-                                temperature=self.temperature, reward=self.reward, hidden=self.hidden)
 
     @property
     def frontier_algorithms(self) -> tuple[str, ...]:
-        return NEURAL_FRONTIER if self.reward == "neural" else FRONTIER
+        """``gibbs_true`` (the exact frontier, Gibbs(r*)) and the offline learners of the frontier panel."""
+        if self.algorithms:
+            return ("gibbs_true",) + tuple(self.algorithms)
+        return NEURAL_FRONTIER if self.instance.reward == "neural" else FRONTIER
 
     @property
     def kl_coefs(self) -> np.ndarray:
@@ -154,7 +149,7 @@ class Config(ConfidenceFields):
 
 
 presets = {
-    "quick": Config(n_contexts=32, rs_budgets=(8, 32)),
+    "quick": replace(Config(), n_contexts=32, rs_budgets=(8, 32)),
     "paper": Config(),
 }
 seeds = {"quick": 32, "paper": 512}
@@ -186,21 +181,17 @@ def fit_offline(key, config: Config):
 def _fit_linear(key, config: Config):
     inst, data = offline_data(key, config)
     z = b.feature_differences(inst, data)
-    theta = fit_bt_mle(z, data.y, data.mask, config.lam).theta
-    beta = conf.confidence_radius(config.beta_mode, config.dim, config.n, config.lam, config.reward_norm,
-                                  config.delta, config.c_beta)
-    cs = conf.confidence_set(theta, conf.gram_matrix(z, data.mask, config.lam), beta)
-    return inst, theta, cs, data
+    cs = conf.mle_confidence_set(z, data.y, data.mask, config.n, config.instance.reward_norm, config.confidence)
+    return inst, cs.center, cs, data
 
 
 def fit_neural(key, inst, data, config: Config):
-    """Neural BT-MLE reward table ``r_net [n_x, K]`` (Adam from a fresh initialisation) and its
-    neural-linear uncertainty ``Gamma_h [n_x, K]`` (``algorithms.core.neural_mle``), both independent of
+    """The neural BT-MLE (``algorithms.core.neural_mle``; Adam from a fresh initialisation), independent of
     ``kl_coef``."""
-    net = neural_mle.init_network(jax.random.fold_in(key, NET_STREAM), config.dim, config.hidden, inst.phi.dtype)
-    net = neural_mle.fit_network(net, inst.phi, data, config.lam, config.neural_steps,
-                                 config.neural_learning_rate).params
-    return b.reward_table(net, inst.phi), neural_mle.neural_linear_uncertainty(inst, net, data, config.lam)
+    i, lam = config.instance, config.confidence.lam
+    net = neural_mle.init_network(jax.random.fold_in(key, NET_STREAM), i.dim, i.hidden, inst.phi.dtype)
+    return neural_mle.fit_network(net, inst.phi, data, lam, config.offline.neural_steps,
+                                  config.offline.neural_learning_rate).params
 
 
 def _metrics(inst, log_pi, proxy):
@@ -230,25 +221,26 @@ def rs_laws(log_pi0, proxy, kl_coef, budget: int, config: Config):
 def per_seed(key, kl_coefs, config: Config):
     """Frontier metrics ``[n_kl, n_frontier]`` and RS metrics ``[n_budgets, n_kl, n_rs]`` of one seed."""
     inst0, theta, cs, data = _fit_linear(key, config)
-    nu = conf.reference_vector(inst0, config.reference_vector)
+    nu = conf.reference_vector(inst0, config.confidence.reference_vector)
     proxy = inst0.phi @ theta
     nan = jnp.full((), jnp.nan, proxy.dtype)
-    neural = config.reward == "neural"
-    if neural:
-        r_net, gamma_h = fit_neural(key, inst0, data, config)
-        r_net_pess = r_net - config.neural_beta * gamma_h
+    neural = config.instance.reward == "neural"
+    net = fit_neural(key, inst0, data, config) if neural else None
+    r_net = b.reward_table(net, inst0.phi) if neural else None
     rs_proxy = r_net if neural else proxy
+    chosen = {name: learners.get(name) for name in config.frontier_algorithms if name != "gibbs_true"}
 
     def frontier(eta):
         inst = inst0._replace(kl_coef=eta.astype(proxy.dtype))
-        pols = {"gibbs_true": lambda: b.optimal_policy(inst), "mle_gibbs": lambda: offline.linear_gibbs(inst, theta),
-                "option_ii": lambda: offline.option_ii_policy(inst, cs, nu),
-                "option_i": lambda: offline.option_i_policy(inst, cs, nu),
-                "neural_gibbs": lambda: b.gibbs_policy(inst.log_pi0, r_net, inst.kl_coef),
-                "neural_linear_pess": lambda: b.gibbs_policy(inst.log_pi0, r_net_pess, inst.kl_coef)}
+        view = learners.make_view(inst, data, cs, nu, network=net, key=jax.random.fold_in(key, NET_STREAM + 1),
+                                  lam=config.confidence.lam, hidden=config.instance.hidden, options=config.offline)
         rows = []
         for name in config.frontier_algorithms:
-            m = _metrics(inst, pols[name](), r_net if name.startswith("neural") else proxy)
+            if name == "gibbs_true":
+                log_pi = b.optimal_policy(inst)
+            else:
+                log_pi = chosen[name].fit(view, chosen[name].init(view))[0]
+            m = _metrics(inst, log_pi, r_net if name in chosen and chosen[name].needs_network else proxy)
             m.update(acceptance_rate=nan, overall_acceptance=nan, min_stage_acceptance=nan,
                      expected_accepted=nan)
             rows.append(m)
@@ -402,27 +394,32 @@ def _annotate_eta(ax, x_eta, km, rm):
 def plot(table, config: Config, out_dir: Path) -> list[Path]:
     panel = np.asarray(table["panel"])
     n_seeds = len(np.unique(np.asarray(table["seed"])))
-    setting = (f"pi0: c={config.coverage:+.1f}, s={config.temperature:g}; n={config.n} pi0 comparisons; "
-               f"d={config.dim}, K={config.n_actions}, B={config.reward_norm:g}; {n_seeds} seeds; "
+    i = config.instance
+    setting = (f"pi0: c={i.coverage:+.1f}, s={i.temperature:g}; n={config.n} pi0 comparisons; "
+               f"d={i.dim}, K={i.n_actions}, B={i.reward_norm:g}; {n_seeds} seeds; "
                "mean with 95% CI")
     present = set(np.asarray(table["algorithm"])[panel == "frontier"].tolist())
     neural = "neural_gibbs" in present
     if neural:
-        setting = f"MLP r* (hidden {config.hidden}); " + setting
+        setting = f"MLP r* (hidden {i.hidden}); " + setting
     paths = []
     labels = {**LABELS, **NEURAL_LABELS} if neural else LABELS
     # Figure 1: frontier + over-optimization.
     fig, axes = plotting.figure(ncols=3, size=(5.2, 4.4))
-    for alg in [a for a in FRONTIER + NEURAL_FRONTIER[3:] if a in present]:
+    known = FRONTIER + NEURAL_FRONTIER[3:]
+    order = [a for a in known if a in present] + sorted(present - set(known))
+    for alg in order:
+        label = labels.get(alg) or (learners.LEARNERS[alg].label if alg in learners.LEARNERS else alg)
+        color = COLORS.get(alg)
         where = {"panel": "frontier", "algorithm": alg}
-        x_eta, km, rm = _frontier_points(axes[0], table, where, labels[alg], COLORS[alg])
+        x_eta, km, rm = _frontier_points(axes[0], table, where, label, color)
         if alg == "mle_gibbs":
             _annotate_eta(axes[0], x_eta, km, rm)
         x, y = plotting.pivot(table, "kl_coef", "true_reward", where=where)
-        plotting.band_plot(axes[1], x, y, labels[alg], color=COLORS[alg])
+        plotting.band_plot(axes[1], x, y, label, color=color)
         x, y = plotting.pivot(table, "kl_coef", "value_gap", where=where)
         if alg != "gibbs_true":
-            plotting.band_plot(axes[2], x, y, labels[alg], color=COLORS[alg], loglog=True)
+            plotting.band_plot(axes[2], x, y, label, color=color, loglog=True)
     axes[0].set_xscale("log")
     axes[0].set(title="Reward-KL frontier (points: kl_coef grid)", xlabel="E_x KL(pi || pi0)",
                 ylabel="true reward E_x E_pi r*")
@@ -434,7 +431,8 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
         ax.legend(fontsize="x-small")
         ax.grid(alpha=0.3)
     what = ("neural true reward (MLP r*): linear MLE-Gibbs and Option II are misspecified; neural BT-MLE "
-            f"r_net ({config.neural_steps} Adam steps), neural-linear pessimism beta={config.neural_beta:g}"
+            f"r_net ({config.offline.neural_steps} Adam steps), neural-linear pessimism "
+            f"beta={config.offline.neural_beta:g}"
             if neural else "Gibbs(r*), MLE-Gibbs and pessimistic offline GSHF")
     fig.suptitle(f"reward-kl: {what}\n{setting}", fontsize="medium")
     paths += plotting.save_figure(fig, out_dir, "reward_kl_frontier")

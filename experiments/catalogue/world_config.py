@@ -3,7 +3,7 @@
 ``offline-rate`` and ``online-explore`` (and the online experiments built on it) derive their
 configs from ``WorldConfig``, ``reward-kl`` (a ``kl_coef`` grid) from ``ConfidenceFields``, so each field has one name, one validation and one meaning
 (``bandits.InstanceConfig`` for the instance; ``algorithms.core.confidence`` for ``lam``, ``beta_mode``,
-``c_beta``, ``delta`` and ``reference_vector``; THEORY.md §1.4). A derived config may redeclare a field
+``c_beta``, ``delta`` and ``reference_vector``; docs/theory.md §1.4). A derived config may redeclare a field
 to change its default only.
 """
 from __future__ import annotations

@@ -5,6 +5,12 @@ value from the field's annotation and rebuilds the (nested) frozen dataclasses, 
 ``__post_init__`` validates the result. Supported annotations: ``int``, ``float``, ``bool``, ``str``,
 ``Literal[...]``, ``tuple[T, ...]`` / ``tuple[T1, T2]`` of those (written ``1,2,3`` or ``(1,2,3)``),
 ``T | None`` (written ``none``) and nested dataclasses (set through dotted paths).
+
+Short names: a field of a nested config can also be set by its own name when that name is unique in
+the whole config tree and is not a top-level field (``kl_coef=0.1`` for ``instance.kl_coef=0.1``,
+``lam=2`` for ``confidence.lam=2``; ``short_names``). A name shared by two nested configs must be
+written in full; the error lists both paths. ``replace(config, kl_coef=0.1, iterations=8)`` is the
+programmatic form (presets use it), and ``config_from_dict`` reads older flat records the same way.
 """
 from __future__ import annotations
 
@@ -15,8 +21,8 @@ import types
 import typing
 from typing import Any, Literal, Mapping, Sequence
 
-__all__ = ["apply_overrides", "config_from_dict", "config_hash", "config_to_dict", "parse_value",
-           "settable_fields"]
+__all__ = ["apply_overrides", "check_unused", "config_from_dict", "config_hash", "config_to_dict", "parse_value",
+           "replace", "settable_fields", "short_names"]
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -46,6 +52,39 @@ def settable_fields(config: Any, prefix: str = "") -> list[str]:
         else:
             out.append(prefix + name)
     return out
+
+
+def _leaf_paths(cls: type, prefix: str = "") -> list[str]:
+    out = []
+    for name, (_, tp) in _fields(cls).items():
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            out.extend(_leaf_paths(tp, f"{prefix}{name}."))
+        else:
+            out.append(prefix + name)
+    return out
+
+
+def short_names(config: Any) -> dict[str, str | tuple[str, ...]]:
+    """``{short name: dotted path}`` for the nested fields of ``config`` (an instance or a type) whose
+    name is unique and not a top-level field; an ambiguous name maps to the tuple of its paths."""
+    cls = config if isinstance(config, type) else type(config)
+    top = set(_fields(cls))
+    paths: dict[str, list[str]] = {}
+    for path in _leaf_paths(cls):
+        if "." in path:
+            paths.setdefault(path.rsplit(".", 1)[1], []).append(path)
+    return {name: (p[0] if len(p) == 1 else tuple(p)) for name, p in paths.items() if name not in top}
+
+
+def _resolve(path: str, config: Any) -> str:
+    """The dotted path of ``path`` (itself unless it is a short name of a nested field)."""
+    if "." in path or path in _fields(type(config)):
+        return path
+    target = short_names(config).get(path)
+    if isinstance(target, tuple):
+        raise ValueError(f"field {path!r} is ambiguous in {type(config).__name__}: write one of "
+                         f"{', '.join(target)}.")
+    return target or path
 
 
 def _union_args(tp: Any) -> tuple | None:
@@ -161,7 +200,8 @@ def _split(override: str) -> tuple[str, str]:
 
 
 def _unknown(path: str, config: Any, prefix: str) -> ValueError:
-    allowed = settable_fields(config, prefix)
+    short = {p: s for s, p in short_names(config).items() if isinstance(p, str)} if not prefix else {}
+    allowed = [f"{short[p]} ({p})" if p in short else p for p in settable_fields(config, prefix)]
     return ValueError(f"unknown field {path!r} for {type(config).__name__}; allowed fields: "
                       f"{', '.join(allowed)}.")
 
@@ -177,6 +217,7 @@ def apply_overrides(config: Any, overrides: Sequence[str]) -> Any:
     changes: dict[str, Any] = {}
     for override in overrides:
         path, text = _split(override)
+        path = _resolve(path, config)
         parts = path.split(".")
         node, node_changes, prefix = config, changes, ""
         for i, part in enumerate(parts):
@@ -211,6 +252,45 @@ def _rebuild(config: Any, changes: Mapping[str, Any]) -> Any:
         return dataclasses.replace(config, **kwargs)
     except (ValueError, TypeError, AssertionError) as err:
         raise ValueError(f"invalid {type(config).__name__} after {', '.join(shown)}: {err}") from err
+
+
+def replace(config: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` through nested configs: keys are field names, short names or dotted paths
+    written with ``__`` for ``.`` (``instance__kl_coef=0.1``); every rebuilt config is validated."""
+    nested: dict[str, Any] = {}
+    for key, value in changes.items():
+        path = _resolve(key.replace("__", "."), config)
+        node, parts = nested, path.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return _replace_nested(config, nested)
+
+
+def _replace_nested(config: Any, nested: Mapping[str, Any]) -> Any:
+    fields = _fields(type(config))
+    kwargs = {}
+    for name, value in nested.items():
+        if name not in fields:
+            raise _unknown(name, config, "")
+        kwargs[name] = _replace_nested(getattr(config, name), value) if isinstance(value, dict) else value
+    return dataclasses.replace(config, **kwargs)
+
+
+def check_unused(config: Any, paths: Sequence[str], why: str) -> None:
+    """Refuse a value on a nested field that this config does not read (e.g. ``instance.kl_coef`` when
+    the experiment sweeps its own grid): each dotted path must keep its declared default, or a
+    ``ValueError`` names the field, the value and ``why``. Call it from the config's ``__post_init__``."""
+    defaults = {f.name: f.default for f in dataclasses.fields(type(config))}
+    for path in paths:
+        head, *rest = path.split(".")
+        value, default = getattr(config, head), defaults[head]
+        for part in rest:
+            value, default = getattr(value, part), getattr(default, part)
+        if value != default:
+            name = path.rsplit(".", 1)[1]
+            raise ValueError(f"{name}={value!r} is not allowed: {why}, so {path} is not read; leave it at "
+                             f"{default!r}.")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -248,8 +328,22 @@ def _coerce(field: str, value: Any, tp: Any) -> Any:
 
 
 def config_from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
-    """Rebuild a config of type ``cls`` from ``config_to_dict``/JSON output (missing keys: defaults)."""
+    """Rebuild a config of type ``cls`` from ``config_to_dict``/JSON output (missing keys: defaults).
+
+    A flat key that is a short name of a nested field (a record written before that field moved into a
+    nested config) is read into its nested config."""
     fields = _fields(cls)
+    if not prefix:
+        short = short_names(cls)
+        moved = {k: short[k] for k in data if k not in fields and isinstance(short.get(k), str)}
+        if moved:
+            flat, data = data, {k: v for k, v in data.items() if k not in moved}
+            for key, path in moved.items():
+                node = data
+                for part in path.split(".")[:-1]:
+                    node[part] = dict(node.get(part, {}))
+                    node = node[part]
+                node[path.rsplit(".", 1)[1]] = flat[key]
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"unknown field(s) {', '.join(prefix + u for u in unknown)} for {cls.__name__}; "

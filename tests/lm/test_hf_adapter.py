@@ -1,4 +1,4 @@
-"""The Hugging Face adapter on tiny random GPT-2 and Llama checkpoints (LLM_BRIDGE.md §5.4 tests 9-15).
+"""The Hugging Face adapter on tiny random GPT-2 and Llama checkpoints (docs/llm_bridge.md §5.4 tests 9-15).
 
 The checkpoints are built from a config, saved with ``save_pretrained`` next to a ``tokenizers``-built
 WordLevel tokenizer and loaded back through ``HFPolicy`` in float64: nothing is downloaded. Vocabulary
@@ -152,7 +152,7 @@ def enumerated_logp(policy, space):
 # -- test 9 ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", MODELS)
 def test_logprob_matches_generate_scores_and_token_loop(policies, name):
-    """LLM_BRIDGE §5.4 test 9: adapter log-probs == compute_transition_scores (<= 1e-5) == a token loop."""
+    """docs/llm_bridge.md §5.4 test 9: adapter log-probs == compute_transition_scores (<= 1e-5) == a token loop."""
     policy = policies[name, "eos"]
     model = policy.model
     gen_diff = []

@@ -1,4 +1,4 @@
-"""LLM_BRIDGE.md §5.4 test 16, second part, through lm-omd-features: P3's one-pass OMD on real MiniLM text
+"""docs/llm_bridge.md §5.4 test 16, second part, through lm-omd-features: P3's one-pass OMD on real MiniLM text
 features ``z = phi(a) - phi(a')`` with a planted ``theta*`` recovers ``theta*``'s direction (needs torch).
 
 Features: all-MiniLM-L6-v2 ``e(a)`` of the experiment's text bank (4 prompts x 32 responses), reduced to their

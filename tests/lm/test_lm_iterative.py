@@ -1,4 +1,4 @@
-"""P1's iterative DPO loop on the tiny LM (LLM_BRIDGE.md §5.4 test 8; ``algorithms.lm.iterative``).
+"""P1's iterative DPO loop on the tiny LM (docs/llm_bridge.md §5.4 test 8; ``algorithms.lm.iterative``).
 
 - the sample-level pair selectors have exactly the pair laws of ``algorithms.online.pairings`` (max_min: brute force
   over every k-tuple of draws; max_random: chi-square on draws);

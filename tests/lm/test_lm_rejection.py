@@ -1,4 +1,4 @@
-"""lm-rejection (LLM_BRIDGE.md §5.4 test 4): the experiment's exact laws against NumPy brute force.
+"""lm-rejection (docs/llm_bridge.md §5.4 test 4): the experiment's exact laws against NumPy brute force.
 
 On a small TreeLM world (V = 4, L = 3, 64 responses, 3 prompts): exact-M RS accepts exactly Gibbs with rate
 ``E_{pi0} exp((r - M)/eta)``; RSO with the per-batch maximum is ``pi0`` at ``n = 1``, biased towards low
