@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from bandits import validation as v
-from bandits.evaluation import context_mean
+from bandits.evaluation import context_mean, kl_to_reference, win_rate
 from bandits.instance import Instance
 from bandits.policy import kl_divergence
 from bandits.preferences import margin_matrix
@@ -128,3 +128,13 @@ def _solve(instance: Instance, payoff: str, tol, max_iter: int) -> NashSolution:
     start = instance.log_pi0
     log_p, gap, it = jax.lax.while_loop(cond, body, (start, gap_of(start), jnp.asarray(0)))
     return NashSolution(log_p, gap, it)
+
+
+def policy_metrics(instance: Instance, log_pi: jax.Array, log_star: jax.Array, payoff: str = "identity") -> dict:
+    """The exact metrics of ``pi`` in P2's game (docs/theory.md §3.1), in this order: ``nash_gap`` (the
+    duality gap), ``win_rate_vs_ref`` and ``win_rate_vs_nash`` (``E_x E_{a~pi, b~pi'} P*(x, a, b)`` against
+    ``pi0`` and the equilibrium ``pi*`` given as ``log_star``) and ``kl_to_ref`` (``E_x KL(pi || pi0)``)."""
+    return {"nash_gap": duality_gap(instance, log_pi, payoff),
+            "win_rate_vs_ref": win_rate(instance, log_pi, instance.log_pi0),
+            "win_rate_vs_nash": win_rate(instance, log_pi, log_star),
+            "kl_to_ref": kl_to_reference(instance, log_pi)}

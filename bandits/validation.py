@@ -12,6 +12,10 @@ import jax
 import numpy as np
 
 
+class MissingDependencyError(ImportError):
+    """An optional dependency (an extra, a model wheel) is not installed; the message says what to install."""
+
+
 def is_concrete(value: Any) -> bool:
     """True when ``value`` holds data we can inspect (not a JAX tracer)."""
     return not isinstance(value, jax.core.Tracer)
@@ -21,11 +25,18 @@ def fail(field: str, value: Any, allowed: str) -> None:
     raise ValueError(f"{field}={value!r} is not allowed: {field} must be {allowed}.")
 
 
-def check_int(field: str, value: Any, minimum: int) -> int:
+# Sizes and counts index arrays with 32-bit integers (XLA's default index type): larger values overflow.
+MAX_INT = 2**31 - 1
+
+
+def check_int(field: str, value: Any, minimum: int, maximum: int = MAX_INT) -> int:
+    """An integer in ``[minimum, maximum]`` (the default maximum keeps 32-bit array indices valid)."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         fail(field, value, f"an integer >= {minimum}")
     if value < minimum:
         fail(field, value, f"an integer >= {minimum}")
+    if value > maximum:
+        fail(field, value, f"an integer in [{minimum}, {maximum}]")
     return int(value)
 
 
@@ -52,6 +63,27 @@ def check_choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
     if value not in choices:
         fail(field, value, "one of " + ", ".join(repr(c) for c in choices))
     return value
+
+
+def check_names(field: str, values: Any, allowed: tuple[str, ...], *, empty: bool = False) -> tuple[str, ...]:
+    """``values`` must be a tuple of distinct names from ``allowed`` (non-empty unless ``empty``)."""
+    if not isinstance(values, tuple) or (not values and not empty):
+        fail(field, values, "a non-empty tuple of " + ", ".join(repr(c) for c in allowed))
+    for name in values:
+        check_choice(field, name, allowed)
+    if len(set(values)) != len(values):
+        fail(field, values, "a tuple without repeated names")
+    return values
+
+
+def check_increasing_ints(field: str, values: Any, minimum: int = 1, maximum: int = MAX_INT) -> tuple[int, ...]:
+    """``values`` must be a non-empty strictly increasing tuple of integers in ``[minimum, maximum]``."""
+    ok = (isinstance(values, tuple) and values
+          and all(not isinstance(n, bool) and isinstance(n, (int, np.integer)) for n in values)
+          and list(values) == sorted(set(values)) and values[0] >= minimum and values[-1] <= maximum)
+    if not ok:
+        fail(field, values, f"a non-empty strictly increasing tuple of integers in [{minimum}, {maximum}]")
+    return values
 
 
 def check_shape(field: str, array: Any, shape: tuple[int, ...]) -> None:

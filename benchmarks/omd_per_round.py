@@ -2,8 +2,10 @@
 
 For each t in --rounds: the cost of round t (one update on comparison t, given the state after t-1
 rounds), for
-  ours-omd    algorithms.onepass.omd.omd_step, jitted (O(d^2), flat in t)
-  ours-mle    algorithms.onepass.mle_refit.mle_step, jitted, buffer of exactly t rows (warm-started Newton, O(t))
+  ours-omd    the registry's ``omd`` update (algorithms.onepass.estimators: omd.omd_step, no projection), jitted
+              (O(d^2), flat in t)
+  ours-mle    the registry's ``mle`` update (mle_refit.mle_step), jitted, buffer of exactly t rows
+              (warm-started Newton, O(t))
   np-omd      the same OMD step in plain NumPy (Sherman-Morrison, no projection)
   np-mle      scipy.optimize.minimize(L-BFGS-B) on the first t rows, warm-started at theta_{t-1}
 Compile excluded (one warm-up call), block_until_ready, median of --repeats. Speed is measured, never
@@ -41,7 +43,8 @@ def main(argv=None):
     jax.config.update("jax_enable_x64", True)
     import jax.numpy as jnp
     from scipy.optimize import minimize
-    from algorithms.onepass import mle_refit, omd
+    from algorithms.onepass import omd
+    from algorithms.onepass.estimators import OnePassOptions, make_estimator
     rounds = [int(r) for r in args.rounds.split(",")]
     rng = np.random.default_rng(0)
     n, d = max(rounds), args.dim
@@ -61,14 +64,14 @@ def main(argv=None):
             ts.append(time.perf_counter() - t0)
         return statistics.median(ts)
 
+    options = OnePassOptions(lam=args.lam, omd_step_size=args.eta, projection="none")
     omd_fit = jax.jit(omd.omd_fit)
-    omd_step = jax.jit(omd.omd_step)
-    mle_step = jax.jit(mle_refit.mle_step)
+    omd_step = jax.jit(make_estimator("omd", d, options).update)
     report = []
     for t in rounds:
         mask = jnp.arange(n) < t - 1
         state = omd_fit(jnp.asarray(z), jnp.asarray(y), mask, args.lam, args.eta)
-        row = {"t": t, "ours-omd": timed(omd_step, state, jnp.asarray(z[t - 1]), y[t - 1], args.eta)}
+        row = {"t": t, "ours-omd": timed(omd_step, state, jnp.asarray(z[t - 1]), y[t - 1])}
         th, hinv = np.asarray(state.theta), np.asarray(state.hess_inv)
 
         def np_omd():
@@ -81,14 +84,14 @@ def main(argv=None):
             w2 = hinv @ (np.sqrt(s2 * (1 - s2)) * z[t - 1])
             return new, hinv - np.outer(w2, w2) / (1 + np.sqrt(s2 * (1 - s2)) * z[t - 1] @ w2)
         row["np-omd"] = timed(np_omd)
-        prev = mle_refit.mle_init(t, d, args.lam, jnp.float64)
-        prev = prev._replace(z=jnp.asarray(z[:t]).at[t - 1].set(0.0), y=jnp.asarray(y[:t]).at[t - 1].set(0.0),
+        mle = make_estimator("mle", d, options, capacity=t, dtype=jnp.float64)
+        mle_step = jax.jit(mle.update)
+        prev = mle.init()._replace(z=jnp.asarray(z[:t]).at[t - 1].set(0.0), y=jnp.asarray(y[:t]).at[t - 1].set(0.0),
                              count=jnp.asarray(t - 1, jnp.int32))
         warm = np.zeros(d) if t == 1 else np.asarray(
-            mle_step(prev._replace(count=jnp.asarray(t - 2, jnp.int32)), jnp.asarray(z[t - 2]), y[t - 2],
-                     args.lam).theta)
+            mle_step(prev._replace(count=jnp.asarray(t - 2, jnp.int32)), jnp.asarray(z[t - 2]), y[t - 2]).theta)
         prev = prev._replace(theta=jnp.asarray(warm))
-        row["ours-mle"] = timed(mle_step, prev, jnp.asarray(z[t - 1]), y[t - 1], args.lam)
+        row["ours-mle"] = timed(mle_step, prev, jnp.asarray(z[t - 1]), y[t - 1])
         zs, ss = z[:t], 2 * y[:t] - 1
 
         def np_mle():

@@ -112,11 +112,12 @@ def _jax():
 def explore_config(sz: Sizes):
     """The online-explore Config of these sizes (hard setting only, strategy optimism)."""
     from experiments.catalogue import online_common as oe
-    return oe.Config(n_contexts=sz.n_contexts, n_actions=sz.n_actions, dim=sz.dim, reward_norm=sz.reward_norm,
-                     kl_coef=sz.kl_coef, settings=("hard",), hard_coverage=sz.coverage,
-                     hard_temperature=sz.temperature, iterations=sz.iterations, batch_size=sz.batch_size,
-                     lam=sz.lam, beta_mode="sqrt_d", c_beta=sz.c_beta, newton_steps=sz.newton_steps,
-                     algorithms=(STRATEGY,))
+    from experiments.engine.config import replace
+    return replace(oe.Config(), n_contexts=sz.n_contexts, n_actions=sz.n_actions, dim=sz.dim,
+                   reward_norm=sz.reward_norm, kl_coef=sz.kl_coef, settings=("hard",), hard_coverage=sz.coverage,
+                   hard_temperature=sz.temperature, iterations=sz.iterations, batch_size=sz.batch_size,
+                   lam=sz.lam, beta_mode="sqrt_d", c_beta=sz.c_beta, newton_steps=sz.newton_steps,
+                   algorithms=(STRATEGY,))
 
 
 def rng_only_per_seed(key, sz: Sizes):
@@ -179,8 +180,7 @@ def run_jax(sz: Sizes, seeds: int, start: int, repeats: int, chunk: int, out: Pa
     t_import = time.perf_counter() - t_import
     config = explore_config(sz)
     coverage, temperature = config.setting_values("hard")
-    fn = functools.partial(oe.per_seed, config=config, group=(STRATEGY,),
-                           settings=config.online_settings(agent="gibbs"), offline_size=0, agent_table=None)
+    fn = functools.partial(oe.per_seed, config=config, group=(STRATEGY,), online=config.online, offline_size=0)
     keys = jax.block_until_ready(seed_keys(0, seeds, start))
     args = (np.float64(coverage), np.float64(temperature), np.int32(0))   # as run_algorithms passes them
     res, loop = _timed_calls(fn, keys, args, repeats, chunk, lambda phase: _barrier(out, f"loop_{phase}", tag, parties))

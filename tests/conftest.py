@@ -1,8 +1,12 @@
 """Test configuration: float64 math, rank promotion raises, a deterministic hypothesis profile."""
 import os
 
-import jax
-from hypothesis import HealthCheck, settings
+# Tests compile from scratch: the CLI's persistent compilation cache (experiments.engine.compile_cache) stays off,
+# so a test never depends on, or writes to, the user's cache.
+os.environ.setdefault("RLHF_BANDITS_COMPILATION_CACHE", "off")
+
+import jax  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -7,6 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from algorithms.onepass import active_selection as act
+
+
 def test_hand_built_pool_picks_the_most_uncertain_available_comparison():
     """A^{-1} = diag(1, 100): uncertainty is dominated by the second coordinate."""
     inv = jnp.diag(jnp.asarray([1.0, 100.0]))

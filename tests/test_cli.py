@@ -84,9 +84,9 @@ def test_plot_of_a_directory_without_results_exits_2(tmp_path, capsys):
 
 
 def test_bad_seed_count_is_an_argument_error(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(["run", "toy", "--seeds", "0"])
-    assert exit_.value.code == 2 and "must be an integer >= 1" in capsys.readouterr().err
+    assert main(["run", "toy", "--seeds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "must be an integer >= 1" in err and len(err.strip().splitlines()) == 1
 
 
 def test_module_entry_point_reports_unknown_names_without_traceback():
@@ -98,16 +98,18 @@ def test_module_entry_point_reports_unknown_names_without_traceback():
 
 
 def test_manifest_names_the_code_at_the_start_and_resumption_is_per_revision(toy, tmp_path, monkeypatch):
-    """The git revision is read before running (a commit made mid-run must not be recorded), and saved
-    chunks of an interrupted run are keyed by it (other code does not reuse them)."""
+    """The git revision and the source digest are read before running (an edit or a commit made mid-run
+    must not be recorded), and saved chunks of an interrupted run are keyed by the source digest (other
+    code does not reuse them)."""
     from experiments.engine import config as config_module
     state = {"rev": "A"}
     monkeypatch.setattr(storage, "git_revision", lambda path=None: {"revision": state["rev"], "dirty": False})
+    monkeypatch.setattr(storage, "code_digest", lambda: "source-" + state["rev"])
     original_run = toy.run
 
     def run_then_commit(*args, **kwargs):
         out = original_run(*args, **kwargs)
-        state["rev"] = "B"          # someone commits while the run is in flight
+        state["rev"] = "B"          # someone edits and commits while the run is in flight
         return out
 
     monkeypatch.setattr(toy, "run", run_then_commit)
@@ -115,7 +117,8 @@ def test_manifest_names_the_code_at_the_start_and_resumption_is_per_revision(toy
     real_hash = config_module.config_hash
     monkeypatch.setattr(config_module, "config_hash", lambda *p: digests.append(real_hash(*p)) or digests[-1])
     assert main(["run", "toy", "--seeds", "2", "--out", str(tmp_path)]) == 0
-    assert storage.read_manifest(tmp_path / "toy")["git"]["revision"] == "A"
+    manifest = storage.read_manifest(tmp_path / "toy")
+    assert manifest["git"]["revision"] == "A" and manifest["code_sha256"] == "source-A"
     assert main(["run", "toy", "--seeds", "2", "--out", str(tmp_path)]) == 0
     assert storage.read_manifest(tmp_path / "toy")["git"]["revision"] == "B"
     assert len(digests) == 2 and digests[0] != digests[1]

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from algorithms.onepass import deployment as dueling
+
 K, D = 6, 3
 
 

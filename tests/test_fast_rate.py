@@ -1,6 +1,4 @@
 """fast-rate experiment (E11): config validation, margin-family solver, end-to-end run + plot, invariant 18."""
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +8,7 @@ import bandits as b
 from algorithms.core.bt_mle import fit_bt_mle
 from experiments.catalogue import fast_rate as e
 from experiments.engine import registry
+from experiments.engine.config import apply_overrides, config_from_dict, replace
 from experiments.engine.runner import Progress
 
 
@@ -34,9 +33,21 @@ from experiments.engine.runner import Progress
 ])
 def test_config_validation_errors(field, value, message):
     with pytest.raises(ValueError) as err:
-        e.Config(**{field: value})
+        replace(e.Config(), **{field: value})
     text = str(err.value)
     assert message in text and "is not allowed" in text and "must be" in text
+
+
+def test_instance_is_nested_and_its_unread_fields_are_refused():
+    """The canonical instance is ``instance: bandits.InstanceConfig`` (flat names still set it); the fields
+    that no panel reads are refused, naming the field and why; old flat records still load."""
+    config = apply_overrides(e.presets["quick"], ["n_contexts=16", "kl_coef=0.5", "lam=2"])
+    assert config.instance == b.InstanceConfig(n_contexts=16, kl_coef=0.5) and config.lam == 2.0
+    for field, value in (("coverage", 0.5), ("temperature", 2.0), ("reward", "neural"), ("skew_strength", 0.1)):
+        with pytest.raises(ValueError, match=rf"{field}={value!r} is not allowed: the canonical and TMPS panels"):
+            replace(e.Config(), **{field: value})
+    old = {"n_contexts": 16, "n_actions": 4, "dim": 3, "reward_norm": 1.5, "kl_coef": 0.5, "lam": 2.0}
+    assert config_from_dict(e.Config, old) == replace(e.Config(), **old)
 
 
 def test_registered_and_presets_valid():
@@ -71,8 +82,8 @@ def test_greedy_ties_are_broken_uniformly():
     np.testing.assert_allclose(e.greedy_suboptimality(inst, jnp.array([[0.0, 1.0]])), 0.5)
 
 
-TINY = e.Config(n_contexts=4, n_actions=4, dim=2, sample_sizes=(16, 32), margin_sample_sizes=(16, 64),
-                margin_gap_count=3, tmps_temperature=3.0, tmps_kl_coef=0.3, chunk_size=4)
+TINY = replace(e.Config(), n_contexts=4, n_actions=4, dim=2, sample_sizes=(16, 32), margin_sample_sizes=(16, 64),
+               margin_gap_count=3, tmps_temperature=3.0, tmps_kl_coef=0.3, chunk_size=4)
 
 
 def test_tiny_run_and_plot_end_to_end(tmp_path):
@@ -99,7 +110,7 @@ def test_invariant_18_margin_family_slopes():
     """THEORY §9.2 invariant 18 on the margin family: worst-case greedy slope in [-0.7, -0.3],
     KL-regularized Gibbs-of-MLE slope in [-1.2, -0.8] (and steeper than greedy). Fixed seeds; the
     worst-case gap moves with n (checked too), which is what makes the greedy envelope slow."""
-    config = dataclasses.replace(e.presets["quick"], panels=("margin",))
+    config = replace(e.presets["quick"], panels=("margin",))
     res = e.run(config, 512, Progress())
     s = res.summary
     greedy, gibbs = s["margin/greedy/worst_case/slope"], s["margin/gibbs/worst_case/slope"]

@@ -12,6 +12,7 @@ import bandits as b
 from algorithms.core import confidence as conf
 from algorithms.nash import preference_model as gp
 from algorithms.nash import dynamics as nd
+from algorithms.nash import methods
 from algorithms.nash import offline as no
 from algorithms.nash import online as non
 from tests.helpers import random_instance, random_log_policy, seeds
@@ -338,3 +339,113 @@ def test_online_agent_consistency():
     np.testing.assert_allclose(uniform, jnp.full((3, 5), -jnp.log(5.0)), atol=1e-15)
     with pytest.raises(ValueError, match="method='greedy' is not allowed"):
         non.run_online(key, inst, "greedy", 3, 16)
+
+
+# ---- the method registry (algorithms.nash.methods) and the shared pipelines ----
+
+
+def test_mle_confidence_set_is_the_fit_and_the_set():
+    """One pipeline: the psi-space MLE and its set, bit for bit the separate fit, Gram and radius."""
+    inst = b.make_instance(jax.random.key(3), CFG)
+    data = b.sample_preference_data(jax.random.key(4), inst, inst.log_pi0, b.uniform_policy(3, 5), 40)
+    ccfg = conf.ConfidenceConfig(lam=0.7, beta_mode="theory", c_beta=0.3)
+    cs = gp.mle_confidence_set(inst, data, 40, 2.0, ccfg)
+    theta = gp.fit_general_preference(inst, data, 0.7).theta
+    beta = conf.confidence_radius("theory", gp.psi_dim(2), 40, 0.7, 2.0, c_beta=0.3)
+    ref = gp.confidence_set(inst, data, theta, 0.7, beta)
+    for got, want in zip(cs, ref):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_offline_ipo_is_the_sampled_step_on_the_same_comparisons():
+    inst = b.make_instance(jax.random.key(5), CFG)
+    key = jax.random.key(6)
+    data = b.sample_preference_data(key, inst, inst.log_pi0, inst.log_pi0, 64)
+    np.testing.assert_array_equal(nd.update_from_data("ipo", inst, data, inst.log_pi0, 1.0, 1e-3),
+                                  nd.sampled_step(key, inst, "ipo", inst.log_pi0, 1.0, 64, 1e-3))
+
+
+def test_policy_metrics_in_the_world_layer():
+    inst = b.make_instance(jax.random.key(7), CFG)
+    star = b.nash_equilibrium(inst).log_pi
+    m = b.nash.policy_metrics(inst, inst.log_pi0, star, "identity")
+    assert tuple(m) == ("nash_gap", "win_rate_vs_ref", "win_rate_vs_nash", "kl_to_ref")
+    np.testing.assert_allclose(m["win_rate_vs_ref"], 0.5, atol=1e-12)
+    np.testing.assert_allclose(m["kl_to_ref"], 0.0, atol=1e-12)
+    np.testing.assert_allclose(m["nash_gap"], b.duality_gap(inst, inst.log_pi0), rtol=0, atol=0)
+    np.testing.assert_allclose(b.nash.policy_metrics(inst, star, star)["win_rate_vs_nash"], 0.5, atol=1e-12)
+
+
+def test_registry_kinds_metadata_and_queries():
+    o = methods.NashOptions(iterations=3, batch=7)
+    assert set(methods.names(("offline",))) >= {"bt_gibbs", "dpo", "nash_mle", "p2_pessimistic", "ipo"}
+    assert set(methods.names(("online",))) >= {"enhancer", "p2_online", "self_play", "uniform"}
+    assert methods.names(("exact",))[0] == "nash"
+    assert methods.queries("dpo", o, 50) == 50 and methods.queries("inpo", o, 50) == 21
+    assert methods.queries("nash", o, 50) == 0 and methods.queries("sppo_exact", o, 50) == 0
+    assert methods.label("nash_mle") == "Nash of estimated game" and methods.label("gone") == "gone"
+    assert methods.color("bt_gibbs") == "C3" and methods.color("gone") is None
+    assert {"iterations", "batch", "step", "beta"} <= set(methods.unread_options(("offline",)))
+    assert methods.unread_options(methods.KINDS) == ()
+    assert methods.needs_fit(("bt_gibbs", "p2_pessimistic")) and not methods.needs_fit(("dpo", "nash"))
+    assert methods.check_algorithms("algorithms", ("nash_mle", "dpo"), ("offline",), "logit") == ("nash_mle", "dpo")
+    with pytest.raises(ValueError, match="algorithms=.* is not allowed.*free of sppo when payoff='logit'"):
+        methods.check_algorithms("algorithms", ("nash", "sppo"), methods.KINDS, "logit")
+
+
+@pytest.mark.parametrize("name, entry, message", [
+    ("bad name", methods.METHODS["nash"], "Nash method name='bad name' is not allowed"),
+    ("nash", methods.METHODS["nash"], "Nash method name='nash' is not allowed.*overwrite=True"),
+    ("x", lambda view: view, "Nash method 'x'=.* is not allowed: .*NashMethod"),
+    ("x", methods.NashMethod(lambda view: view, "batch"), "Nash method 'x' kind='batch' is not allowed"),
+    ("x", methods.NashMethod(lambda view: view, "exact", payoffs=("linear",)), "payoffs='linear' is not allowed"),
+    ("x", methods.NashMethod(lambda view: view, "exact", reads=("lr",)), "reads='lr' is not allowed"),
+])
+def test_register_refuses_bad_entries(name, entry, message):
+    with pytest.raises(ValueError, match=message):
+        methods.register(name, entry)
+    assert "x" not in methods.METHODS and "bad name" not in methods.METHODS
+
+
+def test_stream_keys_fixed_order_and_stable_hash():
+    key = jax.random.key(0)
+    order = ("a", "b")
+    same = lambda k1, k2: np.array_equal(jax.random.key_data(k1), jax.random.key_data(k2))
+    assert same(methods.stream_key(key, "b", order), jax.random.fold_in(key, 1))
+    new = methods.stream_key(key, "mine", order)
+    assert same(new, methods.stream_key(key, "mine", ("a", "b", "c")[:2]))
+    assert not any(same(new, jax.random.fold_in(key, i)) for i in range(8))
+
+
+def test_run_methods_views_by_kind():
+    """Offline methods see the data and an instance without reward and skew; the others the true
+    instance and their own key; exact dynamics entries are dynamics.exact_trajectory."""
+    inst = b.make_instance(jax.random.key(1), CFG)
+    data = b.sample_preference_data(jax.random.key(2), inst, inst.log_pi0, inst.log_pi0, 16)
+    seen = {}
+
+    def spy(kind):
+        def policy(view):
+            seen[kind] = view
+            return view.instance.log_pi0 if kind in ("offline", "exact") else view.instance.log_pi0[None]
+        return methods.NashMethod(policy, kind)
+
+    for kind in methods.KINDS:
+        methods.register(f"spy_{kind}", spy(kind))
+    try:
+        o = methods.NashOptions(iterations=2, step=0.5)
+        keys = {f"spy_{k}": jax.random.key(i) for i, k in enumerate(methods.KINDS)}
+        out = methods.run_methods(tuple(keys) + ("inpo_exact",), inst, payoff="identity", options=o, lam=1.0,
+                                  key_of=keys.get, data=data)
+    finally:
+        for kind in methods.KINDS:
+            methods.METHODS.pop(f"spy_{kind}")
+    assert seen["offline"].data is data and seen["offline"].confidence is None
+    assert np.all(np.asarray(seen["offline"].instance.reward) == 0) and np.all(np.asarray(seen["offline"].instance.skew) == 0)
+    for kind in ("exact", "dynamics", "online"):
+        assert seen[kind].instance is inst and seen[kind].data is None and seen[kind].key is keys[f"spy_{kind}"]
+    np.testing.assert_array_equal(out["inpo_exact"], nd.exact_trajectory(inst, "inpo", 0.5, 2))
+    assert methods.final_policy("inpo_exact", out["inpo_exact"]).shape == (3, 5)
+    assert methods.final_policy("dpo", inst.log_pi0) is inst.log_pi0
+    with pytest.raises(ValueError, match="algorithms='nash_mle' is not allowed"):   # needs the confidence set
+        methods.run_methods(("nash_mle",), inst, payoff="identity", options=o, lam=1.0, key_of=keys.get, data=data)

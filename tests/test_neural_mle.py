@@ -6,6 +6,7 @@ import pytest
 
 import bandits as b
 from algorithms.core import neural_mle as nm
+
 CFG = b.InstanceConfig(n_contexts=8, n_actions=5, dim=3, reward="neural", hidden=6, reward_norm=2.0)
 
 

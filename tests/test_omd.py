@@ -1,6 +1,6 @@
 """P3's one-pass estimators (docs/theory.md §4.2, §9.2 invariants 15-16): OMD step vs scipy on its per-round
 objective, Sherman-Morrison vs direct solves, the local-design order and sandwich, OGD / HVP-CG / MLE-refit
-against NumPy references."""
+against NumPy references; the registry, its metadata and ``OnePassOptions``."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
-from algorithms.onepass import hvp_cg, mle_refit, ogd, omd
+from algorithms.onepass import estimators, hvp_cg, mle_refit, ogd, omd
 from algorithms.core.bt_mle import fit_bt_mle
-from algorithms.onepass.estimators import ESTIMATORS, make_estimator
+from algorithms.onepass.estimators import BUILTIN_ESTIMATORS, OnePassOptions, make_estimator
 
 D = 3
 
@@ -262,10 +262,11 @@ def test_mle_refit_equals_cold_fit_on_the_prefix():
     np.testing.assert_allclose(state.gram_inv, np.linalg.inv(np.eye(D) + z.T @ z), atol=1e-10)
 
 
-@pytest.mark.parametrize("name", ESTIMATORS)
+@pytest.mark.parametrize("name", BUILTIN_ESTIMATORS)
 def test_estimator_bundles_run_under_jit_scan(name):
     z, y = _stream(1, 50)
-    est = make_estimator(name, D, lam=1.0, radius=2.0, capacity=50, dtype=jnp.float64)
+    est = make_estimator(name, D, OnePassOptions(lam=1.0), radius=2.0, capacity=50, dtype=jnp.float64)
+    assert est.name == name
 
     @jax.jit
     def run(zs, ys):
@@ -290,3 +291,63 @@ def test_bad_inputs_are_refused():
         omd.omd_step(state, jnp.ones(D), 1.0, -1.0)
     with pytest.raises(ValueError, match="estimator='sgd'"):
         make_estimator("sgd", D)
+    with pytest.raises(ValueError, match="c_beta=-0.1"):
+        OnePassOptions(c_beta=-0.1)
+    with pytest.raises(ValueError, match="omd_step_size='big'"):
+        OnePassOptions(omd_step_size="big")
+    with pytest.raises(ValueError, match="projection='ball'"):
+        OnePassOptions(projection="ball")
+
+
+def test_builds_use_the_options_and_bound():
+    """Each built-in bundle is its module's step with the options' values (``omd_lam`` over ``lam`` for OMD's
+    ``cH_1``; ``theory`` and ``none`` give ``default_step_size(B)``; ``hvp`` has no projection)."""
+    z, y, radius = jnp.asarray([0.9, -0.4, 0.3]), 1.0, 0.2
+    opts = OnePassOptions(lam=2.0, omd_lam=3.0, omd_step_size="theory", projection="euclid", ogd_lr=0.5, hvp_lr=0.05)
+    want = {"omd": omd.omd_step(omd.omd_init(D, 3.0), z, y, omd.default_step_size(radius), radius, "euclid"),
+            "mle": mle_refit.mle_step(mle_refit.mle_init(4, D, 2.0), z, y, 2.0),
+            "ogd": ogd.ogd_step(ogd.ogd_init(D, 2.0), z, y, 0.5, radius),
+            "hvp": hvp_cg.hvp_step(hvp_cg.hvp_init(D, 2.0), z, y, 0.05)}
+    for name, ref in want.items():
+        est = make_estimator(name, D, opts, radius=radius, capacity=4)
+        got = est.update(est.init(), z, y)
+        assert type(got) is type(ref)
+        np.testing.assert_allclose(est.theta(got), ref.theta, atol=1e-14)
+        inverse = ref.hess_inv if estimators.get(name).design == "H_t" else ref.gram_inv
+        np.testing.assert_allclose(est.inverse_design(got), inverse, atol=1e-14)
+    for step in ("theory", None):
+        assert OnePassOptions(omd_step_size=step).step_size(radius) == omd.default_step_size(radius)
+    assert OnePassOptions(omd_step_size="theory").step_size(None) == 1.0
+    assert OnePassOptions(omd_step_size=0.3).step_size(radius) == 0.3
+    # beta_t = c_beta sqrt(d log(1 + t)); c_beta = 0 (no bonus) is allowed
+    np.testing.assert_allclose(OnePassOptions(c_beta=0.5).beta(8, 15), 0.5 * np.sqrt(8 * np.log(16.0)), rtol=1e-15)
+    assert float(OnePassOptions(c_beta=0.0).beta(8, 15)) == 0.0
+
+
+def test_registry_metadata_and_refusals():
+    meta = {n: (e.design, e.first_order, e.stores_data) for n, e in estimators.ESTIMATORS.items()
+            if n in BUILTIN_ESTIMATORS}
+    assert meta == {"omd": ("H_t", False, False), "mle": ("V_t", False, True), "ogd": ("V_t", True, False),
+                    "hvp": ("V_t", False, False)}
+    assert all(estimators.get(n).label for n in BUILTIN_ESTIMATORS)
+    assert estimators.unread_options(("mle",)) == ("omd_lam", "omd_step_size", "projection", "ogd_lr", "hvp_lr")
+    assert estimators.unread_options(BUILTIN_ESTIMATORS) == ()
+    entry = estimators.get("ogd")
+    with pytest.raises(ValueError, match="estimator name='omd' is not allowed"):
+        estimators.register("omd", entry)
+    with pytest.raises(ValueError, match="estimator name='my-ogd' is not allowed"):
+        estimators.register("my-ogd", entry)
+    with pytest.raises(ValueError, match="design='W_t' is not allowed"):
+        estimators.register("x", entry._replace(design="W_t"))
+    with pytest.raises(ValueError, match="reads='lr' is not allowed"):
+        estimators.register("x", entry._replace(reads=("lr",)))
+    with pytest.raises(ValueError, match="estimator 'x'="):
+        estimators.register("x", lambda spec: None)
+    assert "x" not in estimators.ESTIMATORS
+    try:
+        got = estimators.register("x", entry._replace(label=""))
+        assert got.label == "x" and estimators.names()[-1] == "x"
+        est = make_estimator("x", D, radius=1.0)
+        assert est.name == "x" and type(est.init()) is ogd.OGDState
+    finally:
+        estimators.ESTIMATORS.pop("x", None)

@@ -1,22 +1,32 @@
-"""The online loop, its strategies, pairings, enhancer and DPO agent (docs/theory.md §2.4-2.5, §6, §9.2)."""
+"""The online loop, its strategies, pairings, enhancer, agents and their registry (docs/theory.md §2.4-2.5, §6, §9.2)."""
 import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import bandits as b
 from algorithms.core import confidence as conf
-from algorithms.online import iterative_dpo, loop as online, strategies
 from algorithms.core.bt_mle import bt_hessian
-from algorithms.online.enhancer import enhancer_objective, enhancer_policy
 from algorithms.offline.gshf import linear_gibbs
+from algorithms.online import agents, iterative_dpo, strategies
+from algorithms.online import loop as online
+from algorithms.online.enhancer import enhancer_objective, enhancer_policy
 from algorithms.online.pairings import PAIRINGS, pairing_law
 
 CFG = b.InstanceConfig(n_contexts=6, n_actions=5, dim=3, reward_norm=2.0, kl_coef=0.3)
-SETTINGS = online.OnlineSettings(iterations=5, batch_size=16, newton_steps=20, dpo_steps=20)
+OPTIONS = online.OnlineOptions(iterations=5, batch_size=16, newton_steps=20, dpo_steps=20)
+CONFIDENCE = conf.ConfidenceConfig()
+
+
+def _loop(key, inst, strategy, options=OPTIONS, confidence=CONFIDENCE, agent="gibbs", hidden=CFG.hidden, **kwargs):
+    """``run_online`` with a strategy (name or function) and an agent of the registry by name."""
+    strategy = strategies.get(strategy) if isinstance(strategy, str) else strategy
+    return online.run_online(key, inst, strategy, agents.AGENTS[agent], options, confidence,
+                             reward_norm=CFG.reward_norm, hidden=hidden, **kwargs)
 
 
 def _instance(seed, coverage=-0.8, temperature=4.0):
@@ -169,17 +179,18 @@ def test_bonus_objective_matches_numpy():
     np.testing.assert_allclose(float(got), dpo + 0.7 * bonus, rtol=1e-12)
 
 
-def _run(strategy="enhancer", settings_=SETTINGS, seed=0, offline=None):
+def _run(strategy="enhancer", options=OPTIONS, seed=0, confidence=CONFIDENCE):
     inst = _instance(seed)
-    return inst, online.run_online(jax.random.key(seed + 10), inst, strategies.get(strategy), settings_, offline)
+    return inst, _loop(jax.random.key(seed + 10), inst, strategy, options, confidence)
 
 
 def test_trace_invariants_on_every_strategy():
     """queries = m t; regret non-decreasing and equal to the cumulative m subopt_kl; subopt_kl >= subopt
     >= 0; the uncertainty of a fixed direction never grows (invariant 8); the bound holds on the event."""
-    const = online.OnlineSettings(iterations=5, batch_size=16, newton_steps=20, beta_mode="const", c_beta=3.0)
+    opts = online.OnlineOptions(iterations=5, batch_size=16, newton_steps=20)
+    const = conf.ConfidenceConfig(beta_mode="const", c_beta=3.0)
     for name in ("enhancer", "pi0", "optimism", "thompson", "max_min", "uniform"):
-        _, tr = _run(name, const)
+        _, tr = _run(name, opts, confidence=const)
         tr = jax.tree.map(np.asarray, tr)
         np.testing.assert_array_equal(tr.queries, 16 * np.arange(6))
         assert np.all(np.diff(tr.regret_kl) >= 0)
@@ -204,8 +215,8 @@ def test_enhancer_reports_feasibility_and_loop_matches_offline_refit():
     assert set(np.unique(np.asarray(tr.strategy_info)).tolist()) <= {0.0, 1.0}
     # hybrid: with offline data and one iteration, iteration 0 is offline MLE-Gibbs
     off = b.sample_preference_data(jax.random.key(99), inst, inst.log_pi0, inst.log_pi0, 50)
-    one = online.OnlineSettings(iterations=1, batch_size=8, newton_steps=50)
-    tr_h = online.run_online(jax.random.key(1), inst, strategies.get("pi0"), one, off)
+    one = online.OnlineOptions(iterations=1, batch_size=8, newton_steps=50)
+    tr_h = _loop(jax.random.key(1), inst, "pi0", one, offline=off)
     from algorithms.core.bt_mle import fit_bt_mle
     theta = fit_bt_mle(b.feature_differences(inst, off), off.y, off.mask, 1.0).theta
     np.testing.assert_allclose(tr_h.subopt[0], b.suboptimality(inst, linear_gibbs(inst, theta)), rtol=1e-9)
@@ -213,7 +224,7 @@ def test_enhancer_reports_feasibility_and_loop_matches_offline_refit():
 
 def test_run_online_jit_and_vmap_agree_with_eager_loop():
     inst = _instance(0)
-    fn = lambda k: online.run_online(k, inst, strategies.get("thompson"), SETTINGS)
+    fn = lambda k: _loop(k, inst, "thompson")
     keys = jax.random.split(jax.random.key(4), 2)
     batched = jax.vmap(fn)(keys)
     for i in range(2):
@@ -223,22 +234,48 @@ def test_run_online_jit_and_vmap_agree_with_eager_loop():
 
 
 def test_dpo_agent_runs_restart_and_warm_start_differ():
-    warm = online.OnlineSettings(iterations=3, batch_size=16, agent="dpo", dpo_steps=20)
-    cold = online.OnlineSettings(iterations=3, batch_size=16, agent="dpo", dpo_steps=20, restart=True)
-    _, tw = _run("max_min", warm)
-    _, tc = _run("max_min", cold)
+    opts = online.OnlineOptions(iterations=3, batch_size=16, dpo_steps=20)
+    inst = _instance(0)
+    run = lambda name: agents.run_algorithm(jax.random.key(10), inst, name, opts, CONFIDENCE,
+                                            reward_norm=CFG.reward_norm)
+    tw, tc = run("iterative_dpo"), run("iterative_dpo_restart")
+    assert agents.get("iterative_dpo").strategy == agents.get("iterative_dpo_restart").strategy == "max_min"
     assert np.all(np.isnan(np.asarray(tw.bound)))
     np.testing.assert_allclose(tw.subopt[:2], tc.subopt[:2], rtol=1e-12)   # identical until a warm start exists
     assert abs(float(tw.subopt[-1] - tc.subopt[-1])) > 1e-9
 
 
-def test_settings_validation():
-    with pytest.raises(ValueError, match="bonus"):
-        online.OnlineSettings(bonus="xpo")
+def test_options_and_algorithm_validation():
     with pytest.raises(ValueError, match="batch_size"):
-        online.OnlineSettings(batch_size=0)
+        online.OnlineOptions(batch_size=0)
+    with pytest.raises(ValueError, match="learner"):
+        online.OnlineOptions(learner="gaussian_process")
+    with pytest.raises(ValueError, match="dpo_policy"):
+        online.OnlineOptions(dpo_policy="transformer")
+    # a likelihood bonus is an option of the DPO agent only, with a known name
+    with pytest.raises(ValueError, match="options of agent 'gibbs'"):
+        agents.register("test_bad", agents.OnlineAlgorithm("pi0", "gibbs", {"bonus": "xpo"}))
+    with pytest.raises(ValueError, match="bonus"):
+        agents.register("test_bad", agents.OnlineAlgorithm("calibration", "dpo", {"bonus": "ppo"}))
+    with pytest.raises(ValueError, match="restart"):
+        agents.register("test_bad", agents.OnlineAlgorithm("max_min", "dpo", {"restart": "yes"}))
     with pytest.raises(ValueError, match="agent"):
-        online.OnlineSettings(agent="ppo")
+        agents.register("test_bad", agents.OnlineAlgorithm("pi0", "ppo"))
+    with pytest.raises(ValueError, match="strategy"):
+        agents.register("test_bad", agents.OnlineAlgorithm("no_such_strategy"))
+    with pytest.raises(ValueError, match="online algorithm name"):
+        agents.register("xpo", agents.OnlineAlgorithm("pi0"))
+    with pytest.raises(ValueError, match="online algorithm name"):
+        agents.register("bad name!", agents.OnlineAlgorithm("pi0"))
+    with pytest.raises(ValueError, match="agent name"):
+        agents.register_agent("dpo", online.Agent(lambda view, state, hyper: None))
+    with pytest.raises(ValueError, match="agent 'test_bad'"):
+        agents.register_agent("test_bad", lambda view, state, hyper: None)
+    with pytest.raises(ValueError, match="reward learner name"):
+        online.register_reward_learner("auto", online.REWARD_LEARNERS["linear"])
+    with pytest.raises(ValueError, match="algorithms"):
+        agents.get("no_such_algorithm")
+    assert "test_bad" not in agents.names() and "test_bad" not in agents.AGENTS
 
 
 def test_neural_learner_runs_on_last_layer_features():
@@ -251,13 +288,14 @@ def test_neural_learner_runs_on_last_layer_features():
         seen.append(view.instance.phi.shape)
         return strategies.get("enhancer")(view)
 
-    neural = online.OnlineSettings(iterations=3, batch_size=16, learner="neural", neural_hidden=4, neural_steps=10)
-    tr = jax.tree.map(np.asarray, online.run_online(jax.random.key(1), inst, spy, neural))
+    neural = online.OnlineOptions(iterations=3, batch_size=16, learner="auto", neural_steps=10)
+    assert neural.learner_name("neural") == "neural" and neural.learner_name("linear") == "linear"
+    tr = jax.tree.map(np.asarray, _loop(jax.random.key(1), inst, spy, neural, hidden=4))
     assert seen[0] == (6, 5, 4)
     assert np.all(np.isnan(tr.bound)) and np.all(np.isnan(tr.in_confidence_set))
     assert np.all(np.isfinite(tr.subopt)) and np.all(np.isfinite(tr.confidence_width))
-    linear = online.OnlineSettings(iterations=3, batch_size=16)
-    tr_lin = jax.tree.map(np.asarray, online.run_online(jax.random.key(1), inst, strategies.get("enhancer"), linear))
+    linear = online.OnlineOptions(iterations=3, batch_size=16, learner="linear")
+    tr_lin = jax.tree.map(np.asarray, _loop(jax.random.key(1), inst, "enhancer", linear, hidden=4))
     assert np.all(np.isnan(tr_lin.bound)) and np.all(np.isnan(tr_lin.in_confidence_set))  # misspecified
 
 
@@ -290,15 +328,72 @@ def test_elliptical_potential_lemma(seed, lam, norm):
 
 
 def test_traced_agent_params_equal_the_named_bonus():
-    """The numeric AgentParams path (one program for every bonus) equals the named-bonus settings."""
+    """The numeric AgentParams path (one program for every bonus: a static table of plain floats) equals
+    the registered algorithm whose agent computes its numbers from the named bonus."""
     inst = _instance(5)
     key = jax.random.key(6)
-    for bonus, restart in (("selm", False), ("xpo", True)):
-        named = online.OnlineSettings(iterations=3, batch_size=16, agent="dpo", bonus=bonus, bonus_coef=0.3,
-                                      restart=restart, dpo_steps=10)
-        plain = online.OnlineSettings(iterations=3, batch_size=16, agent="dpo", dpo_steps=10)
-        row = iterative_dpo.agent_params(bonus, 0.3, float(inst.kl_coef), restart)
-        agent = iterative_dpo.AgentParams(*jnp.asarray(row, jnp.float64))
-        a = online.run_online(key, inst, strategies.get("calibration"), named)
-        b_ = online.run_online(key, inst, strategies.get("calibration"), plain, agent=agent)
-        np.testing.assert_allclose(np.asarray(a.subopt), np.asarray(b_.subopt), rtol=1e-12, atol=1e-14)
+    opts = online.OnlineOptions(iterations=3, batch_size=16, dpo_steps=10, bonus_coef=0.3)
+    try:
+        agents.register("test_xpo_restart", agents.OnlineAlgorithm("calibration", "dpo",
+                                                                   {"bonus": "xpo", "restart": True}))
+        for name, bonus, restart in (("selm", "selm", False), ("test_xpo_restart", "xpo", True)):
+            a = agents.run_algorithm(key, inst, name, opts, CONFIDENCE, reward_norm=CFG.reward_norm)
+            row = iterative_dpo.agent_params(bonus, 0.3, float(inst.kl_coef), restart)
+            assert all(isinstance(x, float) for x in row)
+            b_ = _loop(key, inst, "calibration", opts, agent="dpo", hyper=row)
+            np.testing.assert_allclose(np.asarray(a.subopt), np.asarray(b_.subopt), rtol=1e-12, atol=1e-14)
+            default = _loop(key, inst, "calibration", opts, agent="dpo")   # hyper of no options: plain DPO
+            assert float(jnp.abs(default.subopt - a.subopt).max()) > 1e-9
+    finally:
+        agents.ALGORITHMS.pop("test_xpo_restart", None)
+
+
+def test_a_registered_agent_runs_through_the_registry_with_its_metadata():
+    """A plugin agent: Gibbs of the view's reward estimate is the built-in Gibbs agent, but without the
+    plug-in bound its entry does not claim; a pessimistic one differs and is registered by name."""
+    def gibbs_copy(view, state, hyper):
+        return online.AgentPolicy(b.gibbs_policy(view.instance.log_pi0, view.reward_hat, view.instance.kl_coef)), state
+
+    def pessimistic(view, state, hyper):
+        reward = view.reward_hat - view.confidence.beta * view.uncertainty
+        return online.AgentPolicy(b.gibbs_policy(view.instance.log_pi0, reward, view.instance.kl_coef)), state
+
+    inst = _instance(7)
+    key = jax.random.key(8)
+    run = lambda name: jax.tree.map(np.asarray, agents.run_algorithm(key, inst, name, OPTIONS, CONFIDENCE,
+                                                                     reward_norm=CFG.reward_norm))
+    try:
+        agents.register_agent("test_gibbs_copy", online.Agent(gibbs_copy))
+        agents.register_agent("test_pessimistic", online.Agent(pessimistic, label="pessimistic", linestyle=":"))
+        agents.register("test_copy_enhancer", agents.OnlineAlgorithm("enhancer", "test_gibbs_copy"))
+        agents.register("test_pess_pi0", agents.OnlineAlgorithm("pi0", "test_pessimistic", label="pess (pi_t, pi0)"))
+        assert {"test_copy_enhancer", "test_pess_pi0"} <= set(agents.names())
+        assert agents.get("test_pess_pi0").label == "pess (pi_t, pi0)"
+        assert agents.get("test_copy_enhancer").label == "test_copy_enhancer"
+        assert agents.agent_of("test_pess_pi0").linestyle == ":" and agents.AGENTS["test_gibbs_copy"].label
+        copy, builtin = run("test_copy_enhancer"), run("enhancer")
+        np.testing.assert_allclose(copy.subopt, builtin.subopt, rtol=1e-12, atol=1e-14)
+        np.testing.assert_allclose(copy.confidence_width, builtin.confidence_width, rtol=1e-12)
+        assert np.all(np.isnan(copy.bound)) and np.all(np.isfinite(builtin.bound))
+        pess, pi0 = run("test_pess_pi0"), run("pi0")
+        assert np.all(np.isnan(pess.bound))
+        assert float(np.abs(pess.subopt - pi0.subopt).max()) > 1e-6
+    finally:
+        for name in ("test_copy_enhancer", "test_pess_pi0"):
+            agents.ALGORITHMS.pop(name, None)
+        for name in ("test_gibbs_copy", "test_pessimistic"):
+            agents.AGENTS.pop(name, None)
+
+
+def test_loop_state_and_learner_states_are_typed():
+    """The reward learners' and agents' initial states are their NamedTuples (the scan's carry)."""
+    inst = _instance(0)
+    lin = online.REWARD_LEARNERS["linear"].init(jax.random.key(0), inst, 4)
+    neu = online.REWARD_LEARNERS["neural"].init(jax.random.key(0), inst, 4)
+    assert isinstance(lin, online.LinearLearnerState) and lin.theta.shape == (CFG.dim,)
+    assert isinstance(neu, online.NeuralLearnerState) and neu.network.w2.shape == (4,)
+    assert isinstance(agents.AGENTS["gibbs"].init(inst, OPTIONS), online.NoState)
+    dpo = agents.AGENTS["dpo"].init(inst, OPTIONS)
+    assert isinstance(dpo, agents.DPOState)
+    np.testing.assert_array_equal(dpo.log_pi, inst.log_pi0)
+    assert agents.AGENTS["gibbs"].plug_in_bound and not agents.AGENTS["dpo"].plug_in_bound

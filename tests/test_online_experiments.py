@@ -1,5 +1,5 @@
-"""Smoke tests of the online experiments through the registry, and a sharded online run."""
-import dataclasses
+"""Smoke tests of the online experiments through the registry, their configs, a plugin agent, and a sharded
+online run."""
 import json
 import os
 import subprocess
@@ -10,19 +10,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.catalogue import batch_size, bonus_compare, hybrid, online_common, online_explore
-
+from experiments.catalogue import (
+    batch_size,
+    bonus_compare,
+    hybrid,
+    online_common,
+    online_explore,
+)
+from experiments.engine.config import (
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    replace,
+)
 from experiments.engine.results import as_results
 from experiments.engine.runner import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = dict(n_contexts=6, n_actions=5, dim=3, iterations=3, batch_size=8, dpo_steps=10, newton_steps=15)
+SMALL = dict(n_contexts=6, n_actions=5, dim=3, dpo_steps=10, newton_steps=15)
+TINY = dict(SMALL, iterations=3, batch_size=8)
 COLUMNS = {"algorithm", "seed", "iteration", "queries", "subopt", "subopt_kl", "regret_kl", "kl_to_ref",
            "kl_to_ref_explorer", "confidence_width"}
 
 
 def _run(module, **fields):
-    config = dataclasses.replace(module.presets["quick"], **fields)
+    config = replace(module.presets["quick"], **fields)
     results = as_results(module.run(config, 3, Progress()))
     return config, results.table, results.summary
 
@@ -44,7 +56,7 @@ def test_online_explore_columns_crn_and_plot(tmp_path):
 
 def test_shared_program_equals_separate_programs():
     """Strategies in one lax.switch program give the same traces as each compiled alone."""
-    config = dataclasses.replace(online_explore.presets["quick"], **TINY, settings=("hard",))
+    config = replace(online_explore.presets["quick"], **TINY, settings=("hard",))
     from experiments.engine.runner import seed_keys
     keys = seed_keys(0, 2)
     together = online_common.run_algorithms(config, ("optimism", "max_min"), keys, Progress())
@@ -53,12 +65,11 @@ def test_shared_program_equals_separate_programs():
 
 
 def test_batch_size_and_hybrid_and_bonus_compare(tmp_path):
-    config, table, summary = _run(batch_size, **{**TINY, "iterations": 1}, total_queries=32, batch_sizes=(8, 16),
-                                  algorithms=("pi0",))
+    config, table, summary = _run(batch_size, **SMALL, total_queries=32, batch_sizes=(8, 16), algorithms=("pi0",))
     assert set(np.unique(table["batch_size"])) == {8, 16}
     assert table["queries"].max() == 32 and "hard/pi0/max_over_min_final_subopt" in summary
     assert batch_size.plot(table, config, tmp_path)
-    config, table, summary = _run(hybrid, **TINY, budget=32, offline_fraction=0.5)
+    config, table, summary = _run(hybrid, **SMALL, batch_size=8, budget=32, offline_fraction=0.5)
     assert set(np.unique(table["mode"])) == {"offline", "online", "hybrid"}
     for mode in ("offline", "online", "hybrid"):
         assert table["comparisons"][table["mode"] == mode].max() == 32
@@ -71,23 +82,59 @@ def test_batch_size_and_hybrid_and_bonus_compare(tmp_path):
 
 def test_config_errors_name_the_field():
     with pytest.raises(ValueError, match="algorithms"):
-        dataclasses.replace(online_explore.presets["quick"], algorithms=("no_such",))
+        replace(online_explore.presets["quick"], algorithms=("no_such",))
     with pytest.raises(ValueError, match="batch_sizes"):
-        dataclasses.replace(batch_size.presets["quick"], total_queries=100, batch_sizes=(16,))
+        replace(batch_size.presets["quick"], total_queries=100, batch_sizes=(16,))
     with pytest.raises(ValueError, match="offline_fraction"):
-        dataclasses.replace(hybrid.presets["quick"], offline_fraction=1.0)
+        replace(hybrid.presets["quick"], offline_fraction=1.0)
+    with pytest.raises(ValueError, match="strategy"):
+        replace(hybrid.presets["quick"], strategy="no_such")
+    with pytest.raises(ValueError, match="baseline"):
+        replace(bonus_compare.presets["quick"], baseline="no_such")
+
+
+def test_flat_set_names_reach_the_nested_configs():
+    """Today's ``--set`` names keep working: each reaches its field in instance, confidence or online."""
+    config = apply_overrides(online_explore.presets["quick"], ["iterations=8", "batch_size=16", "lam=2",
+                                                               "kl_coef=0.05", "k=3", "bonus_coef=0.01",
+                                                               "learner=linear", "hidden=8", "c_beta=2"])
+    assert (config.online.iterations, config.online.batch_size, config.online.strategy_options.k) == (8, 16, 3)
+    assert (config.confidence.lam, config.confidence.c_beta) == (2.0, 2.0)
+    assert (config.instance.kl_coef, config.instance.hidden) == (0.05, 8)
+    assert config.online.bonus_coef == 0.01 and config.learner_name == "linear"
+    assert config_from_dict(type(config), config_to_dict(config)) == config
+    flat = {"n_contexts": 32, "kl_coef": 0.1, "iterations": 12, "lam": 2.0, "k": 3, "dpo_steps": 50}
+    old = config_from_dict(online_explore.Config, flat)   # a manifest written before the nesting
+    assert (old.instance.n_contexts, old.online.iterations, old.confidence.lam, old.online.strategy_options.k) == (
+        32, 12, 2.0, 3)
+
+
+def test_fields_an_experiment_overrides_are_refused():
+    """The settings set coverage and temperature; batch-size sets m and T; hybrid sets T and runs one algorithm."""
+    for module in (online_explore, batch_size, hybrid, bonus_compare):
+        for field, value in (("coverage", 0.5), ("temperature", 2.0)):
+            with pytest.raises(ValueError, match=f"{field}=.* is not allowed: the settings set pi0"):
+                replace(module.presets["quick"], **{field: value})
+    for field, value in (("iterations", 4), ("batch_size", 8)):
+        with pytest.raises(ValueError, match=f"{field}=.* is not allowed: batch-size runs"):
+            replace(batch_size.presets["quick"], **{field: value})
+    for field, value in (("iterations", 4), ("algorithms", ("pi0",))):
+        with pytest.raises(ValueError, match=f"{field}=.* is not allowed: .*hybrid runs"):
+            replace(hybrid.presets["quick"], **{field: value})
+    assert replace(hybrid.presets["quick"], batch_size=16).online.batch_size == 16
 
 
 _TWO_DEVICES = textwrap.dedent("""
-    import dataclasses, json
+    import json
     import jax
     jax.config.update("jax_enable_x64", True)
     import numpy as np
     from experiments.catalogue import online_common, online_explore
+    from experiments.engine.config import replace
     from experiments.engine.runner import Progress, seed_keys
     from tests.test_online_experiments import TINY
     assert jax.device_count() == 2, jax.devices()
-    config = dataclasses.replace(online_explore.presets["quick"], **TINY, settings=("hard",))
+    config = replace(online_explore.presets["quick"], **TINY, settings=("hard",))
     p = Progress()
     out = online_common.run_algorithms(config, ("enhancer",), seed_keys(0, 4), p)[0]
     assert p.calls[0]["devices"] == 2
@@ -103,7 +150,7 @@ def test_two_device_online_run_equals_one_device_run():
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = json.loads(proc.stdout.strip().splitlines()[-1])
     from experiments.engine.runner import seed_keys
-    config = dataclasses.replace(online_explore.presets["quick"], **TINY, settings=("hard",))
+    config = replace(online_explore.presets["quick"], **TINY, settings=("hard",))
     here = online_common.run_algorithms(config, ("enhancer",), seed_keys(0, 4), Progress())[0]
     for name, values in two.items():
         np.testing.assert_allclose(np.asarray(values), here[name], rtol=1e-10, atol=1e-12)

@@ -29,11 +29,11 @@ def _arrays(seed, n=N, n_cal=7):
     return lc, lr, rc, rr, margin, mask, cal, cal_ref, cal_mask
 
 
-def _np_dpo(lc, lr, rc, rr, beta, margin, mask):
+def _np_dpo(lc, lr, rc, rr, kl_coef, margin, mask):
     total = 0.0
     for i in range(len(lc)):
         if mask[i]:
-            u = beta * ((lc[i] - rc[i]) - (lr[i] - rr[i])) + margin[i]
+            u = kl_coef * ((lc[i] - rc[i]) - (lr[i] - rr[i])) + margin[i]
             total += np.log1p(np.exp(-u))
     return total / mask.sum()
 
@@ -48,7 +48,7 @@ def _j(*arrays):
 
 @given(seeds, shapes, kl_coefs)
 def test_invariant4_dpo_at_gibbs_policy_equals_bt_nll(seed, shape, eta):
-    """L_DPO(pi_r; D, beta = kl_coef) = l_BT(r; D) for any reward table r (log Z cancels)."""
+    """L_DPO(pi_r; D, kl_coef) = l_BT(r; D) for any reward table r (log Z cancels)."""
     inst = random_instance(seed, shape, eta)
     rng = np.random.default_rng(seed + 1)
     r = 3.0 * rng.standard_normal(shape[:2])
@@ -64,50 +64,50 @@ def test_invariant4_dpo_at_gibbs_policy_equals_bt_nll(seed, shape, eta):
 
 
 @given(seeds, kl_coefs, alphas)
-def test_loss_values_match_bruteforce(seed, beta, alpha):
+def test_loss_values_match_bruteforce(seed, kl_coef, alpha):
     lc, lr, rc, rr, margin, mask, cal, cal_ref, cal_mask = _arrays(seed)
     args = _j(lc, lr, rc, rr)
     jm, jcal, jref, jcm = _j(mask, cal, cal_ref, cal_mask)
-    dpo = _np_dpo(lc, lr, rc, rr, beta, np.zeros(N), mask)
-    np.testing.assert_allclose(pl.dpo_loss(*args, beta, mask=jm), dpo, rtol=1e-12)
-    np.testing.assert_allclose(pl.dpo_loss(*args, beta, margin=jnp.asarray(margin), mask=jm),
-                               _np_dpo(lc, lr, rc, rr, beta, margin, mask), rtol=1e-12)
-    all_rows = _np_dpo(lc, lr, rc, rr, beta, np.zeros(N), np.ones(N, bool))
-    np.testing.assert_allclose(pl.dpo_loss(*args, beta), all_rows, rtol=1e-12)
+    dpo = _np_dpo(lc, lr, rc, rr, kl_coef, np.zeros(N), mask)
+    np.testing.assert_allclose(pl.dpo_loss(*args, kl_coef, mask=jm), dpo, rtol=1e-12)
+    np.testing.assert_allclose(pl.dpo_loss(*args, kl_coef, margin=jnp.asarray(margin), mask=jm),
+                               _np_dpo(lc, lr, rc, rr, kl_coef, margin, mask), rtol=1e-12)
+    all_rows = _np_dpo(lc, lr, rc, rr, kl_coef, np.zeros(N), np.ones(N, bool))
+    np.testing.assert_allclose(pl.dpo_loss(*args, kl_coef), all_rows, rtol=1e-12)
     h = (lc - rc) - (lr - rr)
-    np.testing.assert_allclose(pl.ipo_loss(*args, beta, mask=jm), _np_mean((h - 1 / (2 * beta)) ** 2, mask),
+    np.testing.assert_allclose(pl.ipo_loss(*args, kl_coef, mask=jm), _np_mean((h - 1 / (2 * kl_coef)) ** 2, mask),
                                rtol=1e-12)
     c = 0.3
     np.testing.assert_allclose(
-        pl.dpo_with_likelihood_bonus(*args, beta, jcal, jref, alpha, c, mask=jm, cal_mask=jcm),
+        pl.dpo_with_likelihood_bonus(*args, kl_coef, jcal, jref, alpha, c, mask=jm, cal_mask=jcm),
         dpo + alpha * _np_mean(cal - c * cal_ref, cal_mask), rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(pl.xpo_loss(*args, beta, jcal, alpha, mask=jm, cal_mask=jcm),
+    np.testing.assert_allclose(pl.xpo_loss(*args, kl_coef, jcal, alpha, mask=jm, cal_mask=jcm),
                                dpo + alpha * _np_mean(cal, cal_mask), rtol=1e-12, atol=1e-14)
     # SELM: one reference sample per comparison, masked like the comparisons.
     y_ref, y_ref_ref = -np.abs(margin), -np.abs(h)
-    np.testing.assert_allclose(pl.selm_loss(*args, beta, *_j(y_ref, y_ref_ref), alpha, mask=jm),
-                               dpo + alpha * beta * _np_mean(y_ref - y_ref_ref, mask), rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(pl.selm_loss(*args, kl_coef, *_j(y_ref, y_ref_ref), alpha, mask=jm),
+                               dpo + alpha * kl_coef * _np_mean(y_ref - y_ref_ref, mask), rtol=1e-12, atol=1e-14)
     for sign in (1, -1):
-        np.testing.assert_allclose(pl.vpo_loss(*args, beta, jcal, jref, alpha, sign, mask=jm, cal_mask=jcm),
-                                   dpo + sign * alpha * beta * _np_mean(cal - cal_ref, cal_mask),
+        np.testing.assert_allclose(pl.vpo_loss(*args, kl_coef, jcal, jref, alpha, sign, mask=jm, cal_mask=jcm),
+                                   dpo + sign * alpha * kl_coef * _np_mean(cal - cal_ref, cal_mask),
                                    rtol=1e-12, atol=1e-14)
 
 
 @given(seeds, kl_coefs)
-def test_invariant17_bonus_family_with_alpha_zero_is_dpo(seed, beta):
+def test_invariant17_bonus_family_with_alpha_zero_is_dpo(seed, kl_coef):
     lc, lr, rc, rr, margin, mask, cal, cal_ref, cal_mask = _arrays(seed)
     args, (jmargin, jm, jcal, jref, jcm) = _j(lc, lr, rc, rr), _j(margin, mask, cal, cal_ref, cal_mask)
-    dpo = pl.dpo_loss(*args, beta, margin=jmargin, mask=jm)
-    same = [pl.xpo_loss(*args, beta, jcal, 0.0, margin=jmargin, mask=jm, cal_mask=jcm),
-            pl.selm_loss(*args, beta, *_j(margin, lc), 0.0, margin=jmargin, mask=jm),
-            pl.vpo_loss(*args, beta, jcal, jref, 0.0, 1, margin=jmargin, mask=jm, cal_mask=jcm),
-            pl.vpo_loss(*args, beta, jcal, jref, 0.0, -1, margin=jmargin, mask=jm, cal_mask=jcm),
-            pl.dpo_with_likelihood_bonus(*args, beta, jcal, jref, 0.0, 0.7, margin=jmargin, mask=jm,
+    dpo = pl.dpo_loss(*args, kl_coef, margin=jmargin, mask=jm)
+    same = [pl.xpo_loss(*args, kl_coef, jcal, 0.0, margin=jmargin, mask=jm, cal_mask=jcm),
+            pl.selm_loss(*args, kl_coef, *_j(margin, lc), 0.0, margin=jmargin, mask=jm),
+            pl.vpo_loss(*args, kl_coef, jcal, jref, 0.0, 1, margin=jmargin, mask=jm, cal_mask=jcm),
+            pl.vpo_loss(*args, kl_coef, jcal, jref, 0.0, -1, margin=jmargin, mask=jm, cal_mask=jcm),
+            pl.dpo_with_likelihood_bonus(*args, kl_coef, jcal, jref, 0.0, 0.7, margin=jmargin, mask=jm,
                                          cal_mask=jcm)]
     for loss in same:
         assert float(loss) == float(dpo)
     # and a positive alpha does change it (the check above can fail)
-    assert float(pl.xpo_loss(*args, beta, jcal, 0.5, margin=jmargin, mask=jm, cal_mask=jcm)) != float(dpo)
+    assert float(pl.xpo_loss(*args, kl_coef, jcal, 0.5, margin=jmargin, mask=jm, cal_mask=jcm)) != float(dpo)
 
 
 @given(seeds, kl_coefs, st.floats(min_value=-2.0, max_value=2.0).filter(lambda d: abs(d) > 1e-3))
@@ -127,14 +127,14 @@ def test_invariant17_ipo_zero_iff_h_is_half_inverse_tau(seed, tau, delta):
 
 
 @given(seeds, kl_coefs)
-def test_dpo_gradient_matches_closed_form(seed, beta):
-    """d/du softplus(-u) = -sigmoid(-u), u = beta h + margin; masked rows get exactly zero gradient."""
+def test_dpo_gradient_matches_closed_form(seed, kl_coef):
+    """d/du softplus(-u) = -sigmoid(-u), u = kl_coef h + margin; masked rows get exactly zero gradient."""
     lc, lr, rc, rr, margin, mask, *_ = _arrays(seed)
-    u = beta * ((lc - rc) - (lr - rr)) + margin
+    u = kl_coef * ((lc - rc) - (lr - rr)) + margin
     g = -1.0 / (1.0 + np.exp(u)) * mask / mask.sum()
-    grads = jax.grad(lambda *a: pl.dpo_loss(*a[:4], beta, margin=a[4], mask=jnp.asarray(mask)),
+    grads = jax.grad(lambda *a: pl.dpo_loss(*a[:4], kl_coef, margin=a[4], mask=jnp.asarray(mask)),
                      argnums=(0, 1, 2, 3, 4))(*_j(lc, lr, rc, rr, margin))
-    for got, want in zip(grads, (beta * g, -beta * g, -beta * g, beta * g, g)):
+    for got, want in zip(grads, (kl_coef * g, -kl_coef * g, -kl_coef * g, kl_coef * g, g)):
         np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-15)
         assert np.all(np.asarray(got)[~mask] == 0.0)
 
@@ -178,21 +178,21 @@ def test_masked_rows_with_non_finite_values_are_ignored():
     assert float(pl.dpo_loss(*_j(bad_lc, lr, rc, rr), 0.5, mask=none)) == 0.0
 
 
-def test_traced_beta_vmap_equals_loop_and_jit_equals_eager():
+def test_traced_kl_coef_vmap_equals_loop_and_jit_equals_eager():
     lc, lr, rc, rr, margin, mask, *_ = _arrays(11)
     args, jm = _j(lc, lr, rc, rr), jnp.asarray(mask)
-    betas = jnp.array([0.1, 0.5, 2.0])
-    batched = jax.vmap(lambda bt: pl.dpo_loss(*args, bt, mask=jm))(betas)
-    np.testing.assert_allclose(batched, [pl.dpo_loss(*args, float(bt), mask=jm) for bt in betas], rtol=1e-14)
+    grid = jnp.array([0.1, 0.5, 2.0])
+    batched = jax.vmap(lambda eta: pl.dpo_loss(*args, eta, mask=jm))(grid)
+    np.testing.assert_allclose(batched, [pl.dpo_loss(*args, float(eta), mask=jm) for eta in grid], rtol=1e-14)
     jitted = jax.jit(lambda *a: pl.ipo_loss(*a, 0.5, mask=jm))(*args)
     np.testing.assert_allclose(jitted, pl.ipo_loss(*args, 0.5, mask=jm), rtol=1e-14)
 
 
 def test_validation_errors_name_field_value_and_allowed():
     z, z3 = jnp.zeros(4), jnp.zeros(3)
-    with pytest.raises(ValueError, match=r"beta=0\.0 is not allowed: beta must be a finite number in \(0"):
+    with pytest.raises(ValueError, match=r"kl_coef=0\.0 is not allowed: kl_coef must be a finite number in \(0"):
         pl.dpo_loss(z, z, z, z, 0.0)
-    with pytest.raises(ValueError, match=r"beta=-1"):
+    with pytest.raises(ValueError, match=r"kl_coef=-1"):
         pl.dpo_with_likelihood_bonus(z, z, z, z, -1.0, z, z, 0.1)
     with pytest.raises(ValueError, match=r"tau=0"):
         pl.ipo_loss(z, z, z, z, 0)

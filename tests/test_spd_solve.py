@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from algorithms.core import spd_solve
+
 SETTINGS = settings(deadline=None, max_examples=15)
 
 

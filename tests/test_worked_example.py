@@ -7,6 +7,7 @@ import numpy as np
 
 from algorithms.online import strategies
 from experiments.engine import cli, storage
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -34,7 +35,7 @@ def test_readme_worked_example_runs(tmp_path, monkeypatch):
         assert manifest["plugins"] == [str((tmp_path / "my_bonus.py").resolve())]
         assert "hard/variance_bonus/rank" in manifest["summary"]
         assert (run_dir / "bonus_compare.png").exists()
-        # re-plotting a run re-imports its plugin from the manifest
+        # re-plotting in this process: the plugin is imported already (a new process needs --plugin again)
         assert cli.main(["plot", str(run_dir)]) == 0
     finally:
         strategies.STRATEGIES.pop("variance_bonus", None)

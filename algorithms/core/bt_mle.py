@@ -24,7 +24,6 @@ from algorithms.core.newton import damped_newton, default_tol
 from bandits import validation as v
 
 
-
 class MLEFit(NamedTuple):
     theta: jax.Array        # [d]
     iterations: jax.Array   # Newton iterations used

@@ -5,7 +5,7 @@ Two policy classes over a finite instance, both returning log-probabilities ``[n
 - tabular:        ``log pi = log_softmax(logits)``, ``logits [n_x, K]`` (default start: ``log_pi0``);
 - linear-softmax: ``log pi(a|x) = log_softmax_a(log pi0(a|x) + <w, phi(x,a)>)``, ``w [d]`` (default 0).
 
-Methods (losses from ``algorithms.core.preference_losses``, with ``beta = tau = kl_coef``):
+Methods (losses from ``algorithms.core.preference_losses``, their ``kl_coef`` and IPO's ``tau`` both ``kl_coef``):
 
 - ``'dpo'``  (Rafailov et al. 2023): ``-log sigmoid(kl_coef h)``;
 - ``'ipo'``  (Azar et al. 2023): ``(h - 1/(2 kl_coef))^2``;

@@ -6,18 +6,18 @@ policies share one definition: a backend only has to supply the four arrays. Wit
 
     h = [log pi(y_w|x) - log pi_ref(y_w|x)] - [log pi(y_l|x) - log pi_ref(y_l|x)]
 
-and ``beta = kl_coef`` (docs/theory.md §1.2), every loss is the mean over valid rows (``mask``; all rows
+and ``kl_coef`` (the beta of the DPO paper; docs/theory.md §1.2), every loss is the mean over valid rows (``mask``; all rows
 when ``mask`` is None; 0 when no row is valid). Masked rows are zeroed *before* any nonlinearity, so
 non-finite values there reach neither the loss nor its gradient. All arrays of one call must have
 the same shape (any shape; the mean runs over every valid element).
 
-- DPO (Rafailov et al. 2023):           ``softplus(-(beta h + margin))  =  -log sigmoid(beta h + margin)``;
+- DPO (Rafailov et al. 2023):           ``softplus(-(kl_coef h + margin))  =  -log sigmoid(kl_coef h + margin)``;
   the optional additive ``margin`` gives P1's pessimistic DPO (Xiong et al. ICML 2024; docs/theory.md §2.3).
 - IPO (Azar et al. 2023):               ``(h - 1 / (2 tau))^2`` with ``tau = kl_coef``.
 - DPO + likelihood bonus (docs/theory.md §6): ``DPO + alpha mean_{y ~ pi_cal}[log pi(y|x) - c log pi_ref(y|x)]``,
   of which XPO, SELM and VPO are calibration choices (``xpo_loss``, ``selm_loss``, ``vpo_loss``).
 
-Scalars (``beta``, ``tau``, coefficients) may be traced (``vmap`` over a ``kl_coef`` grid); they are
+Scalars (``kl_coef``, ``tau``, coefficients) may be traced (``vmap`` over a ``kl_coef`` grid); they are
 validated only when concrete.
 """
 from __future__ import annotations
@@ -72,18 +72,18 @@ def _h(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, margin, m
     return _zero_masked(h, mask)
 
 
-def dpo_loss(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, beta, *,
+def dpo_loss(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, kl_coef, *,
              margin=None, mask=None) -> jax.Array:
-    """DPO (Rafailov et al. 2023): ``mean_i softplus(-(beta h_i + margin_i))``.
+    """DPO (Rafailov et al. 2023): ``mean_i softplus(-(kl_coef h_i + margin_i))``.
 
-    With ``pi = Gibbs(r)`` and ``beta = kl_coef`` the log-partition cancels inside ``h`` and this is
+    With ``pi = Gibbs(r)`` at the same ``kl_coef`` the log-partition cancels inside ``h`` and this is
     exactly the Bradley-Terry negative log-likelihood of ``r`` (docs/theory.md §9.2 invariant 4).
     ``margin`` (per comparison, additive inside the sigmoid) is P1's pessimistic DPO margin
     ``Gamma(x, y_w) - Gamma(x, y_l)`` (Xiong et al. ICML 2024; docs/theory.md §2.3); None means 0.
     """
-    _check_positive("beta", beta)
+    _check_positive("kl_coef", kl_coef)
     h = _h(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, margin, mask)
-    u = beta * h if margin is None else beta * h + _zero_masked(margin, mask)
+    u = kl_coef * h if margin is None else kl_coef * h + _zero_masked(margin, mask)
     return masked_mean(jax.nn.softplus(-u), mask)
 
 
@@ -106,7 +106,7 @@ def likelihood_bonus(cal_logp, cal_ref_logp, ref_coef=1.0, *, cal_mask=None) -> 
     return masked_mean(terms, cal_mask)
 
 
-def dpo_with_likelihood_bonus(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, beta,
+def dpo_with_likelihood_bonus(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, kl_coef,
                               cal_logp, cal_ref_logp, bonus_coef, ref_coef=1.0, *, margin=None,
                               mask=None, cal_mask=None) -> jax.Array:
     """``dpo_loss + bonus_coef * mean_{y ~ pi_cal}[log pi(y|x) - ref_coef log pi_ref(y|x)]`` (docs/theory.md §6).
@@ -129,12 +129,12 @@ def dpo_with_likelihood_bonus(logp_chosen, logp_rejected, ref_logp_chosen, ref_l
                 f"{tuple(jnp.shape(cal_logp))}, not the comparisons' {tuple(jnp.shape(logp_chosen))}, so "
                 "cal_mask must be given explicitly when mask is.")
         cal_mask = mask
-    loss = dpo_loss(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, beta,
+    loss = dpo_loss(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, kl_coef,
                     margin=margin, mask=mask)
     return loss + bonus_coef * likelihood_bonus(cal_logp, cal_ref_logp, ref_coef, cal_mask=cal_mask)
 
 
-def xpo_loss(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, beta, explore_logp, alpha, *,
+def xpo_loss(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, kl_coef, explore_logp, alpha, *,
              margin=None, mask=None, cal_mask=None) -> jax.Array:
     """XPO (Xie et al. 2024): ``dpo_loss + alpha * mean_{y ~ pi_tilde} log pi(y|x)``.
 
@@ -145,40 +145,40 @@ def xpo_loss(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, bet
     """
     if v.is_concrete(alpha):
         v.check_float("alpha", alpha, low=0.0)
-    return dpo_with_likelihood_bonus(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, beta,
+    return dpo_with_likelihood_bonus(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, kl_coef,
                                      explore_logp, jnp.zeros_like(explore_logp), alpha, 0.0,
                                      margin=margin, mask=mask, cal_mask=cal_mask)
 
 
-def selm_loss(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, beta, ref_sample_logp,
+def selm_loss(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, kl_coef, ref_sample_logp,
               ref_sample_ref_logp, alpha, *, margin=None, mask=None, cal_mask=None) -> jax.Array:
     """SELM (Zhang et al. 2024; official code, ``optimistic_dpo_loss``):
 
-        dpo_loss + alpha * beta * mean[log pi(y_ref|x) - log pi_ref(y_ref|x)].
+        dpo_loss + alpha * kl_coef * mean[log pi(y_ref|x) - log pi_ref(y_ref|x)].
 
     Calibration: ``y_ref`` sampled from the current reference (previous-iteration) policy, usually
     one per comparison; ``ref_sample_logp``, ``ref_sample_ref_logp`` are its log-probs under ``pi`` and
-    ``pi_ref``. ``bonus_coef = alpha * beta``, ``ref_coef = 1``. ``alpha >= 0``.
+    ``pi_ref``. ``bonus_coef = alpha * kl_coef``, ``ref_coef = 1``. ``alpha >= 0``.
     """
     if v.is_concrete(alpha):
         v.check_float("alpha", alpha, low=0.0)
-    return dpo_with_likelihood_bonus(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, beta,
-                                     ref_sample_logp, ref_sample_ref_logp, alpha * beta, 1.0,
+    return dpo_with_likelihood_bonus(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, kl_coef,
+                                     ref_sample_logp, ref_sample_ref_logp, alpha * kl_coef, 1.0,
                                      margin=margin, mask=mask, cal_mask=cal_mask)
 
 
-def vpo_loss(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, beta, cal_logp, cal_ref_logp,
+def vpo_loss(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, kl_coef, cal_logp, cal_ref_logp,
              alpha, sign=1, *, margin=None, mask=None, cal_mask=None) -> jax.Array:
-    """VPO (Cen et al. 2024): ``dpo_loss + sign alpha beta E_{x, y ~ pi_cal} log(pi(y|x) / pi_ref(y|x))``.
+    """VPO (Cen et al. 2024): ``dpo_loss + sign alpha kl_coef E_{x, y ~ pi_cal} log(pi(y|x) / pi_ref(y|x))``.
 
     From ``min_r l_BT(r) - sign alpha max_pi J_r(pi)`` with the calibration ``E_{pi_cal} r = 0``, which
-    makes ``max_pi J_r = -beta E_{pi_cal} log(pi / pi_ref)`` (docs/theory.md §6). ``sign = +1``: optimism
-    (online); ``-1``: pessimism (offline). ``bonus_coef = sign * alpha * beta``, ``ref_coef = 1``.
+    makes ``max_pi J_r = -kl_coef E_{pi_cal} log(pi / pi_ref)`` (docs/theory.md §6). ``sign = +1``: optimism
+    (online); ``-1``: pessimism (offline). ``bonus_coef = sign * alpha * kl_coef``, ``ref_coef = 1``.
     """
     if v.is_concrete(alpha):
         v.check_float("alpha", alpha, low=0.0)
     if v.is_concrete(sign) and sign not in (1, -1):
         v.fail("sign", sign, "+1 (optimistic, online) or -1 (pessimistic, offline)")
-    return dpo_with_likelihood_bonus(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, beta,
-                                     cal_logp, cal_ref_logp, sign * alpha * beta, 1.0,
+    return dpo_with_likelihood_bonus(logp_chosen, logp_rejected, ref_logp_chosen, ref_logp_rejected, kl_coef,
+                                     cal_logp, cal_ref_logp, sign * alpha * kl_coef, 1.0,
                                      margin=margin, mask=mask, cal_mask=cal_mask)

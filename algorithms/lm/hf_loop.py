@@ -8,28 +8,29 @@ local ``transformers`` checkpoint (``algorithms.lm.hf_policy.HFPolicy``) instead
    temperature 1, no top-k/top-p);
 2. score them with a planted linear Bradley-Terry reward on MiniLM features of the *decoded* text,
    ``r*(x, y) = <theta*, phi(x, y)>`` (``PlantedReward``);
-3. pick one pair per group with the existing selectors (``lm_iterative.select_pair``: ``max_min``,
+3. pick one pair per group with the existing selectors (``algorithms.lm.iterative.select_pair``: ``max_min``,
    ``max_random``, ``self_play``), ranks by ``(r*, draw position)``;
 4. label it by Bradley-Terry, ``y ~ Bernoulli(sigmoid(r*(a1) - r*(a2)))`` (``bandits.labels_from_probability``;
    ``deterministic_labels``: the better one wins);
-5. ``n_steps`` full-batch Adam steps of the JAX ``dpo_loss`` (``beta``) through the VJP bridge
-   (``lm_train.torch_step``), the reference ``pi0`` a frozen copy of the initial model (its log-probs cached
+5. ``n_steps`` full-batch Adam steps of the JAX ``dpo_loss`` (``kl_coef``) through the VJP bridge
+   (``algorithms.lm.train.torch_step``), the reference ``pi0`` a frozen copy of the initial model (its log-probs cached
    once per pair), warm-started from ``pi_{t-1}`` or, with ``restart``, from ``pi0``; Adam starts afresh
    each iteration.
 
 After every iteration (and at ``t = 0``) ``n_eval`` *fresh* responses per prompt are drawn from ``pi_t`` and
-scored: the planted reward's sample mean with a 95% t-interval over the ``n_x * n_eval`` draws, and the
-sampled KL estimates ``Sigma_t k3`` and ``Sigma_t k1`` of ``KL(pi_t || pi0)`` (``bandits.lm.kl_estimators``;
-both unbiased on policy, k3 with lower variance and never negative per sample).
+scored: the planted reward and the sampled KL estimates ``Sigma_t k3`` and ``Sigma_t k1`` of
+``KL(pi_t || pi0)`` (``bandits.lm.kl_estimators``; both unbiased on policy, k3 with lower variance and never
+negative per sample) of every draw, and their sample means. Intervals over the ``n_x * n_eval`` draws are
+the experiments' (``experiments.engine.stats`` on ``eval_reward`` and ``eval_k3``), not the loop's.
 
 **Nothing here is exact.** Every number is a Monte Carlo estimate from a few samples, with these further
 approximations: the samples come from ``generate`` (a KV-cache forward) while log-probs come from a separate
 full forward, and in float32 they differ by up to ~1e-2 nats per response (docs/llm_bridge.md §1.5.6), so the KL
 estimates are slightly off-policy; responses are cut at ``max_new_tokens`` (``ended_with_eos`` is recorded;
-a truncated response is scored as it stands); the 95% intervals treat the pooled draws of all prompts as one
-i.i.d. sample of ``(x uniform, y ~ pi_t)`` (conservative: the draws are stratified, ``n_eval`` per prompt); a
+a truncated response is scored as it stands); an interval over these draws treats the pooled draws of all
+prompts as one i.i.d. sample of ``(x uniform, y ~ pi_t)`` (conservative: the draws are stratified, ``n_eval`` per prompt); a
 4-bit GGUF checkpoint (SmolLM2 Q4_1) is dequantised, not the reference float weights. Exact ground truth for
-the same loop is the tiny-LM path (``lm_iterative.py``).
+the same loop is the tiny-LM path (``algorithms/lm/iterative.py``).
 
 Torch and transformers (the ``llm`` extra) are imported lazily, when a policy is loaded.
 """
@@ -47,7 +48,6 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import stats
 
 import bandits as b
 from algorithms.lm import train as lm_train
@@ -135,27 +135,29 @@ class RewardConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class OnlineOptions(IterativeOptions):
-    """Options of the loop (module docstring): those of the exact loop (``lm_iterative.IterativeOptions``:
-    n_iterations ``T``, k draws per group, n_groups pairs per prompt and iteration, n_steps Adam steps per
-    iteration, learning_rate, selector, restart, deterministic_labels; ``history`` must stay False: each
-    iteration trains on its fresh pairs), smaller defaults for a real model, and beta (DPO's and the KL's
-    ``eta``); n_eval fresh draws per prompt for evaluation; n_examples responses per prompt and iteration
-    kept as examples."""
+class OnlineOptions:
+    """Options of the loop (module docstring), validated on creation.
 
-    n_iterations: int = 2
-    n_groups: int = 1
-    n_steps: int = 4
-    learning_rate: float = 2e-5
-    beta: float = 0.1
+    loop: those of the exact loop (``algorithms.lm.iterative.IterativeOptions``: n_iterations ``T``, k draws
+    per group, n_groups pairs per prompt and iteration, n_steps Adam steps per iteration, learning_rate,
+    selector, restart, deterministic_labels; ``history`` must stay False: each iteration trains on its fresh
+    pairs), with smaller defaults for a real model; kl_coef: the KL coefficient ``eta > 0`` of the DPO loss
+    (the beta of the DPO paper) and of ``J``; n_eval: fresh draws per prompt for evaluation (``>= 2``);
+    n_examples: responses per prompt and iteration kept as examples.
+    """
+
+    loop: IterativeOptions = IterativeOptions(n_iterations=2, n_groups=1, n_steps=4, learning_rate=2e-5)
+    kl_coef: float = 0.1
     n_eval: int = 8
     n_examples: int = 2
 
     def __post_init__(self):
-        super().__post_init__()
-        if self.history:
-            v.fail("history", self.history, "False (the Hugging Face loop trains on each iteration's fresh pairs)")
-        v.check_float("beta", self.beta, low=0.0, low_open=True)
+        if not isinstance(self.loop, IterativeOptions):
+            v.fail("loop", type(self.loop).__name__, "an algorithms.lm.iterative.IterativeOptions")
+        if self.loop.history:
+            v.fail("history", self.loop.history, "False (the Hugging Face loop trains on each iteration's fresh "
+                                                 "pairs)")
+        v.check_float("kl_coef", self.kl_coef, low=0.0, low_open=True)
         v.check_int("n_eval", self.n_eval, 2)
         v.check_int("n_examples", self.n_examples, 0)
 
@@ -232,14 +234,11 @@ class PlantedReward:
 
 # -- the loop ---------------------------------------------------------------------------------------------------
 class OnlineResult(NamedTuple):
-    """Per iteration ``t = 0..T`` (arrays ``[T + 1]``; NaN where not applicable at ``t = 0``) and examples."""
+    """Per iteration ``t = 0..T`` (arrays ``[T + 1]``; NaN where not applicable at ``t = 0``), the per-draw
+    values behind the means (``eval_reward``, ``eval_k3``) and examples."""
 
     reward_mean: np.ndarray      # sample mean of r* over the n_x * n_eval fresh draws of pi_t
-    reward_lo: np.ndarray        # its 95% t-interval
-    reward_hi: np.ndarray
     kl_k3: np.ndarray            # sample mean of sum_t k3 (KL(pi_t || pi0) estimate)
-    kl_k3_lo: np.ndarray
-    kl_k3_hi: np.ndarray
     kl_k1: np.ndarray            # sample mean of sum_t k1
     eos_rate: np.ndarray         # fraction of fresh draws that ended with EOS (the rest are truncated)
     mean_length: np.ndarray      # mean response length in tokens
@@ -256,16 +255,6 @@ class OnlineResult(NamedTuple):
 
 
 PER_ITERATION = OnlineResult._fields[:OnlineResult._fields.index("seconds") + 1]   # the [T + 1] columns
-
-
-def mean_ci(x: np.ndarray, level: float = 0.95) -> tuple[float, float, float]:
-    """Sample mean and its Student-t interval (the mean itself for fewer than 2 values)."""
-    x = np.asarray(x, float)
-    mean = float(np.mean(x))
-    if len(x) < 2:
-        return mean, mean, mean
-    half = float(stats.t.ppf(0.5 + level / 2, len(x) - 1) * np.std(x, ddof=1) / np.sqrt(len(x)))
-    return mean, mean - half, mean + half
 
 
 def decode(policy: HFPolicy, responses) -> list[str]:
@@ -299,13 +288,13 @@ def collect_pairs(key: jax.Array, policy: HFPolicy, reward: Callable, prompts: S
                   options: OnlineOptions) -> dict[str, Any]:
     """One iteration's pairs (steps 1-4): ``n_groups`` pairs per prompt from groups of ``k`` draws of ``pi``."""
     k_sample, k_select, k_label = jax.random.split(key, 3)
-    n_x, g, k = len(prompt_ids), options.n_groups, options.k
+    n_x, g, k = len(prompt_ids), options.loop.n_groups, options.loop.k
     draws = policy.sample(k_sample, prompt_ids, g * k)                       # rows prompt-major: [n_x * g * k]
     texts = decode(policy, draws)
     r = reward([prompts[i] for i in draws.prompt_index], texts).reshape(n_x, g, k)
     ranks = response_ranks(jnp.asarray(r))                                   # ties by draw position
     keys = jax.random.split(k_select, n_x * g).reshape(n_x, g)
-    selector = SELECTORS.index(options.selector)
+    selector = SELECTORS.index(options.loop.selector)
     i1, i2 = jax.vmap(jax.vmap(lambda kk, rk: select_pair(kk, selector, rk)))(keys, ranks)
     i1, i2 = np.asarray(i1), np.asarray(i2)
     rows = np.arange(n_x * g).reshape(n_x, g) * k
@@ -313,7 +302,7 @@ def collect_pairs(key: jax.Array, policy: HFPolicy, reward: Callable, prompts: S
     r_flat = r.reshape(-1)
     prob = jax.nn.sigmoid(jnp.asarray(r_flat[a1] - r_flat[a2]))
     u = jax.random.uniform(k_label, prob.shape, prob.dtype)
-    y = np.asarray(b.labels_from_probability(prob, u, options.deterministic_labels)).astype(bool)
+    y = np.asarray(b.labels_from_probability(prob, u, options.loop.deterministic_labels)).astype(bool)
     win, lose = np.where(y, a1, a2), np.where(y, a2, a1)
     pair_prompts = [prompt_ids[i] for i in draws.prompt_index[win]]
     side = lambda rows_: (draws.tokens[rows_], draws.mask[rows_])            # noqa: E731
@@ -328,10 +317,10 @@ def dpo_steps(policy: HFPolicy, reference: HFPolicy, inputs: dict, options: Onli
     torch, _ = _torch()
     fixed = {"ref_chosen": reference.logprob(*inputs["chosen"]),
              "ref_rejected": reference.logprob(*inputs["rejected"])}
-    loss_fn = lm_train.objective("dpo", beta=options.beta)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=options.learning_rate)
+    loss_fn = lm_train.objective("dpo", kl_coef=options.kl_coef)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=options.loop.learning_rate)
     losses = [lm_train.torch_step(policy, optimizer, loss_fn, inputs, fixed)["loss"]
-              for _ in range(options.n_steps)]
+              for _ in range(options.loop.n_steps)]
     policy.model.zero_grad(set_to_none=True)
     losses.append(float(loss_fn({k: policy.logprob(*args) for k, args in inputs.items()}, fixed)))
     return np.asarray(losses)
@@ -351,14 +340,14 @@ def online_dpo(key: jax.Array, policy: HFPolicy, reference: HFPolicy, reward: Ca
         v.fail("prompts", prompts, "a non-empty sequence of strings")
     say = message or (lambda text: None)
     prompt_ids = policy.encode_prompts(prompts)
-    T = options.n_iterations
+    T = options.loop.n_iterations
     rows = {name: np.full(T + 1, np.nan) for name in PER_ITERATION}
-    step_losses = np.full((T, options.n_steps + 1), np.nan)
+    step_losses = np.full((T, options.loop.n_steps + 1), np.nan)
     examples, seeds, eval_reward, eval_k3 = [], [], [], []
 
     def record(t: int, ev: dict, started: float) -> None:
-        rows["reward_mean"][t], rows["reward_lo"][t], rows["reward_hi"][t] = mean_ci(ev["reward"])
-        rows["kl_k3"][t], rows["kl_k3_lo"][t], rows["kl_k3_hi"][t] = mean_ci(ev["k3"])
+        rows["reward_mean"][t] = float(np.mean(ev["reward"]))
+        rows["kl_k3"][t] = float(np.mean(ev["k3"]))
         rows["kl_k1"][t] = float(np.mean(ev["k1"]))
         rows["eos_rate"][t] = float(np.mean(ev["ended"]))
         rows["mean_length"][t] = float(np.mean(ev["lengths"]))
@@ -371,8 +360,8 @@ def online_dpo(key: jax.Array, policy: HFPolicy, reference: HFPolicy, reward: Ca
                 row = i * options.n_eval + j
                 examples.append(dict(iteration=t, prompt=prompts[i], response=ev["texts"][row],
                                      reward=float(ev["reward"][row]), ended_with_eos=bool(ev["ended"][row])))
-        say(f"iteration {t}/{T}: E r* = {rows['reward_mean'][t]:.3f} [{rows['reward_lo'][t]:.3f}, "
-            f"{rows['reward_hi'][t]:.3f}], KL k3 = {rows['kl_k3'][t]:.4f} (k1 {rows['kl_k1'][t]:.4f}), "
+        say(f"iteration {t}/{T}: E r* = {rows['reward_mean'][t]:.3f}, "
+            f"KL k3 = {rows['kl_k3'][t]:.4f} (k1 {rows['kl_k1'][t]:.4f}), "
             f"DPO loss {rows['dpo_loss_before'][t]:.4f} -> {rows['dpo_loss_after'][t]:.4f}, "
             f"{rows['seconds'][t]:.1f} s")
 
@@ -384,7 +373,7 @@ def online_dpo(key: jax.Array, policy: HFPolicy, reference: HFPolicy, reward: Ca
         key, k_pairs, k_eval = jax.random.split(key, 3)
         batch = collect_pairs(k_pairs, policy, reward, prompts, prompt_ids, options)
         seeds.append(batch["seed"])
-        if options.restart:
+        if options.loop.restart:
             policy.model.load_state_dict(reference.model.state_dict())
         losses = dpo_steps(policy, reference, batch["inputs"], options)
         step_losses[t - 1] = losses

@@ -16,7 +16,7 @@ Iteration ``t = 1..T`` (Xiong et al. ICML 2024, P1 §2.5; the RLHFlow recipe):
    ``max_min`` / ``max_random`` is exactly ``pairings.pairing_law`` at ``pi_{t-1}`` (checked in the tests);
 4. label each pair by Bradley-Terry, ``y ~ Bernoulli(sigmoid(r*(a1) - r*(a2)))`` (``bandits.sample_labels``;
    ``deterministic_labels``: the better one always wins);
-5. ``n_steps`` full-batch Adam steps on ``dpo_loss`` (``algorithms.core.preference_losses``, ``beta = kl_coef``)
+5. ``n_steps`` full-batch Adam steps on ``dpo_loss`` (``algorithms.core.preference_losses``, at the instance's ``kl_coef``)
    with the reference fixed at ``pi0`` (its log-probs cached once per pair), from ``pi_{t-1}`` (warm start) or
    from ``pi0`` (``restart``), on this iteration's pairs (fresh data) or on all pairs so far (``history``,
    a fixed-shape buffer with a validity mask); Adam's state starts afresh every iteration.
@@ -191,14 +191,14 @@ def _pair_logps(lm: LMSpec, params, prompt_rows, tokens, mask) -> jax.Array:
     return jax.vmap(lambda p, t, m: lm.module.sequence_logprob(lm.cfg, params, p, t, m))(prompt_rows, tokens, mask)
 
 
-def _train(lm: LMSpec, options: IterativeOptions, params, batch, valid, beta):
+def _train(lm: LMSpec, options: IterativeOptions, params, batch, valid, kl_coef):
     """``n_steps`` full-batch Adam steps on the (masked) DPO loss with the cached reference log-probs."""
     prompt_rows, chosen, rejected, ref_w, ref_l = batch
     optimizer = optax.adam(options.learning_rate)
 
     def loss(p):
         return dpo_loss(_pair_logps(lm, p, prompt_rows, *chosen), _pair_logps(lm, p, prompt_rows, *rejected),
-                        ref_w, ref_l, beta, mask=valid)
+                        ref_w, ref_l, kl_coef, mask=valid)
 
     def step(carry, _):
         p, state = carry
@@ -215,7 +215,7 @@ def iterative_dpo(key: jax.Array, params0, instance: b.Instance, prompts: jax.Ar
     """Run the loop of the module docstring from ``pi0 = LM(params0)``; pure, ``vmap``-able over seeds.
 
     ``instance``: the exact instance of ``pi0`` on ``prompts int32 [n_x, P]`` (``exact_lm_instance``): its
-    ``reward [n_x, A]`` is the gold reward, its ``kl_coef`` the DPO ``beta`` and the ``eta`` of ``J``, its
+    ``reward [n_x, A]`` is the gold reward, its ``kl_coef`` that of the DPO loss and the ``eta`` of ``J``, its
     ``log_pi0`` the reference of every KL. ``jit`` with ``lm`` and ``options`` static. ``selector`` (index
     into ``SELECTORS``) and ``restart`` (bool) override ``options`` and may be traced, so one compiled loop
     can be ``vmap``-ed over variants as well as seeds.
@@ -231,7 +231,7 @@ def iterative_dpo(key: jax.Array, params0, instance: b.Instance, prompts: jax.Ar
                          f"prompts must be int32 [n_x, P] and A = lm.space.n_responses = {lm.space.n_responses}.")
     T, n_pairs = options.n_iterations, n_x * options.n_groups
     ranks = response_ranks(instance.reward)
-    beta = instance.kl_coef
+    kl_coef = instance.kl_coef
     selector = SELECTORS.index(options.selector) if selector is None else selector
     restart = options.restart if restart is None else restart
 
@@ -252,9 +252,9 @@ def iterative_dpo(key: jax.Array, params0, instance: b.Instance, prompts: jax.Ar
             buffer = jax.tree.map(lambda buf, new: buf.at[t].set(new), buffer, batch)
             flat = jax.tree.map(lambda buf: buf.reshape((T * n_pairs,) + buf.shape[2:]), buffer)
             valid = jnp.repeat(jnp.arange(T) <= t, n_pairs)
-            params, _ = _train(lm, options, start, flat, valid, beta)
+            params, _ = _train(lm, options, start, flat, valid, kl_coef)
         else:
-            params, _ = _train(lm, options, start, batch, None, beta)
+            params, _ = _train(lm, options, start, batch, None, kl_coef)
         metrics = _metrics(instance, log_policy(lm, params, prompts)) + (r_w, r_l)
         return (params, key, buffer), metrics
 

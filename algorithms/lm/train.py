@@ -38,6 +38,9 @@ OBJECTIVE_KEYS = {
     "selm": (("chosen", "rejected", "cal"), ("ref_chosen", "ref_rejected", "cal_ref")),
     "vpo": (("chosen", "rejected", "cal"), ("ref_chosen", "ref_rejected", "cal_ref")),
 }
+# name -> (required hyper-parameters, optional ones) of ``objective``.
+OBJECTIVE_HYPER = {"dpo": (("kl_coef",), ()), "ipo": (("tau",), ()), "xpo": (("kl_coef", "alpha"), ()),
+                   "selm": (("kl_coef", "alpha"), ()), "vpo": (("kl_coef", "alpha"), ("sign",))}
 
 
 def _require(name: str, logps: Mapping, fixed: Mapping) -> None:
@@ -49,12 +52,16 @@ def _require(name: str, logps: Mapping, fixed: Mapping) -> None:
 
 
 def objective(name: str, **hyper) -> LossFn:
-    """``loss_fn(logps, fixed)`` for ``name`` in ``OBJECTIVE_KEYS``, with the hyper-parameters of its loss.
-
-    dpo: ``beta``; ipo: ``tau``; xpo: ``beta, alpha``; selm: ``beta, alpha``; vpo: ``beta, alpha[, sign]``
-    (the definitions are in ``algorithms/core/preference_losses.py``).
+    """``loss_fn(logps, fixed)`` for ``name`` in ``OBJECTIVE_KEYS``, with the hyper-parameters of its loss
+    (``OBJECTIVE_HYPER``): dpo: ``kl_coef``; ipo: ``tau``; xpo, selm: ``kl_coef, alpha``; vpo:
+    ``kl_coef, alpha[, sign]`` (the definitions are in ``algorithms/core/preference_losses.py``).
     """
     v.check_choice("name", name, tuple(OBJECTIVE_KEYS))
+    required, optional = OBJECTIVE_HYPER[name]
+    wrong = sorted(set(hyper) - set(required) - set(optional)) + sorted(set(required) - set(hyper))
+    if wrong:
+        raise ValueError(f"objective {name!r} with hyper-parameters {sorted(hyper)} is not allowed: {name} takes "
+                         f"{', '.join(required)}" + (f" [, {', '.join(optional)}]" if optional else "") + ".")
 
     def loss_fn(logps, fixed):
         _require(name, logps, fixed)
@@ -65,14 +72,14 @@ def objective(name: str, **hyper) -> LossFn:
         if name in ("xpo", "selm", "vpo"):
             opt["cal_mask"] = fixed.get("cal_mask")
         if name == "dpo":
-            return pl.dpo_loss(*pair, hyper["beta"], **opt)
+            return pl.dpo_loss(*pair, hyper["kl_coef"], **opt)
         if name == "ipo":
             return pl.ipo_loss(*pair, hyper["tau"], **opt)
         if name == "xpo":
-            return pl.xpo_loss(*pair, hyper["beta"], logps["explore"], hyper["alpha"], **opt)
+            return pl.xpo_loss(*pair, hyper["kl_coef"], logps["explore"], hyper["alpha"], **opt)
         if name == "selm":
-            return pl.selm_loss(*pair, hyper["beta"], logps["cal"], fixed["cal_ref"], hyper["alpha"], **opt)
-        return pl.vpo_loss(*pair, hyper["beta"], logps["cal"], fixed["cal_ref"], hyper["alpha"],
+            return pl.selm_loss(*pair, hyper["kl_coef"], logps["cal"], fixed["cal_ref"], hyper["alpha"], **opt)
+        return pl.vpo_loss(*pair, hyper["kl_coef"], logps["cal"], fixed["cal_ref"], hyper["alpha"],
                            hyper.get("sign", 1), **opt)
 
     return loss_fn

@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from algorithms.core import spd_solve
-from bandits import Instance, payoff_matrices, sample_preference_data
+from bandits import Instance, PreferenceData, payoff_matrices, sample_preference_data
 from bandits import validation as v
 
 METHODS = ("sppo", "nash_md", "inpo", "ipo")
@@ -183,17 +183,29 @@ def update_from_statistics(method: str, stats: PairStatistics, log_pi: jax.Array
     return jax.nn.log_softmax(anchor + f, axis=-1)
 
 
-def sampled_step(key: jax.Array, instance: Instance, method: str, log_pi: jax.Array, step, batch: int,
-                 ridge=1e-3) -> jax.Array:
-    """One sampled update: ``batch`` fresh comparisons from the sampler, labels from the true oracle
-    of ``instance`` (reference ``instance.log_pi0``, ``tau = instance.kl_coef``)."""
+def update_from_data(method: str, instance: Instance, data: PreferenceData, log_pi: jax.Array, step,
+                     ridge=1e-3) -> jax.Array:
+    """``log_softmax(anchor + f)`` with ``f`` the method's square-loss minimiser on the comparisons ``data``
+    (targets ``scale (I_i - 1/2)``, ``I_i = data.y``; reference ``instance.log_pi0``, ``tau =
+    instance.kl_coef``). ``sampled_step`` feeds it fresh comparisons from the method's sampler; with
+    ``method='ipo'`` and ``log_pi = pi0`` on a fixed data set it is offline IPO, the exact tabular minimiser
+    of IPO's loss on those pairs (Azar et al. 2023)."""
     _check(method, step, instance.kl_coef)
-    v.check_int("batch", batch, 1)
-    anchor, sampler, scale = update_parts(method, log_pi, instance.log_pi0, step, instance.kl_coef)
-    data = sample_preference_data(key, instance, sampler, sampler, batch)
+    _, _, scale = update_parts(method, log_pi, instance.log_pi0, step, instance.kl_coef)
     target = scale * (data.y.astype(log_pi.dtype) - 0.5)
     stats = sample_statistics(data.x, data.a1, data.a2, target, data.mask, *log_pi.shape)
     return update_from_statistics(method, stats, log_pi, instance.log_pi0, step, instance.kl_coef, ridge)
+
+
+def sampled_step(key: jax.Array, instance: Instance, method: str, log_pi: jax.Array, step, batch: int,
+                 ridge=1e-3) -> jax.Array:
+    """One sampled update: ``batch`` fresh comparisons from the sampler, labels from the true oracle
+    of ``instance`` (reference ``instance.log_pi0``, ``tau = instance.kl_coef``; ``update_from_data``)."""
+    _check(method, step, instance.kl_coef)
+    v.check_int("batch", batch, 1)
+    _, sampler, _ = update_parts(method, log_pi, instance.log_pi0, step, instance.kl_coef)
+    data = sample_preference_data(key, instance, sampler, sampler, batch)
+    return update_from_data(method, instance, data, log_pi, step, ridge)
 
 
 def run_sampled(key: jax.Array, instance: Instance, method: str, step, iterations: int, batch: int,

@@ -21,7 +21,8 @@ MLE: logistic regression without intercept on ``psi_i = psi(x_i, a1_i, a2_i)`` (
 1): ``l(theta) = sum_i softplus(-(2y_i - 1) <theta, psi_i>) + (lam/2) ||theta||^2``, solved by the
 damped Newton of ``algorithms.core.bt_mle`` (``psi`` in place of ``z``). Confidence set:
 ``{theta : ||theta - theta_hat||_Sigma <= beta}`` with ``Sigma = lam I + sum_i psi_i psi_i^T`` and
-``beta`` from ``algorithms.core.confidence.confidence_radius`` with ``dim = D``. Uncertainties:
+``beta`` from ``algorithms.core.confidence.confidence_radius`` with ``dim = D`` (``mle_confidence_set``: fit,
+Gram, radius and set in one call). Uncertainties:
 
 - pointwise  ``Gamma(x, a, b) = ||psi(x, a, b)||_{Sigma^{-1}}`` (``pair_uncertainty``);
 - of a policy pair ``Gamma(x, pi1, pi2) = ||E_{a~pi1, b~pi2} psi(x, a, b)||_{Sigma^{-1}}`` (docs/theory.md
@@ -117,6 +118,17 @@ def confidence_set(instance: Instance, data: PreferenceData, theta_hat: jax.Arra
     """``{theta : ||theta - theta_hat||_Sigma <= beta}``, ``Sigma = lam I + sum_i psi_i psi_i^T``."""
     psi = comparison_features(instance, data)
     return conf.confidence_set(theta_hat, conf.gram_matrix(psi, data.mask, lam), beta)
+
+
+def mle_confidence_set(instance: Instance, data: PreferenceData, n, reward_norm, config: conf.ConfidenceConfig,
+                       theta0: jax.Array | None = None) -> conf.ConfidenceSet:
+    """The whole psi-space pipeline (docs/theory.md §3.2 step 1): the MLE ``theta_hat`` on ``data`` (warm start
+    ``theta0``), ``Sigma = lam I + sum_i psi_i psi_i^T`` and ``beta = config.radius(D, n, reward_norm)`` for
+    ``n`` comparisons, as ``{theta : ||theta - theta_hat||_Sigma <= beta}``: the BT pipeline
+    ``algorithms.core.confidence.mle_confidence_set`` with ``psi`` in place of ``z`` (the same fit as
+    ``fit_general_preference``, the same set as ``confidence_set``)."""
+    return conf.mle_confidence_set(comparison_features(instance, data), data.y, data.mask, n, reward_norm, config,
+                                   theta0=theta0)
 
 
 def pair_uncertainty(instance: Instance, chol: jax.Array) -> jax.Array:

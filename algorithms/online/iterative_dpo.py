@@ -94,10 +94,13 @@ class AgentParams(NamedTuple):
     restart: jax.Array
 
 
-def agent_params(bonus: str, alpha: float, kl_coef: float, restart: bool) -> tuple[float, float, float, float]:
-    """``AgentParams`` values of a named bonus, as plain floats (for a static table)."""
+def agent_params(bonus: str, alpha, kl_coef, restart: bool) -> AgentParams:
+    """``AgentParams`` of a named bonus: plain floats for float arguments (a static table of algorithms),
+    arrays for traced ``alpha`` or ``kl_coef``."""
+    if not isinstance(restart, bool):
+        v.fail("restart", restart, "a boolean")
     coef, ref_coef = bonus_coefficients(bonus, alpha, kl_coef)
-    return float(coef), float(ref_coef), float(bonus == "selm"), float(restart)
+    return AgentParams(coef, ref_coef, float(bonus == "selm"), float(restart))
 
 
 def train_dpo_agent(policy: str, init_params: jax.Array, instance: Instance, data: PreferenceData,

@@ -59,7 +59,8 @@ def package_dir(name: str) -> Path:
     """The directory of an installed package, found without importing it."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"The package {name!r} is not installed; install the model wheels with `{WHEELS}`.")
+        raise v.MissingDependencyError(f"the package {name!r} is not installed; install the model wheels with "
+                                       f"`{WHEELS}`.")
     return Path(list(spec.submodule_search_locations)[0])
 
 

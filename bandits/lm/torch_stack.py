@@ -5,15 +5,18 @@ Both the world's frozen feature maps (``bandits.lm.hf_features``) and the learne
 """
 from __future__ import annotations
 
+from bandits.validation import MissingDependencyError
+
 INSTALL_HINT = ("install the optional LLM dependencies: `pip install torch==2.13.0` first (a CPU wheel; an "
                 "unpinned torch may pull a multi-GB CUDA build), then `pip install 'rlhf-bandits[llm]'`")
 
 
 def import_torch_stack():
-    """``(torch, transformers)``, or an ImportError that names the missing ``llm`` extra."""
+    """``(torch, transformers)``, or a ``MissingDependencyError`` (an ImportError) naming the ``llm`` extra."""
     try:
         import torch
         import transformers
     except ImportError as err:   # pragma: no cover - exercised in a subprocess without torch
-        raise ImportError(f"The Hugging Face adapter needs torch and transformers ({err}); {INSTALL_HINT}.") from err
+        raise MissingDependencyError(f"the Hugging Face adapter needs torch and transformers ({err}); "
+                                     f"{INSTALL_HINT}.") from None
     return torch, transformers

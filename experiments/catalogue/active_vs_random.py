@@ -10,10 +10,12 @@ Selections (``selections``):
 - ``active_batch``: P3's code, the pool arrives in batches of ``batch``; the top ``batch // 4`` of each by
   ``||z||_{A^{-1}}`` (scored with the design at the batch start) are labelled (needs ``pool >= 4 budget``).
 
-Estimators (``estimators``): ``mle`` (refit each label, warm-started) and ``omd`` by default, or any of
-``algorithms.onepass.estimators.ESTIMATORS`` (``ogd`` and ``hvp`` use ``V_t``); algorithm names are
-``selection-estimator``. Metrics at label counts ``checkpoints``: as in ``omd_vs_mle`` (estimation error,
-held-out expected accuracy / log-loss, plug-in and pessimistic suboptimality under ``objective``), and
+Estimators (``estimators``): ``mle`` (refit each label, warm-started) and ``omd`` by default, or any
+estimator registered in ``algorithms.onepass.estimators`` (``A_t`` is its registry ``design``: ``ogd`` and
+``hvp`` use ``V_t``); algorithm names are ``selection-estimator``. ``B`` is ``reward_norm``
+(``instance.reward_norm``); the instance family and the metrics are ``algorithms.onepass.evaluation``'s.
+Metrics at label counts ``checkpoints``: as in ``omd_vs_mle`` (estimation error, held-out expected
+accuracy / log-loss, plug-in and pessimistic suboptimality under ``objective``), and
 ``seconds``: the wall-clock of one round (selection + update) at round t, from seed 0's state after
 ``t - 1`` rounds in a separate jitted call (MLE buffer of exactly t rows; all pool rows marked available,
 which costs the same), median of ``timing_repeats``; NaN except for seed 0 at ``timing_rounds``.
@@ -34,18 +36,19 @@ import jax.numpy as jnp
 import numpy as np
 
 import bandits as b
-from algorithms.onepass import active_selection as act
 from algorithms.core import confidence as conf
-from algorithms.onepass.estimators import ESTIMATORS
+from algorithms.onepass import active_selection as act
+from algorithms.onepass import estimators, evaluation
+from algorithms.onepass.evaluation import METRICS
 from bandits import validation as v
 from experiments.catalogue import p3_common as p3
 from experiments.engine import plotting
+from experiments.engine.config import replace
 from experiments.engine.results import Results, concat_tables
 from experiments.engine.runner import run_vectorized, seed_keys
 
 SELECTIONS = ("random", "active", "active_batch")
 EST = ("mle", "omd")
-METRICS = p3.METRICS
 
 # NaN means "not applicable" in these columns (module docstring).
 nan_columns = ("regret_avg", "regret_weak", "seconds")
@@ -55,15 +58,14 @@ description = "E9: random vs active (APO / top-25% batch) selection x MLE vs OMD
 
 @dataclasses.dataclass(frozen=True)
 class Config(p3.P3Config):
-    """Fields reachable with ``--set field=value`` (module docstring); the instance, estimator, objective
-    and timing fields are ``p3_common.P3Config``'s.
+    """Fields reachable with ``--set field=value`` (module docstring); the instance (``reward_norm`` is
+    ``B``), estimator options, objective and timing fields are ``p3_common.P3Config``'s.
 
-    reward_norm: ``B``; pool: candidate comparisons; budget: labels; batch: the top-fraction batch size;
-    checkpoints: label counts at which metrics are taken; heldout: held-out comparisons; selections:
-    random | active | active_batch; estimators: any of omd, mle, ogd, hvp (default mle, omd).
+    pool: candidate comparisons; budget: labels; batch: the top-fraction batch size; checkpoints: label
+    counts at which metrics are taken; heldout: held-out comparisons; selections: random | active |
+    active_batch; estimators: registered estimators (built in: omd, mle, ogd, hvp; default mle, omd).
     """
 
-    reward_norm: float = 2.0
     pool: int = 8192
     budget: int = 1024
     batch: int = 32
@@ -73,18 +75,26 @@ class Config(p3.P3Config):
     estimators: tuple[str, ...] = EST
 
     def __post_init__(self):
-        v.check_float("reward_norm", self.reward_norm, low=0.0, low_open=True)
         v.check_int("budget", self.budget, 1)
         v.check_int("batch", self.batch, 4)
         v.check_int("pool", self.pool, self.budget)
-        p3.check_names("selections", self.selections, SELECTIONS)
-        p3.check_names("estimators", self.estimators, ESTIMATORS)
+        v.check_names("selections", self.selections, SELECTIONS)
+        v.check_names("estimators", self.estimators, estimators.names())
         needed = -(-self.budget // (self.batch // 4)) * self.batch
         if "active_batch" in self.selections and self.pool < needed:
             v.fail("pool", self.pool, f"at least {needed} (ceil(budget / (batch // 4)) batches of {self.batch}) "
                    "with selection 'active_batch'")
         v.check_int("heldout", self.heldout, 1)
         super().__post_init__()
+
+    @property
+    def estimator_names(self) -> tuple[str, ...]:
+        return self.estimators
+
+    @property
+    def reward_norm(self) -> float:
+        """``B = ||theta*||``."""
+        return self.instance.reward_norm
 
     @property
     def rounds(self) -> int:
@@ -97,8 +107,8 @@ class Config(p3.P3Config):
 
 
 presets = {
-    "quick": Config(n_contexts=64, pool=1536, budget=256, checkpoints=(16, 32, 64, 128, 256), heldout=1024,
-                    timing_rounds=(16, 256), timing_repeats=5),
+    "quick": replace(Config(), n_contexts=64, pool=1536, budget=256, checkpoints=(16, 32, 64, 128, 256),
+                     heldout=1024, timing_rounds=(16, 256), timing_repeats=5),
     "paper": Config(),
 }
 seeds = {"quick": 8, "paper": 32}
@@ -133,20 +143,21 @@ def simulate(key, config: Config):
     ``t - 1`` (``t`` in ``config.timed``) and the pool rows chosen. The selections of one estimator run
     one after the other (``lax.map``) through one compiled scan."""
     k_inst, k_pool, k_held = jax.random.split(key, 3)
-    inst = p3.scaled_instance(k_inst, config, config.reward_norm)
+    inst = evaluation.scaled_instance(k_inst, config.instance, config.reward_norm)
     data = b.sample_preference_data(k_pool, inst, inst.log_pi0, inst.log_pi0, config.pool)
     pool_z = b.feature_differences(inst, data)
     pool_y = data.y.astype(pool_z.dtype)
-    z_held, p_held = p3.heldout_set(k_held, inst, config.heldout)
+    z_held, p_held = evaluation.heldout_set(k_held, inst, config.heldout)
     nu = conf.reference_vector(inst, "pi0")
     ck = jnp.asarray(config.checkpoints)
     tk = jnp.asarray([t - 1 for t in config.timed])
-    ests = p3.estimators(config, config.estimators, config.reward_norm, config.budget)
-    d, n_sel = config.dim, len(config.selections)
+    d, n_sel = config.instance.dim, len(config.selections)
+    ests = estimators.make_estimators(config.estimators, d, config.onepass, radius=config.reward_norm,
+                                      capacity=config.budget)
     metrics, timings = {}, {}
     for est_name, est in zip(config.estimators, ests):
         init = est.init()
-        timing0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (len(tk),) + a.shape), p3.light(init))
+        timing0 = p3.timing_buffers(est_name, init, len(tk))
 
         def one_selection(index, est=est, init=init, timing0=timing0):
             def body(carry, _):
@@ -158,14 +169,15 @@ def simulate(key, config: Config):
                 snaps = (snaps[0].at[pos].set(est.theta(state), mode="drop"),
                          snaps[1].at[pos].set(est.inverse_design(state), mode="drop"))
                 tpos = p3.snapshot_index(t + 1, tk)
-                timing = jax.tree.map(lambda buf, a: buf.at[tpos].set(a, mode="drop"), timing, p3.light(state))
+                timing = p3.record(est.name, timing, tpos, state)
                 return (state, available, rows, snaps, timing, t + 1), idx
 
             snaps = (jnp.zeros((len(ck), d), pool_z.dtype), jnp.zeros((len(ck), d, d), pool_z.dtype))
             carry0 = (init, jnp.ones(config.pool, bool), jnp.zeros(config.batch // 4, jnp.int32), snaps, timing0,
                       jnp.asarray(0))
             (_, _, _, snaps, timing, _), chosen = jax.lax.scan(body, carry0, None, length=config.budget)
-            per = lambda th, iv, t: p3.estimate_metrics(inst, th, iv, t, z_held, p_held, nu, config)
+            per = lambda th, iv, t: evaluation.estimate_metrics(inst, th, iv, t, z_held, p_held, nu, config.onepass,
+                                                                config.objective)
             return jax.vmap(per)(snaps[0], snaps[1], ck), timing, chosen
 
         got, timing, chosen = jax.lax.map(one_selection, jnp.arange(n_sel, dtype=jnp.int32))
@@ -177,7 +189,8 @@ def simulate(key, config: Config):
 
 
 def _round(state, pool_z, pool_y, t, index, reward_norm, config, est_name, capacity):
-    est = p3.estimators(config, (est_name,), reward_norm, max(capacity, 1))[0]
+    est = estimators.make_estimator(est_name, config.instance.dim, config.onepass, radius=reward_norm,
+                                    capacity=max(capacity, 1))
     idx, _ = choose_any(config.selections, index, est, state, jnp.ones(pool_z.shape[0], bool), t, pool_z,
                         jnp.zeros(config.batch // 4, jnp.int32), config)
     return est.update(state, pool_z[idx], pool_y[idx])
@@ -185,10 +198,10 @@ def _round(state, pool_z, pool_y, t, index, reward_norm, config, est_name, capac
 
 def timing_pass(config: Config, timings) -> np.ndarray:
     """Seconds of one round ``[n_timed, n_alg]`` for seed 0 (module docstring); one compile per estimator
-    (and per timed ``t`` for the MLE, whose buffer has exactly ``t`` rows)."""
+    (and per timed ``t`` for one that stores its data, the MLE, whose buffer has exactly ``t`` rows)."""
     key = seed_keys(config.seed, 1)[0]
     k_inst, k_pool, _ = jax.random.split(key, 3)
-    inst = p3.scaled_instance(k_inst, config, config.reward_norm)
+    inst = evaluation.scaled_instance(k_inst, config.instance, config.reward_norm)
     data = b.sample_preference_data(k_pool, inst, inst.log_pi0, inst.log_pi0, config.pool)
     pool_z = b.feature_differences(inst, data)
     pool_y = data.y.astype(pool_z.dtype)
@@ -199,13 +212,12 @@ def timing_pass(config: Config, timings) -> np.ndarray:
         chosen = np.asarray(chosen)
         index = jnp.asarray(config.selections.index(selection), jnp.int32)
         for it, t in enumerate(config.timed):
-            cap = t if est_name == "mle" else 0         # only the MLE's shapes depend on t
+            cap = p3.timed_capacity(est_name, t)
             if (est_name, cap) not in jitted:
                 jitted[est_name, cap] = jax.jit(functools.partial(_round, config=config, est_name=est_name,
                                                                   capacity=cap))
-            state = jax.tree.map(lambda a: a[it], timing)
-            if est_name == "mle":       # the labelled rows so far, in the order they were chosen
-                state = p3.mle_state_at(state, pool_z[chosen], pool_y[chosen], t)
+            # a data-storing estimator gets the labelled rows so far, in the order they were chosen
+            state = p3.with_buffer(est_name, jax.tree.map(lambda a: a[it], timing), pool_z[chosen], pool_y[chosen], t)
             out[it, ia] = p3.time_call(jitted[est_name, cap], (state, pool_z, pool_y, jnp.asarray(t - 1), index,
                                                                jnp.asarray(config.reward_norm)),
                                        config.timing_repeats)
@@ -218,7 +230,7 @@ def run(config: Config, seeds: int, progress) -> Results:
     secs = timing_pass(config, jax.tree.map(lambda a: a[0], timings))
     progress.message("timing done")
     ck = np.asarray(config.checkpoints)
-    tables, summary = [], {"dispatch_seconds": p3.dispatch_seconds(config)}
+    tables, summary = [], {"dispatch_seconds": p3.dispatch_seconds(config.instance.dim)}
     timed = np.asarray(config.timed, float)
     for ia, (selection, est_name) in enumerate(config.names):
         name = f"{selection}-{est_name}"
@@ -260,7 +272,8 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
                 loglog_ok = False
             else:
                 loglog_ok = loglog
-            plotting.band_plot(ax, x, y, name, color=p3.COLORS[est], linestyle=styles[sel], loglog=loglog_ok)
+            plotting.band_plot(ax, x, y, name, color=estimators.get(est).color, linestyle=styles[sel],
+                               loglog=loglog_ok)
         plotting.set_logx(ax)
         ax.set(title=label, xlabel="labels used", ylabel=label)
         ax.legend(fontsize="xx-small")

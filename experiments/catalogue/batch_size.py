@@ -8,7 +8,8 @@ the sequential ``m = 1`` sample complexity, so the final suboptimality should ba
 Every ``m`` sees the same instances and the same stream of contexts and label uniforms (comparison
 ``i`` has the same uniforms whatever the batching).
 
-Columns: those of ``online-explore`` (``batch_size`` tells the runs apart).
+Columns: those of ``online-explore`` (``batch_size`` tells the runs apart). ``total_queries`` and
+``batch_sizes`` set ``m`` and ``T``, so ``batch_size`` and ``iterations`` are refused.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import numpy as np
 from bandits import validation as v
 from experiments.catalogue import online_common
 from experiments.engine import plotting, stats
+from experiments.engine.config import check_unused, replace
 from experiments.engine.results import Results, concat_tables
 from experiments.engine.runner import seed_keys
 
@@ -35,6 +37,8 @@ class Config(online_common.Config):
 
     def __post_init__(self):
         super().__post_init__()
+        check_unused(self, ("online.iterations", "online.batch_size"),
+                     "batch-size runs m in batch_sizes with T = total_queries / m")
         v.check_int("total_queries", self.total_queries, 1)
         if not self.batch_sizes:
             v.fail("batch_sizes", self.batch_sizes, "a non-empty tuple of divisors of total_queries")
@@ -45,9 +49,9 @@ class Config(online_common.Config):
 
 
 presets = {
-    "quick": Config(n_contexts=32, n_actions=16, total_queries=512, batch_sizes=(16, 64, 256),
-                    algorithms=("enhancer", "pi0"), settings=("hard",)),
-    "paper": Config(n_contexts=64, n_actions=16, total_queries=1024, batch_sizes=(16, 64, 256)),
+    "quick": replace(Config(), n_contexts=32, n_actions=16, total_queries=512, batch_sizes=(16, 64, 256),
+                     algorithms=("enhancer", "pi0"), settings=("hard",)),
+    "paper": replace(Config(), n_contexts=64, n_actions=16, total_queries=1024, batch_sizes=(16, 64, 256)),
 }
 seeds = {"quick": 32, "paper": 64}
 
@@ -90,6 +94,7 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
                                    color=f"C{i}", loglog=True)
             ax.set(title=f"{setting}: {alg}", xlabel="queries m t", ylabel="J(pi*) - J(pi_t)")
     n_seeds = len(np.unique(np.asarray(table["seed"])))
+    i = config.instance
     fig.suptitle(f"batch-size: {config.total_queries} queries in batches of m, {n_seeds} seeds (mean, 95% band)\n"
-                 f"d={config.dim}, K={config.n_actions}, n_x={config.n_contexts}, kl_coef={config.kl_coef:g}")
+                 f"d={i.dim}, K={i.n_actions}, n_x={i.n_contexts}, kl_coef={i.kl_coef:g}")
     return plotting.save_figure(fig, out_dir, "batch_size")

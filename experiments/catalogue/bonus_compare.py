@@ -1,7 +1,8 @@
-"""bonus-compare: every registered strategy, built-in and user-defined, on the same seeds, ranked.
+"""bonus-compare: every registered online algorithm, built-in and user-defined, on the same seeds, ranked.
 
-Runs the ``online-explore`` loop (``experiments.catalogue.online_explore``) for every algorithm it knows,
-including strategies registered by a plugin (``rlhf-bandits run bonus-compare --plugin my_bonus.py``),
+Runs the ``online-explore`` loop (``experiments.catalogue.online_common``) for every algorithm of the registry
+``algorithms.online.agents``, including the strategies, agents and algorithms registered by a plugin
+(``rlhf-bandits run bonus-compare --plugin my_bonus.py``),
 on the same instances, contexts and label uniforms (common random numbers). Prints a table ranked by
 the final suboptimality of the main agent, with 95% intervals over seeds, and for each algorithm the
 *paired* difference to ``baseline`` (default: P1's enhancer) with its 95% interval: under common
@@ -17,14 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from algorithms.online import agents
+from bandits import validation as v
 from experiments.catalogue import online_common
-
 from experiments.engine import plotting, stats
+from experiments.engine.config import replace
 from experiments.engine.results import Results, concat_tables
 from experiments.engine.runner import seed_keys
-from bandits import validation as v
 
-description = "Rank every registered pair-selection strategy (built-in and plugins) on common seeds"
+description = "Rank every registered online algorithm (strategies and agents, built-in and plugins) on common seeds"
 nan_columns = online_common.nan_columns
 
 
@@ -37,15 +38,16 @@ class Config(online_common.Config):
     def __post_init__(self):
         super().__post_init__()
         v.check_choice("metric", self.metric, ("subopt", "subopt_kl", "regret_kl"))
+        v.check_choice("baseline", self.baseline, agents.names())
 
     @property
     def algorithm_names(self) -> tuple[str, ...]:
-        return tuple(self.algorithms) if self.algorithms else agents.known_algorithms()
+        return tuple(self.algorithms) if self.algorithms else agents.names()
 
 
 presets = {
-    "quick": Config(n_contexts=16, n_actions=8, dim=4, iterations=8, batch_size=16, dpo_steps=30),
-    "paper": Config(n_contexts=64, n_actions=16, iterations=24, batch_size=32),
+    "quick": replace(Config(), n_contexts=16, n_actions=8, dim=4, iterations=8, batch_size=16, dpo_steps=30),
+    "paper": replace(Config(), n_contexts=64, n_actions=16, iterations=24, batch_size=32),
 }
 seeds = {"quick": 32, "paper": 64}
 
@@ -92,7 +94,7 @@ def run(config: Config, seeds: int, progress) -> Results:
     for setting in config.settings:
         part = {k: c[table["setting"] == setting] for k, c in table.items()}
         rows = ranking(part, config.metric, config.baseline)
-        progress.message(f"{setting}: final {config.metric} after {config.iterations * config.batch_size} "
+        progress.message(f"{setting}: final {config.metric} after {config.online.iterations * config.online.batch_size} "
                          f"queries, {seeds} seeds\n" + format_ranking(rows, config.metric, config.baseline))
         for rank, r in enumerate(rows, 1):
             for key, value in r.items():
@@ -126,6 +128,7 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
         else:
             row[1].set_visible(False)
     n_seeds = len(np.unique(np.asarray(table["seed"])))
-    fig.suptitle(f"bonus-compare: {n_seeds} seeds, d={config.dim}, K={config.n_actions}, n_x={config.n_contexts}, "
-                 f"kl_coef={config.kl_coef:g}, m={config.batch_size}, T={config.iterations}")
+    i, o = config.instance, config.online
+    fig.suptitle(f"bonus-compare: {n_seeds} seeds, d={i.dim}, K={i.n_actions}, n_x={i.n_contexts}, "
+                 f"kl_coef={i.kl_coef:g}, m={o.batch_size}, T={o.iterations}")
     return plotting.save_figure(fig, out_dir, "bonus_compare")

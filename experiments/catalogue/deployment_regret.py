@@ -4,8 +4,10 @@ Per seed: one instance (``B = reward_norm``); each round a context ``x_t ~ d0``,
 ``(a_t, a'_t)`` from its estimator's ``theta_t`` and inverse design (``algorithms.onepass.deployment``), the BT label
 is drawn, and the estimator is updated on ``z = phi(x_t,a_t) - phi(x_t,a'_t)``. Algorithms are
 ``rule:estimator`` strings (``p3:omd`` is P3's rule with its one-pass OMD; the classic dueling bandits
-use the MLE refit as in their papers). Bonus radius ``beta_t = c_beta sqrt(d log(1 + t))`` [D] for every
-rule (the ``||.||_{cH^{-1}}`` vs ``||.||_{V^{-1}}`` norms carry the difference between OMD and MLE).
+use the MLE refit as in their papers; any estimator registered in ``algorithms.onepass.estimators`` is
+accepted). Bonus radius ``beta_t = c_beta sqrt(d log(1 + t))`` [D] for every rule (``OnePassOptions.beta``;
+the estimators' designs, ``||.||_{cH^{-1}}`` vs ``||.||_{V^{-1}}``, carry the difference between OMD and
+MLE; ``c_beta = 0`` removes the bonus).
 All rules on one seed share contexts and label uniforms (common random numbers).
 
 Regret (docs/theory.md §9.1 item 15), cumulative over rounds 1..t, reported at ``checkpoints``:
@@ -35,10 +37,11 @@ import numpy as np
 
 import bandits as b
 from algorithms.onepass import deployment as dueling
-from algorithms.onepass.estimators import ESTIMATORS
+from algorithms.onepass import estimators, evaluation
 from bandits import validation as v
 from experiments.catalogue import p3_common as p3
 from experiments.engine import plotting
+from experiments.engine.config import replace
 from experiments.engine.results import Results, concat_tables
 from experiments.engine.runner import run_vectorized, seed_keys
 
@@ -54,15 +57,16 @@ description = "E10: deployment regret (avg/weak) of P3's rule vs MaxInP/CoLSTIM/
 
 @dataclasses.dataclass(frozen=True)
 class Config(p3.P3Config):
-    """Fields reachable with ``--set field=value``; the instance, estimator, objective and timing fields
-    are ``p3_common.P3Config``'s.
+    """Fields reachable with ``--set field=value``; the instance (``reward_norm`` is ``B``), estimator
+    options, objective and timing fields are ``p3_common.P3Config``'s (``kl_coef`` is read with
+    ``objective=kl`` or a ``greedy`` rule).
 
-    reward_norm: ``B``; rounds: ``T``; checkpoints: rounds at which the cumulative regrets are reported;
-    algorithms: ``rule:estimator`` strings (rules of ``algorithms.onepass.deployment``, estimators omd, mle, ogd, hvp);
-    colstim_c: CoLSTIM's perturbation scale; quantile: the rank of ``best_quartile``'s second action.
+    rounds: ``T``; checkpoints: rounds at which the cumulative regrets are reported; algorithms:
+    ``rule:estimator`` strings (rules of ``algorithms.onepass.deployment``, registered estimators: built in
+    omd, mle, ogd, hvp); colstim_c: CoLSTIM's perturbation scale; quantile: the rank of
+    ``best_quartile``'s second action.
     """
 
-    reward_norm: float = 2.0
     rounds: int = 2048
     checkpoints: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048)
     algorithms: tuple[str, ...] = DEFAULT + ("p3:mle", "maxinp:omd", "colstim:omd", "maxpairucb:omd")
@@ -70,15 +74,16 @@ class Config(p3.P3Config):
     quantile: float = 0.25
 
     def __post_init__(self):
-        v.check_float("reward_norm", self.reward_norm, low=0.0, low_open=True)
         v.check_int("rounds", self.rounds, 2)
         if not self.algorithms:
             v.fail("algorithms", self.algorithms, "a non-empty tuple of 'rule:estimator' strings")
         for name in self.algorithms:
             rule, _, est = str(name).partition(":")
-            if rule not in dueling.RULES or est not in ESTIMATORS:
+            if rule not in dueling.RULES or est not in estimators.names():
                 v.fail("algorithms", name, "'rule:estimator' with rule in " + ", ".join(dueling.RULES)
-                       + " and estimator in " + ", ".join(ESTIMATORS))
+                       + " and estimator in " + ", ".join(estimators.names()))
+        if len(set(self.algorithms)) != len(self.algorithms):
+            v.fail("algorithms", self.algorithms, "a tuple without repeated names")
         v.check_float("colstim_c", self.colstim_c, low=0.0)
         v.check_float("quantile", self.quantile, low=0.0, high=1.0)
         super().__post_init__()
@@ -86,17 +91,31 @@ class Config(p3.P3Config):
     def parsed(self) -> list[tuple[str, str]]:
         return [tuple(str(n).split(":")) for n in self.algorithms]
 
+    @property
+    def estimator_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(est for _, est in self.parsed()))
+
+    @property
+    def reads_kl_coef(self) -> bool:
+        return self.objective == "kl" or any(rule == "greedy" for rule, _ in self.parsed())
+
+    @property
+    def reward_norm(self) -> float:
+        """``B = ||theta*||``."""
+        return self.instance.reward_norm
+
 
 presets = {
-    "quick": Config(n_contexts=64, rounds=256, checkpoints=(16, 32, 64, 128, 256), algorithms=DEFAULT,
-                    timing_rounds=(16, 256), timing_repeats=5),
+    "quick": replace(Config(), n_contexts=64, rounds=256, checkpoints=(16, 32, 64, 128, 256), algorithms=DEFAULT,
+                     timing_rounds=(16, 256), timing_repeats=5),
     "paper": Config(),
 }
 seeds = {"quick": 8, "paper": 32}
 
 
 def _estimator(config, est_name, capacity):
-    return p3.estimators(config, (est_name,), config.reward_norm, capacity)[0]
+    return estimators.make_estimator(est_name, config.instance.dim, config.onepass, radius=config.reward_norm,
+                                     capacity=capacity)
 
 
 def groups(config: Config) -> dict[str, tuple[tuple[str, ...], list[int]]]:
@@ -123,7 +142,7 @@ def select(rules, rule_index, key, phi, theta, inverse, beta, log_pi0, kl_coef, 
 def play_round(rules, rule_index, est, state, key, inst, x, t, config):
     """One deployment round for context ``x`` with rule ``rules[rule_index]``: (new state, a, a', y)."""
     k_rule, k_label = jax.random.split(key)
-    beta = p3.beta_schedule(config.c_beta, config.dim, t)
+    beta = config.onepass.beta(config.instance.dim, t)
     a, a2 = select(rules, rule_index, k_rule, inst.phi[x], est.theta(state), est.inverse_design(state), beta,
                    inst.log_pi0[x], inst.kl_coef, config)
     p = jax.nn.sigmoid(inst.reward[x, a] - inst.reward[x, a2])
@@ -137,7 +156,7 @@ def simulate(key, config: Config):
     their labels (for the MLE's honest timing buffer), and the contexts. The algorithms of one estimator
     run one after the other (``lax.map``) through one compiled scan."""
     k_inst, k_run = jax.random.split(key)
-    inst = p3.scaled_instance(k_inst, config, config.reward_norm)
+    inst = evaluation.scaled_instance(k_inst, config.instance, config.reward_norm)
     ck = jnp.asarray(config.checkpoints)
     tk = jnp.asarray([t - 1 for t in config.timed])
     round_keys = jax.random.split(k_run, config.rounds)
@@ -148,7 +167,7 @@ def simulate(key, config: Config):
     for est_name, (rules, members) in groups(config).items():
         est = _estimator(config, est_name, config.rounds)
         init = est.init()
-        timing0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (len(tk),) + a.shape), p3.light(init))
+        timing0 = p3.timing_buffers(est_name, init, len(tk))
 
         def one_rule(rule_index, rules=rules, est=est, init=init, timing0=timing0):
             def body(carry, inp):
@@ -165,7 +184,7 @@ def simulate(key, config: Config):
                     inc = jnp.stack(dueling.pair_regret(inst.reward[x], a, a2))
                 cum = cum + inc
                 tpos = p3.snapshot_index(t + 1, tk)
-                timing = jax.tree.map(lambda buf, s: buf.at[tpos].set(s, mode="drop"), timing, p3.light(state))
+                timing = p3.record(est.name, timing, tpos, state)
                 err = jnp.linalg.norm(est.theta(state) - inst.theta_star)
                 return (state, cum, timing, t + 1), (jnp.concatenate([cum, err[None]]), jnp.stack([a, a2]), y)
 
@@ -189,10 +208,11 @@ def _timed_round(state, rule_index, key, x, t, inst, config, rules, est_name, ca
 
 def timing_pass(config: Config, timings, played, contexts) -> np.ndarray:
     """Seconds of one round ``[n_timed, n_alg]`` for seed 0 from its snapshots (module docstring); one
-    compile per estimator (and per timed ``t`` for the MLE, whose buffer has exactly ``t`` rows)."""
+    compile per estimator (and per timed ``t`` for one that stores its data, the MLE, whose buffer has
+    exactly ``t`` rows)."""
     key = seed_keys(config.seed, 1)[0]
     k_inst, k_run = jax.random.split(key)
-    inst = jax.jit(lambda k: p3.scaled_instance(k, config, config.reward_norm))(k_inst)
+    inst = jax.jit(lambda k: evaluation.scaled_instance(k, config.instance, config.reward_norm))(k_inst)
     round_keys = jax.random.split(k_run, config.rounds)
     phi, contexts = np.asarray(inst.phi), np.asarray(contexts)
     out = np.full((len(config.timed), len(config.algorithms)), np.nan)
@@ -202,14 +222,12 @@ def timing_pass(config: Config, timings, played, contexts) -> np.ndarray:
             rule_index = jnp.asarray(rules.index(config.parsed()[ia][0]), jnp.int32)
             pairs, ys = (np.asarray(a) for a in played[ia])
             for it, t in enumerate(config.timed):
-                cap = t if est_name == "mle" else 0
+                cap = p3.timed_capacity(est_name, t)
                 if cap not in jitted:
                     jitted[cap] = jax.jit(functools.partial(_timed_round, config=config, rules=rules,
                                                             est_name=est_name, capacity=cap))
-                state = jax.tree.map(lambda a: a[it], timings[ia])
-                if est_name == "mle":       # the pairs played so far, in order
-                    z = phi[contexts, pairs[:, 0]] - phi[contexts, pairs[:, 1]]
-                    state = p3.mle_state_at(state, z, ys, t)
+                z = phi[contexts, pairs[:, 0]] - phi[contexts, pairs[:, 1]]      # the pairs played so far
+                state = p3.with_buffer(est_name, jax.tree.map(lambda a: a[it], timings[ia]), z, ys, t)
                 out[it, ia] = p3.time_call(jitted[cap], (state, rule_index, round_keys[t - 1], jnp.asarray(0),
                                                          jnp.asarray(t - 1), inst), config.timing_repeats)
     return out
@@ -223,7 +241,7 @@ def run(config: Config, seeds: int, progress) -> Results:
     secs = timing_pass(config, first(timings), first(played), contexts[0])
     progress.message("timing done")
     ck = np.asarray(config.checkpoints)
-    tables, summary = [], {"dispatch_seconds": p3.dispatch_seconds(config)}
+    tables, summary = [], {"dispatch_seconds": p3.dispatch_seconds(config.instance.dim)}
     for ia, name in enumerate(config.algorithms):
         n = seeds * len(ck)
         table = {"algorithm": np.full(n, name), "seed": np.repeat(np.arange(seeds), len(ck)), "t": np.tile(ck, seeds),
@@ -250,7 +268,7 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
         metrics.append(("regret_weak", "cumulative weak regret"))
     # colour = rule, line style = estimator, so p3:omd and p3:mle read as the same rule on two estimators
     colors = plotting.distinct_colors(dict.fromkeys(str(n).split(":")[0] for n in names))
-    styles = {"omd": "-", "mle": "--", "ogd": ":", "hvp": "-."}
+    styles = ("-", "--", ":", "-.")          # by registry position: omd, mle, ogd, hvp, then again
     fig, axes = plotting.figure(ncols=len(metrics), size=(5.4, 4.2))
     for ax, (metric, label) in zip(np.atleast_1d(axes), metrics):
         positive = True
@@ -258,11 +276,12 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
             rule, est = str(name).split(":")
             x, y = plotting.pivot(table, "t", metric, where={"algorithm": name})
             positive &= bool(np.all(y.mean(0) > 0))
-            plotting.band_plot(ax, x, y, name, color=colors[rule], linestyle=styles[est])
+            style = styles[estimators.names().index(est) % len(styles)]
+            plotting.band_plot(ax, x, y, name, color=colors[rule], linestyle=style)
         if positive:    # the rules span a decade or more: a log axis keeps the low curves apart
             plotting.set_loglog(ax)
         ax.set(title=label, xlabel="T (rounds)", ylabel=label)
         ax.legend(fontsize="xx-small", ncols=2)
-    fig.suptitle(f"deployment-regret ({config.objective}): B={config.reward_norm:g}, K={config.n_actions}, "
-                 f"d={config.dim}")
+    fig.suptitle(f"deployment-regret ({config.objective}): B={config.reward_norm:g}, K={config.instance.n_actions}, "
+                 f"d={config.instance.dim}")
     return plotting.save_figure(fig, out_dir, "deployment_regret")

@@ -40,6 +40,7 @@ from algorithms.offline.gshf import linear_gibbs
 from algorithms.offline.tmps import tmps
 from bandits import validation as v
 from experiments.engine import plotting, stats
+from experiments.engine.config import check_unused, replace
 from experiments.engine.results import Results, concat_tables, tidy
 from experiments.engine.runner import run_vectorized, seed_keys
 
@@ -51,27 +52,26 @@ COLORS = {"gibbs": "C0", "greedy": "C3", "pi0": "C2", "tmps": "C4"}
 description = "E11: fast-rate slopes (KL-reg. Gibbs-of-MLE ~1/n vs greedy worst case ~1/sqrt(n)); TMPS vs pi0"
 
 
-def _increasing(field, values, minimum):
-    if not values or any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < minimum
-                         for n in values) or list(values) != sorted(set(values)):
-        v.fail(field, values, f"a non-empty strictly increasing tuple of integers >= {minimum}")
+# The canonical and TMPS panels are linear BT instances with a uniform pi0 (TMPS: its own coverage and
+# temperature): the instance fields below are not read.
+UNUSED_INSTANCE_FIELDS = ("instance.coverage", "instance.temperature", "instance.reward", "instance.hidden",
+                          "instance.skew_strength")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Fields reachable with ``--set field=value``.
+    """Fields reachable with ``--set field=value``, those of the nested ``instance`` by their own names.
 
-    Canonical panel: n_contexts, n_actions, dim, reward_norm (B), kl_coef.
-    Margin panel: margin_gap_min/max/count (log-grid of reward gaps), margin_kl_coef, margin_sample_sizes.
-    TMPS panel: tmps_coverage (c), tmps_temperature (s), tmps_kl_coef, tmps_stage1 (stage-1 fraction).
+    Canonical panel: ``instance`` (``bandits.InstanceConfig``: n_contexts, n_actions, dim, reward_norm (B),
+    kl_coef; its coverage, temperature, reward, hidden and skew_strength are refused: the panel is the linear
+    BT family with a uniform pi0). Margin panel: margin_gap_min/max/count (log-grid of reward gaps),
+    margin_kl_coef, margin_sample_sizes. TMPS panel (the canonical instance's features and theta*):
+    tmps_coverage (c), tmps_temperature (s), tmps_kl_coef, tmps_stage1 (stage-1 fraction). lam: the ridge of
+    every BT-MLE (no confidence set is built).
     """
 
     panels: tuple[str, ...] = PANELS
-    n_contexts: int = 128
-    n_actions: int = 32
-    dim: int = 8
-    reward_norm: float = 2.0
-    kl_coef: float = 1.0
+    instance: b.InstanceConfig = b.InstanceConfig()
     sample_sizes: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
     margin_gap_min: float = 1e-3
     margin_gap_max: float = 1.0
@@ -91,10 +91,10 @@ class Config:
             v.fail("panels", self.panels, "a non-empty tuple of distinct names from " + ", ".join(PANELS))
         for p in self.panels:
             v.check_choice("panels", p, PANELS)
-        b.InstanceConfig(n_contexts=self.n_contexts, n_actions=self.n_actions, dim=self.dim,
-                         reward_norm=self.reward_norm, kl_coef=self.kl_coef)
-        _increasing("sample_sizes", self.sample_sizes, 2)
-        _increasing("margin_sample_sizes", self.margin_sample_sizes, 1)
+        check_unused(self, UNUSED_INSTANCE_FIELDS, "the canonical and TMPS panels are linear BT instances with a "
+                     "uniform pi0 (TMPS sets its own tmps_coverage and tmps_temperature)")
+        v.check_increasing_ints("sample_sizes", self.sample_sizes, 2)
+        v.check_increasing_ints("margin_sample_sizes", self.margin_sample_sizes, 1)
         v.check_float("margin_gap_min", self.margin_gap_min, low=0.0, low_open=True)
         v.check_float("margin_gap_max", self.margin_gap_max, low=self.margin_gap_min, high=4.0)
         v.check_int("margin_gap_count", self.margin_gap_count, 1)
@@ -111,11 +111,6 @@ class Config:
         v.check_int("chunk_size", self.chunk_size, 1)
 
     @property
-    def instance(self) -> b.InstanceConfig:
-        return b.InstanceConfig(n_contexts=self.n_contexts, n_actions=self.n_actions, dim=self.dim,
-                                reward_norm=self.reward_norm, kl_coef=self.kl_coef)
-
-    @property
     def gaps(self) -> np.ndarray:
         return np.geomspace(self.margin_gap_min, self.margin_gap_max, self.margin_gap_count)
 
@@ -125,9 +120,9 @@ class Config:
 
 
 presets = {
-    "quick": Config(sample_sizes=(64, 256, 1024), margin_sample_sizes=(64, 256, 1024, 4096),
-                    margin_gap_count=12),
-    "paper": Config(sample_sizes=(64, 128, 256, 512, 1024, 2048, 4096, 8192)),
+    "quick": replace(Config(), sample_sizes=(64, 256, 1024), margin_sample_sizes=(64, 256, 1024, 4096),
+                     margin_gap_count=12),
+    "paper": replace(Config(), sample_sizes=(64, 128, 256, 512, 1024, 2048, 4096, 8192)),
 }
 seeds = {"quick": 64, "paper": 256}
 
@@ -340,7 +335,7 @@ def run(config: Config, seeds: int, progress) -> Results:
         out = run_vectorized(functools.partial(canonical_seed, config=config), keys, chunk_size=chunk,
                              progress=progress, tag="canonical")
         algs = ("gibbs", "greedy")
-        tables.append(_table(out["subopt"], "canonical", algs, seeds, config.sample_sizes, config.kl_coef))
+        tables.append(_table(out["subopt"], "canonical", algs, seeds, config.sample_sizes, config.instance.kl_coef))
         for i, alg in enumerate(algs):
             y = out["subopt"][:, :, i]
             _slope_summary(summary, f"canonical/{alg}", safe_slope(config.sample_sizes, y))
@@ -410,8 +405,9 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
         _reference(ax, x, first, -1.0, "reference slope -1")
         _reference(ax, x, first, -0.5, "reference slope -1/2")
         if panel == "canonical":
-            ax.set(title=f"(a) canonical: d={config.dim}, K={config.n_actions}, n_x={config.n_contexts}, "
-                         f"B={config.reward_norm:g},\nuniform pi0, kl_coef={kl:g}",
+            i = config.instance
+            ax.set(title=f"(a) canonical: d={i.dim}, K={i.n_actions}, n_x={i.n_contexts}, "
+                         f"B={i.reward_norm:g},\nuniform pi0, kl_coef={kl:g}",
                    ylabel="suboptimality (gibbs: J-gap; greedy: reward gap)")
         else:
             ax.set(title=f"(c) TMPS vs pi0 data, equal total n: c={config.tmps_coverage:+g}, "

@@ -11,16 +11,17 @@ The gold reward is planted: a linear Bradley-Terry reward on all-MiniLM-L6-v2 fe
 i.e. ``r*(x, y) = scale * ((1 - relevance) cos(y, target) + relevance cos(y, x))``: responses that read like
 the ``reward.target`` sentence (a short, friendly, helpful answer by default) and that stay on the prompt's
 topic score higher (``algorithms.lm.hf_loop.PlantedReward``). The first ``n_prompts`` built-in prompts
-(``lm_online_hf.PROMPTS``) are used.
+(``algorithms.lm.hf_loop.PROMPTS``) are used.
 
 ``algorithms.lm.hf_loop.online_dpo`` runs ``n_iterations`` of the loop: ``k`` draws per group from
 ``pi_t``, the selector's pair (``max_min``, ...), BT labels, ``n_steps`` Adam steps of the JAX DPO loss through
 the VJP bridge with the reference fixed at ``pi0`` (a frozen copy). Per seed and iteration (0 is ``pi0``) the
 columns are: ``reward_mean`` with its 95% t-interval ``reward_lo``/``reward_hi`` over the ``n_prompts * n_eval``
 fresh draws of ``pi_t``; ``kl_k3`` (the sample mean of ``sum_t k3``, an estimate of ``KL(pi_t || pi0)``) with
-its interval and ``kl_k1`` (the k1 estimate from the same draws); ``J_est = reward_mean - beta * kl_k3``; the
+its interval and ``kl_k1`` (the k1 estimate from the same draws); ``J_est = reward_mean - kl_coef * kl_k3``; the
 chosen/rejected mean reward and the DPO loss on the iteration's pairs before its first and after its last
-step (NaN at iteration 0); ``eos_rate`` and ``mean_length`` of the fresh draws; ``seconds`` per iteration.
+step (NaN at iteration 0); ``eos_rate`` and ``mean_length`` of the fresh draws; ``seconds`` per iteration. The
+loop returns every draw's reward and k3; the intervals are computed here (``experiments.engine.stats.mean_ci``).
 The summary (and so the manifest) holds the reward gain with a Welch 95% interval, the policy's record
 (path, sha256 of the checkpoint's config and weights or GGUF file, dtypes, the generation config actually used,
 sampling seeds) and example responses at the first and last iteration.
@@ -38,14 +39,17 @@ Nothing here is exact: every number is a Monte Carlo estimate from a handful of 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 from algorithms.lm import hf_loop as ol
+from algorithms.lm.iterative import IterativeOptions
 from bandits import validation as v
 from experiments.engine import plotting, stats
+from experiments.engine.config import replace
 from experiments.engine.results import Results, concat_tables
 from experiments.engine.runner import seed_keys
 
@@ -59,44 +63,30 @@ nan_columns = ("chosen_reward", "rejected_reward", "dpo_loss_before", "dpo_loss_
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Fields reachable with ``--set field=value`` (module docstring).
+    """Fields reachable with ``--set field=value`` (module docstring), nested ones by their own names.
 
-    policy: the checkpoint (``lm_online_hf.HFPolicyConfig``: path, gguf_file, dtype, device, max_new_tokens,
-    chat_template, banned_token_ids); reward: the planted reward (target, relevance, scale, minilm_path);
-    n_prompts: how many built-in prompts; the loop's n_iterations, k, n_groups, n_steps, learning_rate, beta
-    (DPO's beta, the eta of J_est), selector, restart, deterministic_labels, n_eval, n_examples
-    (``lm_online_hf.OnlineOptions``).
+    policy: the checkpoint (``algorithms.lm.hf_loop.HFPolicyConfig``: path, gguf_file, dtype, device,
+    max_new_tokens, chat_template, banned_token_ids, batch_size); reward: the planted reward (target,
+    relevance, scale, minilm_path); n_prompts: how many built-in prompts; options: the loop
+    (``algorithms.lm.hf_loop.OnlineOptions``: kl_coef, the KL coefficient of DPO and of J_est; n_eval;
+    n_examples; and its ``loop``, ``algorithms.lm.iterative.IterativeOptions``: n_iterations, k, n_groups,
+    n_steps, learning_rate, selector, restart, deterministic_labels).
     """
+
+    RENAMED_FIELDS: typing.ClassVar[dict] = {"beta": "kl_coef"}   # manifests written before the rename
 
     policy: ol.HFPolicyConfig = ol.HFPolicyConfig(max_new_tokens=14)
     reward: ol.RewardConfig = ol.RewardConfig()
     n_prompts: int = 3
-    n_iterations: int = 2
-    k: int = 4
-    n_groups: int = 1
-    n_steps: int = 3
-    learning_rate: float = 1e-5
-    beta: float = 0.1
-    selector: str = "max_min"
-    restart: bool = False
-    deterministic_labels: bool = False
-    n_eval: int = 6
-    n_examples: int = 1
+    options: ol.OnlineOptions = ol.OnlineOptions(
+        loop=IterativeOptions(n_iterations=2, k=4, n_groups=1, n_steps=3, learning_rate=1e-5),
+        kl_coef=0.1, n_eval=6, n_examples=1)
     seed: int = 0
 
     def __post_init__(self):
         v.check_int("n_prompts", self.n_prompts, 1)
         if self.n_prompts > len(ol.PROMPTS):
             v.fail("n_prompts", self.n_prompts, f"an integer in [1, {len(ol.PROMPTS)}] (the built-in prompts)")
-        self.options                                    # validates the loop's options
-
-    @property
-    def options(self) -> ol.OnlineOptions:
-        return ol.OnlineOptions(n_iterations=self.n_iterations, k=self.k, n_groups=self.n_groups,
-                                n_steps=self.n_steps, learning_rate=self.learning_rate, beta=self.beta,
-                                selector=self.selector, restart=self.restart,
-                                deterministic_labels=self.deterministic_labels, n_eval=self.n_eval,
-                                n_examples=self.n_examples)
 
     @property
     def prompts(self) -> tuple[str, ...]:
@@ -105,33 +95,43 @@ class Config:
 
 presets = {
     "quick": Config(),
-    "paper": Config(policy=ol.HFPolicyConfig(max_new_tokens=32), n_prompts=8, n_iterations=6, k=8, n_groups=2,
-                    n_steps=8, n_eval=16, n_examples=2),
+    "paper": replace(Config(), policy=ol.HFPolicyConfig(max_new_tokens=32), n_prompts=8, n_iterations=6, k=8,
+                     n_groups=2, n_steps=8, n_eval=16, n_examples=2),
 }
 seeds = {"quick": 1, "paper": 3}
 
 
-def result_table(res: ol.OnlineResult, beta: float, seed: int) -> dict[str, np.ndarray]:
+def intervals(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The 95% t-interval ``(low, high)`` of each row's mean (``samples [T + 1, n_draws]``: one row per
+    iteration, the draws pooled over prompts; ``stats.mean_ci``)."""
+    bounds = np.array([stats.mean_ci(row)[1:] for row in np.asarray(samples, float)])
+    return bounds[:, 0], bounds[:, 1]
+
+
+def result_table(res: ol.OnlineResult, kl_coef: float, seed: int) -> dict[str, np.ndarray]:
     """One seed's rows (iterations 0..T) with the ``COLUMNS``."""
     T1 = len(res.reward_mean)
+    derived = dict(zip(("reward_lo", "reward_hi"), intervals(res.eval_reward)))
+    derived.update(zip(("kl_k3_lo", "kl_k3_hi"), intervals(res.eval_k3)))
+    derived["J_est"] = res.reward_mean - kl_coef * res.kl_k3
     table = {"seed": np.full(T1, seed), "iteration": np.arange(T1)}
     for name in COLUMNS:
-        table[name] = res.reward_mean - beta * res.kl_k3 if name == "J_est" else np.asarray(getattr(res, name))
+        table[name] = derived[name] if name in derived else np.asarray(getattr(res, name))
     return table
 
 
 def run(config: Config, seeds: int, progress) -> Results:
     results, reference, reward = ol.run_seeds(config.policy, seed_keys(config.seed, seeds), progress.message,
-                                              options=config.options,
-                                          prompts=config.prompts, reward_config=config.reward)
-    table = concat_tables([result_table(res, config.beta, s) for s, res in enumerate(results)])
+                                              options=config.options, prompts=config.prompts,
+                                              reward_config=config.reward)
+    table = concat_tables([result_table(res, config.options.kl_coef, s) for s, res in enumerate(results)])
     return Results(table, summarize(results, config, reference, reward))
 
 
 def summarize(results, config: Config, reference, reward) -> dict:
     """Seed-0 (or pooled) reward and KL at 0 and ``T``, the reward gain with a Welch interval per seed,
     seconds per iteration, the planted reward's definition, the policy's record and example responses."""
-    T = config.n_iterations
+    T = config.options.loop.n_iterations
     s = {}
     pooled = lambda name, t: float(np.mean([getattr(r, name)[t] for r in results]))  # noqa: E731
     s["reward_0"], s["reward_T"] = pooled("reward_mean", 0), pooled("reward_mean", T)
@@ -175,6 +175,7 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
     axes[0].set(title="planted reward of fresh samples of pi_t", xlabel="iteration t", ylabel="mean r* (95% CI)")
     axes[1].set(title="sampled KL(pi_t || pi0)", xlabel="iteration t", ylabel="sum_t k3 (95% CI), k1")
     name = Path(config.policy.path).name if config.policy.path else "SmolLM2-135M-Instruct Q4_1"
-    fig.suptitle(f"Online DPO ({config.selector}, K={config.k}, beta={config.beta}) on {name}: "
-                 f"{config.n_prompts} prompts x {config.n_eval} samples; sampled, not exact", fontsize="small")
+    o = config.options
+    fig.suptitle(f"Online DPO ({o.loop.selector}, K={o.loop.k}, kl_coef={o.kl_coef}) on {name}: "
+                 f"{config.n_prompts} prompts x {o.n_eval} samples; sampled, not exact", fontsize="small")
     return plotting.save_figure(fig, out_dir, "hf_smoke")

@@ -12,7 +12,9 @@ P1's hybrid bound (docs/theory.md §2.4) has the coverage term ``beta ||E_x[phi(
 data. The offline data's coverage is set by the instance's coverage knob (settings ``hard``:
 ``pi0`` covering ``pi*`` poorly; ``easy``: uniform ``pi0``).
 
-Columns: those of ``online-explore`` plus ``mode`` and ``comparisons`` (offline + online data).
+Columns: those of ``online-explore`` plus ``mode`` and ``comparisons`` (offline + online data). The budget
+sets the number of iterations of each mode and ``strategy`` (any online algorithm of
+``algorithms.online.agents``) is the one algorithm run, so ``iterations`` and ``algorithms`` are refused.
 """
 from __future__ import annotations
 
@@ -21,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from bandits import validation as v
 from algorithms.online import agents
+from bandits import validation as v
 from experiments.catalogue import online_common
 from experiments.engine import plotting, stats
+from experiments.engine.config import check_unused, replace
 from experiments.engine.results import Results, concat_tables
 from experiments.engine.runner import seed_keys
 
@@ -41,15 +44,20 @@ class Config(online_common.Config):
 
     def __post_init__(self):
         super().__post_init__()
+        why = "hybrid runs budget / batch_size iterations of the one algorithm `strategy`"
+        check_unused(self, ("online.iterations",), why)
+        if self.algorithms:   # a top-level field (check_unused names nested ones)
+            v.fail("algorithms", self.algorithms, f"() ({why})")
         v.check_int("budget", self.budget, 2)
         v.check_float("offline_fraction", self.offline_fraction, low=0.0, high=1.0, low_open=True)
         if not 0 < self.offline_size < self.budget:
             v.fail("offline_fraction", self.offline_fraction, f"a fraction leaving both parts of budget = "
                    f"{self.budget} non-empty")
-        agents.algorithm_spec(self.strategy)
+        v.check_choice("strategy", self.strategy, agents.names())
+        m = self.online.batch_size
         for mode, n in (("online", self.budget), ("hybrid", self.budget - self.offline_size)):
-            if n % self.batch_size:
-                v.fail("batch_size", self.batch_size, f"a divisor of the {mode} part of the budget, {n}")
+            if n % m:
+                v.fail("batch_size", m, f"a divisor of the {mode} part of the budget, {n}")
 
     @property
     def offline_size(self) -> int:
@@ -57,16 +65,17 @@ class Config(online_common.Config):
 
 
 presets = {
-    "quick": Config(n_contexts=32, n_actions=16, budget=512, batch_size=32, strategy="pi0"),
-    "paper": Config(n_contexts=64, n_actions=16, budget=1024, batch_size=32),
+    "quick": replace(Config(), n_contexts=32, n_actions=16, budget=512, batch_size=32, strategy="pi0"),
+    "paper": replace(Config(), n_contexts=64, n_actions=16, budget=1024, batch_size=32),
 }
 seeds = {"quick": 32, "paper": 64}
 
 
 def run(config: Config, seeds: int, progress) -> Results:
     keys = seed_keys(config.seed, seeds)
-    plan = {"offline": (config.budget, 0), "online": (0, config.budget // config.batch_size),
-            "hybrid": (config.offline_size, (config.budget - config.offline_size) // config.batch_size)}
+    m = config.online.batch_size
+    plan = {"offline": (config.budget, 0), "online": (0, config.budget // m),
+            "hybrid": (config.offline_size, (config.budget - config.offline_size) // m)}
     tables = []
     for mode, (n_off, iterations) in plan.items():
         for table in online_common.run_algorithms(config, (config.strategy,), keys, progress, iterations=iterations,
@@ -112,7 +121,8 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
                    ylabel="beta ||phi(pi*) - phi(pi0)||_{Sigma^-1}")
         row[0].legend(fontsize="x-small")
     n_seeds = len(np.unique(np.asarray(table["seed"])))
+    i = config.instance
     fig.suptitle(f"hybrid: budget {config.budget}, offline fraction {config.offline_fraction:g}, online pairs "
-                 f"'{config.strategy}', m={config.batch_size}, {n_seeds} seeds (mean, 95% band)\n"
-                 f"d={config.dim}, K={config.n_actions}, n_x={config.n_contexts}, kl_coef={config.kl_coef:g}")
+                 f"'{config.strategy}', m={config.online.batch_size}, {n_seeds} seeds (mean, 95% band)\n"
+                 f"d={i.dim}, K={i.n_actions}, n_x={i.n_contexts}, kl_coef={i.kl_coef:g}")
     return plotting.save_figure(fig, out_dir, "hybrid")

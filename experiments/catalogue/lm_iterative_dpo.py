@@ -23,9 +23,10 @@ the target itself: max_min pairs are not ``pi0 x pi0`` pairs, so DPO's fixed poi
 policy instead (``algorithms.lm.hf_loop``, shared with ``hf-smoke``): ``pi0`` is ``policy.path`` (default the
 installed SmolLM2-135M-Instruct GGUF; ``policy.device``, ``policy.dtype``, ``policy.max_new_tokens``), the
 prompts are the first ``n_prompts`` built-in ones, the gold reward is the planted MiniLM reward of
-``text_reward`` (``lm_online_hf.PlantedReward``), ``kl_coef`` is DPO's ``beta``. Nothing is exact then, and the
+``text_reward`` (``algorithms.lm.hf_loop.PlantedReward``), ``kl_coef`` that of DPO. Nothing is exact then, and the
 columns change meaning: ``reward_mean`` is the sample mean of ``r*`` over ``n_prompts * policy.n_eval`` fresh
-draws of ``pi_t`` (``reward_lo``/``reward_hi``: its 95% t-interval), ``kl_to_ref`` the sampled ``sum_t k3``
+draws of ``pi_t`` (``reward_lo``/``reward_hi``: its 95% t-interval, computed here from the loop's per-draw
+rewards), ``kl_to_ref`` the sampled ``sum_t k3``
 estimate of ``KL(pi_t || pi0)`` (``kl_k1``: the k1 estimate), ``J`` is ``reward_mean - kl_coef * kl_to_ref``,
 chosen/rejected rewards are those of the sampled pairs; ``subopt_kl``, ``J_star``, ``reward_star`` and
 ``kl_star_to_ref`` need ``pi*`` over all responses and are NaN. Extra columns: ``dpo_loss_before``,
@@ -48,6 +49,7 @@ from bandits import validation as v
 from bandits.lm import tiny, tree
 from bandits.lm.space import ResponseSpace, enumerate_responses
 from experiments.engine import plotting, stats
+from experiments.engine.config import check_unused, replace
 from experiments.engine.results import Results, concat_tables, tidy
 from experiments.engine.runner import run_vectorized, seed_keys
 
@@ -67,7 +69,7 @@ nan_columns = ("chosen_reward", "rejected_reward", "dpo_loss_before", "dpo_loss_
 @dataclasses.dataclass(frozen=True)
 class PolicyConfig(ol.HFPolicyConfig):
     """The policy backend (docs/llm_bridge.md §5.1): ``backend="jax"`` is the tiny LM named by ``lm`` (exact);
-    ``"hf"`` a local checkpoint (the fields of ``lm_online_hf.HFPolicyConfig``; sampled), evaluated on
+    ``"hf"`` a local checkpoint (the fields of ``algorithms.lm.hf_loop.HFPolicyConfig``; sampled), evaluated on
     ``n_eval`` fresh draws per prompt and iteration."""
 
     backend: str = "jax"
@@ -86,14 +88,15 @@ class PolicyConfig(ol.HFPolicyConfig):
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """Fields reachable with ``--set field=value`` (module docstring).
+    """Fields reachable with ``--set field=value`` (module docstring), nested ones by their own names.
 
     lm: ``"tree"`` or ``"tiny"``; vocab_size, length: the fixed-length space ``V^L`` (all enumerated);
     n_prompts; d_model, d_ff: the tiny transformer (1 layer, 2 heads); init_scale: TreeLM's logit sd;
-    kl_coef: ``eta`` = DPO's ``beta``; reward_scale; the loop's ``n_iterations, k, n_groups, n_steps,
-    learning_rate, history, deterministic_labels`` (``algorithms.lm.iterative.IterativeOptions``);
-    variants: names in ``VARIANTS``; policy: the backend (``PolicyConfig``; ``policy.backend=hf`` and the
-    checkpoint fields); text_reward: the planted MiniLM reward of the hf backend (``lm_online_hf.RewardConfig``).
+    kl_coef: ``eta``, the KL coefficient of J and of the DPO loss; reward_scale; loop: the loop's options
+    (``algorithms.lm.iterative.IterativeOptions``: n_iterations, k, n_groups, n_steps, learning_rate, history,
+    deterministic_labels; its selector and restart are the variants', so they are refused); variants: names in
+    ``VARIANTS``; policy: the backend (``PolicyConfig``; ``policy.backend=hf`` and the checkpoint fields);
+    text_reward: the planted MiniLM reward of the hf backend (``algorithms.lm.hf_loop.RewardConfig``).
     """
 
     lm: str = "tree"
@@ -105,13 +108,7 @@ class Config:
     init_scale: float = 1.0
     kl_coef: float = 0.5
     reward_scale: float = 1.5
-    n_iterations: int = 6
-    k: int = 4
-    n_groups: int = 32
-    n_steps: int = 10
-    learning_rate: float = 0.03
-    history: bool = False
-    deterministic_labels: bool = False
+    loop: it.IterativeOptions = it.IterativeOptions(n_iterations=6, k=4, n_groups=32, n_steps=10, learning_rate=0.03)
     variants: tuple[str, ...] = ("max_min_warm", "max_min_restart", "random_pairs_warm")
     seed: int = 0
     policy: PolicyConfig = PolicyConfig()
@@ -119,35 +116,25 @@ class Config:
 
     def __post_init__(self):
         v.check_choice("lm", self.lm, tuple(it.MODELS))
-        for name in self.variants:
-            v.check_choice("variants", name, tuple(VARIANTS))
-        if not self.variants:
-            v.fail("variants", self.variants, f"a non-empty tuple of names in {tuple(VARIANTS)}")
+        v.check_names("variants", self.variants, tuple(VARIANTS))
         v.check_int("n_prompts", self.n_prompts, 1)
         v.check_float("reward_scale", self.reward_scale, low=0.0)
         v.check_float("init_scale", self.init_scale, low=0.0)
-        self.options                                    # validates the loop's options
+        check_unused(self, ("loop.selector", "loop.restart"), "each variant picks its selector and restart")
         self.spec                                       # validates the LM
         if self.policy.backend == "hf":
             if self.n_prompts > len(ol.PROMPTS):
                 v.fail("n_prompts", self.n_prompts, f"an integer in [1, {len(ol.PROMPTS)}] with policy.backend='hf' "
                                                     "(the built-in prompts)")
-            if self.history:
-                v.fail("history", self.history, "False with policy.backend='hf' (that loop trains on the fresh "
-                                                "pairs of each iteration only)")
+            if self.loop.history:
+                v.fail("history", self.loop.history, "False with policy.backend='hf' (that loop trains on the "
+                                                     "fresh pairs of each iteration only)")
             self.hf_options("max_min", False)           # validates the HF loop's options
 
     def hf_options(self, selector: str, restart: bool) -> ol.OnlineOptions:
-        return ol.OnlineOptions(n_iterations=self.n_iterations, k=self.k, n_groups=self.n_groups,
-                                n_steps=self.n_steps, learning_rate=self.learning_rate, beta=self.kl_coef,
-                                selector=selector, restart=restart, deterministic_labels=self.deterministic_labels,
-                                n_eval=self.policy.n_eval, n_examples=1)
-
-    @property
-    def options(self) -> it.IterativeOptions:
-        return it.IterativeOptions(n_iterations=self.n_iterations, k=self.k, n_groups=self.n_groups,
-                                   n_steps=self.n_steps, learning_rate=self.learning_rate, history=self.history,
-                                   deterministic_labels=self.deterministic_labels)
+        """The HF loop's options for one variant: this config's ``loop`` with the variant's selector and restart."""
+        return ol.OnlineOptions(loop=dataclasses.replace(self.loop, selector=selector, restart=restart),
+                                kl_coef=self.kl_coef, n_eval=self.policy.n_eval, n_examples=1)
 
     @property
     def spec(self) -> it.LMSpec:
@@ -171,11 +158,11 @@ class Config:
 
 presets = {
     "quick": Config(),
-    "paper": Config(n_iterations=12, n_groups=64, variants=tuple(VARIANTS)),
-    "quick-tiny": Config(lm="tiny", learning_rate=5e-4),
-    "quick-hf": Config(policy=PolicyConfig(backend="hf", max_new_tokens=14, n_eval=6), n_prompts=3,
-                       n_iterations=2, n_groups=1, n_steps=3, learning_rate=1e-5, kl_coef=0.1,
-                       variants=("max_min_warm",)),
+    "paper": replace(Config(), n_iterations=12, n_groups=64, variants=tuple(VARIANTS)),
+    "quick-tiny": replace(Config(), lm="tiny", learning_rate=5e-4),
+    "quick-hf": replace(Config(), policy=PolicyConfig(backend="hf", max_new_tokens=14, n_eval=6), n_prompts=3,
+                        n_iterations=2, n_groups=1, n_steps=3, learning_rate=1e-5, kl_coef=0.1,
+                        variants=("max_min_warm",)),
 }
 seeds = {"quick": 8, "paper": 64, "quick-tiny": 8, "quick-hf": 1}
 
@@ -195,7 +182,7 @@ def one_seed(key, selectors, restarts, config: Config) -> dict:
     params0 = (tree.init(k_lm, lm.cfg, scale=config.init_scale) if config.lm == "tree" else tiny.init(k_lm, lm.cfg))
     reward = token_weight_reward(k_reward, lm.space, config.n_prompts, config.reward_scale)
     instance = it.exact_lm_instance(lm, params0, prompts, reward, config.kl_coef)
-    run = lambda sel, rst: it.iterative_dpo(k_loop, params0, instance, prompts, lm, config.options,  # noqa: E731
+    run = lambda sel, rst: it.iterative_dpo(k_loop, params0, instance, prompts, lm, config.loop,  # noqa: E731
                                             selector=sel, restart=rst)
     res = jax.vmap(run)(selectors, restarts)
     out = dict(zip(METRICS, (res.value, res.reward_mean, res.kl_to_ref, res.subopt_kl, res.chosen_reward,
@@ -214,12 +201,13 @@ def run(config: Config, seeds: int, progress) -> Results:
     out = run_vectorized(functools.partial(one_seed, config=config), seed_keys(config.seed, seeds),
                          selectors, restarts, progress=progress, tag="lm_iterative_dpo")
     table = tidy({m: np.asarray(out[m]) for m in METRICS + CONSTANTS}, seed=np.arange(seeds),
-                 algorithm=np.asarray(config.variants), iteration=np.arange(config.n_iterations + 1))
+                 algorithm=np.asarray(config.variants), iteration=np.arange(config.loop.n_iterations + 1))
     return Results(table, summarize(table, config))
 
 
 def run_hf(config: Config, seeds: int, progress) -> Results:
-    """Every variant through ``lm_online_hf.online_dpo`` from the same ``pi0`` and per-seed keys (sampled)."""
+    """Every variant through ``algorithms.lm.hf_loop.online_dpo`` from the same ``pi0`` and per-seed keys (sampled);
+    the reward intervals from the per-draw rewards (``stats.mean_ci`` per iteration)."""
     prompts = ol.PROMPTS[:config.n_prompts]
     tables, summary = [], {"backend": "hf", "sampled_columns": "J, reward_mean, kl_to_ref (sum k3), kl_k1, "
                            "chosen_reward, rejected_reward", "nan_columns": "subopt_kl, " + ", ".join(CONSTANTS)}
@@ -231,13 +219,15 @@ def run_hf(config: Config, seeds: int, progress) -> Results:
         for seed, res in enumerate(results):
             T1 = len(res.reward_mean)
             nan = np.full(T1, np.nan)
+            bounds = np.array([stats.mean_ci(row)[1:] for row in np.asarray(res.eval_reward, float)])
+            interval = {"reward_lo": bounds[:, 0], "reward_hi": bounds[:, 1]}
             cols = {"J": res.reward_mean - config.kl_coef * res.kl_k3, "reward_mean": res.reward_mean,
                     "kl_to_ref": res.kl_k3, "subopt_kl": nan, "chosen_reward": res.chosen_reward,
                     "rejected_reward": res.rejected_reward, **{c: nan for c in CONSTANTS},
-                    **{c: np.asarray(getattr(res, c)) for c in HF_EXTRA}}
+                    **{c: interval[c] if c in interval else np.asarray(getattr(res, c)) for c in HF_EXTRA}}
             tables.append({"seed": np.full(T1, seed), "algorithm": np.full(T1, name), "iteration": np.arange(T1),
                            **cols})
-        T = config.n_iterations
+        T = config.loop.n_iterations
         summary[f"{name}/J_T"] = float(np.mean([r.reward_mean[T] - config.kl_coef * r.kl_k3[T] for r in results]))
         summary[f"{name}/reward_T"] = float(np.mean([r.reward_mean[T] for r in results]))
         summary[f"{name}/kl_T"] = float(np.mean([r.kl_k3[T] for r in results]))
@@ -259,7 +249,7 @@ def summarize(table, config: Config) -> dict[str, float]:
     the KL overshoot ``KL(pi_T||pi0) / KL(pi*||pi0)`` (mean and range over seeds); and the seed means of
     ``J*``, ``E_{pi*} r*`` and ``KL(pi*||pi0)``."""
     s = {}
-    T = config.n_iterations
+    T = config.loop.n_iterations
     for name in config.variants:
         _, j = plotting.pivot(table, "iteration", "J", where={"algorithm": name})
         _, kl = plotting.pivot(table, "iteration", "kl_to_ref", where={"algorithm": name})
@@ -305,7 +295,7 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
         ax.set(title=title, xlabel="iteration t", ylabel=metric)
     if hf:
         name = Path(config.policy.path).name if config.policy.path else "SmolLM2-135M-Instruct Q4_1"
-        fig.suptitle(f"Iterative DPO on {name} (hf backend), planted MiniLM reward, beta={config.kl_coef}: "
+        fig.suptitle(f"Iterative DPO on {name} (hf backend), planted MiniLM reward, kl_coef={config.kl_coef}: "
                      f"{n_seeds} seed(s), sampled estimates, not exact", fontsize="small")
     else:
         fig.suptitle(f"Iterative DPO on {config.lm} LM, V={config.vocab_size}, L={config.length}, "

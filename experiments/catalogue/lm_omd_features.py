@@ -19,14 +19,14 @@ the kept variance fraction is in the summary) and scaled so that ``max ||phi|| =
 per seed: a planted ``theta* = B u`` (``u`` uniform on the unit sphere, ``B = reward_norm``), a stream of
 ``rounds`` Bradley-Terry comparisons ``P(y = 1) = sigma(<theta*, z>)``, ``z = phi(x, a) - phi(x, a')`` with
 ``x`` and ``a, a'`` i.i.d. uniform (``a = a'``, probability ``1/K``, gives the uninformative ``z = 0``), and
-every estimator of ``algorithms`` (``algorithms.onepass.estimators``; OMD's step size, ridge and projection as
-in E8, ``experiments.catalogue.p3_common``) run over it in one ``lax.scan``, ``vmap``-ed over seeds. At each
-checkpoint ``t``:
+every estimator of ``algorithms`` (any registered in ``algorithms.onepass.estimators``; their options, the
+nested ``OnePassOptions``, as in E8, whose bonus multiplier ``c_beta`` is refused here: no bonus is used)
+run over it in one ``lax.scan``, ``vmap``-ed over seeds. At each checkpoint ``t``:
 
 - ``estimation_error = ||theta_t - theta*||_2``; ``cosine = <theta_t, theta*> / (||theta_t|| ||theta*||)``
   (0 at ``theta_t = 0``);
 - ``heldout_accuracy`` / ``heldout_logloss`` on ``heldout`` fresh uniform pairs, in expectation over the
-  BT label (``p3_common.heldout_metrics``), next to the same numbers for ``theta*`` itself
+  BT label (``algorithms.onepass.evaluation.heldout_metrics``), next to the same numbers for ``theta*`` itself
   (``bayes_accuracy``, ``bayes_logloss``: the ceiling and the floor);
 - ``subopt``: ``E_x[max_a r*(x,a) - r*(x, argmax_a <theta_t, phi(x,a)>)]`` over the bank's responses;
 - ``seconds``: wall-clock of ONE update at round ``t`` (seed 0, rounds ``timing_rounds``; the MLE with a
@@ -48,14 +48,15 @@ import jax.numpy as jnp
 import numpy as np
 
 import bandits as b
+from algorithms.onepass import estimators, evaluation
 from algorithms.onepass import policies as p3_policy
-from algorithms.onepass.estimators import ESTIMATORS
 from bandits import validation as v
 from bandits.lm import tiny
 from bandits.lm.space import ResponseSpace, enumerate_responses
 from bandits.rewards import random_unit_vector
 from experiments.catalogue import p3_common as p3
 from experiments.engine import plotting
+from experiments.engine.config import check_unused, replace
 from experiments.engine.results import Results, concat_tables
 from experiments.engine.runner import run_vectorized, seed_keys
 
@@ -64,7 +65,6 @@ description = "P3 one-pass OMD reward head on frozen LM features (tiny LM / Mini
 SOURCES = ("tiny", "minilm", "checkpoint")
 METRICS = ("estimation_error", "cosine", "heldout_accuracy", "heldout_logloss", "subopt")
 CONSTANTS = ("bayes_accuracy", "bayes_logloss")
-LABELS, COLORS = p3.LABELS, p3.COLORS
 nan_columns = ("seconds",)
 
 # The text bank: per prompt, 8 response bodies (from helpful to unhelpful) x 4 openers = 32 responses.
@@ -119,16 +119,18 @@ class PolicyConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class Config(p3.EstimatorFields):
-    """Fields reachable with ``--set field=value`` (module docstring); the estimator fields are
-    ``p3_common.EstimatorFields``' (as in E8).
+class Config:
+    """Fields reachable with ``--set field=value`` (module docstring); the estimators' options are the
+    nested ``onepass`` (``algorithms.onepass.estimators.OnePassOptions``, as in E8; ``c_beta`` refused, and
+    an option that none of ``algorithms`` reads) and settable by their own names.
 
     features: tiny | minilm | checkpoint; policy: the checkpoint (``policy.path=...``); dim: the reduced
     feature dimension; the tiny source's ``n_prompts, vocab_size, length, d_model, n_layers, pooling,
-    feature_seed``; reward_norm: ``B = ||theta*||``; rounds, checkpoints, heldout; algorithms (omd, mle,
-    ogd, hvp); timing_rounds (none: the checkpoints), timing_repeats; seed: first seed.
+    feature_seed``; reward_norm: ``B = ||theta*||``; rounds, checkpoints, heldout; algorithms (registered
+    estimators; built in: omd, mle, ogd, hvp); timing_rounds (none: the checkpoints), timing_repeats; seed: first seed.
     """
 
+    onepass: estimators.OnePassOptions = estimators.OnePassOptions()
     features: str = "tiny"
     policy: PolicyConfig = PolicyConfig()
     dim: int = 8
@@ -160,13 +162,15 @@ class Config(p3.EstimatorFields):
         v.check_int("feature_seed", self.feature_seed, 0)
         v.check_float("reward_norm", self.reward_norm, low=0.0, low_open=True)
         v.check_int("rounds", self.rounds, 2)
-        p3.check_rounds("checkpoints", self.checkpoints, self.rounds)
+        v.check_increasing_ints("checkpoints", self.checkpoints, 1, self.rounds)
         v.check_int("heldout", self.heldout, 1)
-        p3.check_names("algorithms", self.algorithms, ESTIMATORS)
-        self.check_estimator_fields()
+        v.check_names("algorithms", self.algorithms, estimators.names())
         if self.timing_rounds is not None:
-            p3.check_rounds("timing_rounds", self.timing_rounds, self.rounds)
+            v.check_increasing_ints("timing_rounds", self.timing_rounds, 1, self.rounds)
         v.check_int("timing_repeats", self.timing_repeats, 1)
+        check_unused(self, ("onepass.c_beta",), "lm-omd-features uses no bonus radius")
+        check_unused(self, [f"onepass.{f}" for f in estimators.unread_options(self.algorithms)],
+                     f"none of the estimators run ({', '.join(self.algorithms)}) reads it")
 
     @property
     def lm_config(self) -> tiny.TinyLMConfig:
@@ -179,12 +183,11 @@ class Config(p3.EstimatorFields):
         return self.checkpoints if self.timing_rounds is None else self.timing_rounds
 
 
-
 presets = {
-    "quick": Config(timing_rounds=(16, 128, 512)),
-    "paper": Config(dim=16, n_prompts=16, vocab_size=5, d_model=32, rounds=4096,
-                    checkpoints=(16, 32, 64, 128, 256, 512, 1024, 2048, 4096), heldout=4096,
-                    timing_rounds=(16, 256, 4096), timing_repeats=15),
+    "quick": replace(Config(), timing_rounds=(16, 128, 512)),
+    "paper": replace(Config(), dim=16, n_prompts=16, vocab_size=5, d_model=32, rounds=4096,
+                     checkpoints=(16, 32, 64, 128, 256, 512, 1024, 2048, 4096), heldout=4096,
+                     timing_rounds=(16, 256, 4096), timing_repeats=15),
 }
 seeds = {"quick": 8, "paper": 32}
 
@@ -299,7 +302,7 @@ def make_stream(key, phi, reward_norm, config: Config):
     inst = planted_instance(k_theta, phi, reward_norm)
     stream = b.sample_preference_data(k_data, inst, inst.log_pi0, inst.log_pi0, config.rounds)
     z = b.feature_differences(inst, stream)
-    z_held, p_held = p3.heldout_set(k_held, inst, config.heldout)
+    z_held, p_held = evaluation.heldout_set(k_held, inst, config.heldout)
     return inst, z, stream.y.astype(z.dtype), z_held, p_held
 
 
@@ -308,7 +311,7 @@ def metrics_of(inst, theta, z_held, p_held) -> dict:
     star = inst.theta_star
     norms = jnp.linalg.norm(theta) * jnp.linalg.norm(star)
     cosine = jnp.where(norms > 0, theta @ star / jnp.where(norms > 0, norms, 1.0), 0.0)
-    acc, loss = p3.heldout_metrics(theta, z_held, p_held)
+    acc, loss = evaluation.heldout_metrics(theta, z_held, p_held)
     return {"estimation_error": jnp.linalg.norm(theta - star), "cosine": cosine, "heldout_accuracy": acc,
             "heldout_logloss": loss, "subopt": p3_policy.greedy_suboptimality(inst, inst.phi @ theta)}
 
@@ -317,12 +320,13 @@ def one_seed(key, phi, reward_norm, config: Config):
     """Metrics ``[n_checkpoints, n_alg]``, the constants, and light state snapshots after rounds ``t - 1``
     for ``t`` in ``config.timed`` (the timing pass)."""
     inst, z, y, z_held, p_held = make_stream(key, phi, reward_norm, config)
-    ests = p3.estimators(config, config.algorithms, reward_norm, config.rounds)
+    ests = estimators.make_estimators(config.algorithms, config.dim, config.onepass, radius=reward_norm,
+                                      capacity=config.rounds)
     ck = jnp.asarray(config.checkpoints)
     tk = jnp.asarray([t - 1 for t in config.timed])
     init = tuple(e.init() for e in ests)
     snaps = jnp.zeros((len(ests), len(ck), phi.shape[-1]), phi.dtype)
-    timing = tuple(jax.tree.map(lambda a: jnp.broadcast_to(a, (len(tk),) + a.shape), p3.light(s)) for s in init)
+    timing = tuple(p3.timing_buffers(e.name, s, len(tk)) for e, s in zip(ests, init))
 
     def body(carry, row):
         states, snaps, timing, t = carry
@@ -330,20 +334,20 @@ def one_seed(key, phi, reward_norm, config: Config):
         pos = p3.snapshot_index(t + 1, ck)
         snaps = snaps.at[:, pos].set(jnp.stack([e.theta(s) for e, s in zip(ests, states)]), mode="drop")
         tpos = p3.snapshot_index(t + 1, tk)
-        timing = tuple(jax.tree.map(lambda buf, a: buf.at[tpos].set(a, mode="drop"), tb, p3.light(s))
-                       for tb, s in zip(timing, states))
+        timing = tuple(p3.record(e.name, tb, tpos, s) for e, tb, s in zip(ests, timing, states))
         return (states, snaps, timing, t + 1), None
 
     (_, snaps, timing, _), _ = jax.lax.scan(body, (init, snaps, timing, jnp.asarray(0)), (z, y))
     per = jax.vmap(jax.vmap(lambda th: metrics_of(inst, th, z_held, p_held)))(snaps)   # [n_alg, n_ck]
-    bayes_acc, bayes_loss = p3.heldout_metrics(inst.theta_star, z_held, p_held)
+    bayes_acc, bayes_loss = evaluation.heldout_metrics(inst.theta_star, z_held, p_held)
     out = {m: per[m].T for m in METRICS}
     out.update(bayes_accuracy=bayes_acc, bayes_logloss=bayes_loss)
     return out, timing
 
 
 def _update(state, z, y, reward_norm, config, name, capacity):
-    return p3.estimators(config, (name,), reward_norm, max(capacity, 1))[0].update(state, z, y)
+    est = estimators.make_estimator(name, config.dim, config.onepass, radius=reward_norm, capacity=max(capacity, 1))
+    return est.update(state, z, y)
 
 
 def timing_pass(config: Config, phi, timing, progress) -> np.ndarray:
@@ -355,12 +359,10 @@ def timing_pass(config: Config, phi, timing, progress) -> np.ndarray:
     jitted = {}
     for it, t in enumerate(config.timed):
         for ia, name in enumerate(config.algorithms):
-            cache = (name, t if name == "mle" else 0)
+            cache = (name, p3.timed_capacity(name, t))
             if cache not in jitted:
                 jitted[cache] = jax.jit(functools.partial(_update, config=config, name=name, capacity=cache[1]))
-            state = jax.tree.map(lambda a: a[it], timing[ia])
-            if name == "mle":
-                state = p3.mle_state_at(state, z, y, t)
+            state = p3.with_buffer(name, jax.tree.map(lambda a: a[it], timing[ia]), z, y, t)
             out[it, ia] = p3.time_call(jitted[cache], (state, z[t - 1], y[t - 1], bnorm), config.timing_repeats)
     progress.message("timing pass done")
     return out
@@ -380,7 +382,7 @@ def run(config: Config, seeds: int, progress) -> Results:
     tables = []
     summary = {"features": config.features, "feature_raw_dim": int(raw.shape[-1]), "feature_dim": config.dim,
                "feature_variance_kept": kept, "n_prompts": int(raw.shape[0]), "n_responses": int(raw.shape[1]),
-               "dispatch_seconds": p3.dispatch_seconds(config)}
+               "dispatch_seconds": p3.dispatch_seconds(config.dim)}
     summary.update(record)
     for ia, alg in enumerate(algs):
         table = {"algorithm": np.full(n, alg), "seed": np.repeat(np.arange(seeds), len(ck)), "t": np.tile(ck, seeds),
@@ -403,8 +405,7 @@ def run(config: Config, seeds: int, progress) -> Results:
 
 
 def plot(table, config: Config, out_dir: Path) -> list[Path]:
-    present = set(np.asarray(table["algorithm"]).tolist())
-    algs = [a for a in ESTIMATORS if a in present]
+    algs = list(dict.fromkeys(np.asarray(table["algorithm"]).tolist()))
     panels = [("estimation_error", "||theta_t - theta*||_2", True, None),
               ("cosine", "cos(theta_t, theta*)", False, None),
               ("heldout_accuracy", "held-out accuracy", False, "bayes_accuracy"),
@@ -413,7 +414,7 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
               ("seconds", "s per round, seed 0", True, None)]
     fig, axes = plotting.figure(ncols=3, nrows=2, size=(4.4, 3.4))
     for ax, (metric, label, loglog, ref) in zip(np.asarray(axes).ravel(), panels):
-        for alg in algs:
+        for i, alg in enumerate(algs):
             where = {"algorithm": alg}
             sub = {k: np.asarray(c) for k, c in table.items()}
             if metric == "seconds":
@@ -422,8 +423,8 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
                 if not len(sub["t"]):
                     continue
             x, y = plotting.pivot(sub, "t", metric, where=where)
-            plotting.band_plot(ax, x, y, LABELS[alg], color=COLORS[alg], loglog=loglog,
-                               zorder=3 if alg == "omd" else 2)
+            entry = estimators.get(alg)          # the first algorithm (P3's OMD by default) is drawn on top
+            plotting.band_plot(ax, x, y, entry.label, color=entry.color, loglog=loglog, zorder=3 if i == 0 else 2)
         if ref is not None:
             level = float(np.mean(np.asarray(table[ref], float)))
             ax.axhline(level, color="k", linestyle="--", label=f"theta* ({level:.3g})")

@@ -1,19 +1,20 @@
-"""Shared by the four P2 experiments (docs/theory.md §3): nash-intransitive, nash-offline, nash-online and
-nash-kl-sweep.
+"""Config checks and plotting shared by the four P2 experiments (docs/theory.md §3): nash-intransitive,
+nash-offline, nash-online and nash-kl-sweep.
 
-- the metrics of one policy in P2's KL-regularized game (``policy_metrics``, columns ``METRICS``);
-- one label and one colour per algorithm name, so a method looks the same in every P2 figure;
-- the default number of seeds per chunk (``CHUNK_SIZE``);
-- the validation of an algorithm/design tuple (``check_algorithms``);
+- ``check_p2_config``: the checks every P2 config shares (linear reward, the confidence fields it reads,
+  the ``nash`` options its methods read, the payoff, the algorithms);
 - one figure panel of a metric against the swept quantity, one 95% band per algorithm
-  (``metric_panel``): the plotting loop the experiments had each written out; ``thin_log_x_ticks``
-  keeps a wide log axis legible.
+  (``metric_panel``), coloured by the method's registry entry (``algorithms.nash.methods``) so a method
+  looks the same in every P2 figure (``panel_colors``: a method without a colour gets a free one);
+- ``thin_log_x_ticks`` keeps a wide log axis legible.
+
+The methods, their labels, colours, kinds and query counts live in ``algorithms.nash.methods``; the
+exact metrics of a policy in ``bandits.nash.policy_metrics``.
 """
 from __future__ import annotations
 
 from typing import Mapping
 
-import jax
 import numpy as np
 from matplotlib import ticker
 
@@ -21,37 +22,28 @@ import bandits as b
 from algorithms.nash import methods
 from bandits import validation as v
 from experiments.engine import plotting
-METRICS = ("nash_gap", "win_rate_vs_ref", "win_rate_vs_nash", "kl_to_ref")
-
-# Seeds per compiled chunk unless --chunk-size says otherwise (results do not depend on it): the paper
-# preset of nash-offline, 128 seeds in one chunk, was killed by the OOM killer at 24 GB on this machine.
-CHUNK_SIZE = 16
-
-LABELS = {**{name: method.label for name, method in methods.OFFLINE.items()},
-          "nash_md": "Nash-MD (sampled)", "inpo": "INPO (sampled)", "sppo": "SPPO (sampled)",
-          "enhancer": "P2 online: main agent + enhancer", "self_play": "online: self-play pairs",
-          "uniform": "online: uniform random pairs", "ipo": "IPO (offline, pairs from pi0)",
-          "online_ipo": "iterative IPO (self-play)", "p2_online": "P2 online (enhancer)",
-          "nash": "exact equilibrium pi*"}
-COLORS = {"bt_gibbs": "C3", "dpo": "C1", "nash_mle": "C0", "p2_pessimistic": "C2", "nash_md": "C4",
-          "inpo": "C9", "sppo": "C5", "enhancer": "C2", "self_play": "C3", "uniform": "C7", "ipo": "C8",
-          "online_ipo": "C6", "p2_online": "C2", "nash": "k"}
+from experiments.engine.config import check_unused
 
 
-def policy_metrics(instance: b.Instance, log_pi: jax.Array, log_star: jax.Array, payoff: str) -> dict:
-    """Exact ``nash_gap`` (P2's duality gap), win rates vs ``pi0`` and vs ``pi*`` (true oracle), KL to ``pi0``."""
-    return {"nash_gap": b.duality_gap(instance, log_pi, payoff),
-            "win_rate_vs_ref": b.win_rate(instance, log_pi, instance.log_pi0),
-            "win_rate_vs_nash": b.win_rate(instance, log_pi, log_star),
-            "kl_to_ref": b.kl_to_reference(instance, log_pi)}
-
-
-def check_algorithms(field: str, names, allowed) -> None:
-    """``names`` must be a non-empty tuple of names from ``allowed``."""
-    if not names:
-        v.fail(field, names, "a non-empty tuple of " + ", ".join(repr(a) for a in allowed))
-    for name in names:
-        v.check_choice(field, name, allowed)
+def check_p2_config(config, kinds: tuple[str, ...], name: str, *, confidence_set: bool = True) -> None:
+    """Refuse what a P2 experiment's config does not read and check its payoff and algorithms: a linear
+    reward (the general-preference class is then realizable); no reference vector (the uncertainty
+    ``||psi||_{Sigma^-1}`` needs none), or no confidence fields at all without an offline confidence set
+    (``confidence_set=False``); no ``nash`` option that no registered method of ``kinds`` reads."""
+    check_unused(config, ("instance.reward", "instance.hidden"), "P2's experiments use a linear reward "
+                 "(the general-preference class is then realizable)")
+    if confidence_set:
+        check_unused(config, ("confidence.reference_vector",), "the uncertainty ||psi||_{Sigma^-1} of the "
+                     "general-preference model needs no reference vector")
+    else:
+        check_unused(config, ("confidence.beta_mode", "confidence.c_beta", "confidence.delta",
+                              "confidence.reference_vector"),
+                     f"{name} builds no offline confidence set (the enhancer's radius is beta)")
+    only = "offline methods only and no registered one" if kinds == ("offline",) else (
+        f"methods of the kinds {', '.join(kinds)} and no registered one")
+    check_unused(config, tuple(f"nash.{f}" for f in methods.unread_options(kinds)), f"{name} runs {only} reads it")
+    v.check_choice("payoff", config.payoff, b.PAYOFFS)
+    methods.check_algorithms("algorithms", config.algorithms, kinds, config.payoff)
 
 
 def thin_log_x_ticks(ax, max_decades: float = 2.5) -> None:
@@ -63,6 +55,14 @@ def thin_log_x_ticks(ax, max_decades: float = 2.5) -> None:
         ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}"))
 
 
+def panel_colors(algorithms) -> dict[str, str | None]:
+    """Each method's registry colour; a method without one (a plugin's) gets the first colour of
+    matplotlib's cycle ``C0 .. C9`` that no other method of ``algorithms`` uses (else ``None``)."""
+    colors = {a: methods.color(a) for a in algorithms}
+    free = [f"C{i}" for i in range(10) if f"C{i}" not in colors.values()]
+    return {a: c if c is not None else (free.pop(0) if free else None) for a, c in colors.items()}
+
+
 def metric_panel(ax, table, x: str, metric: str, labels: Mapping[str, str], *, title: str, xlabel: str,
                  ylabel: str, where: Mapping | None = None, marker: str | None = "o", log_x: bool = False,
                  legend_size: str | None = "x-small", legend_loc: str = "best") -> None:
@@ -70,10 +70,11 @@ def metric_panel(ax, table, x: str, metric: str, labels: Mapping[str, str], *, t
     legend text), rows filtered by ``where``. The gap is drawn on a log scale, win rates with the
     1/2 line (the equilibrium against itself); ``legend_size=None`` leaves the curves out of any
     legend (for a figure whose other panel carries it)."""
+    colors = panel_colors(labels)
     for alg, label in labels.items():
         xs, ys = plotting.pivot(table, x, metric, where={**(where or {}), "algorithm": alg})
         # "_": matplotlib's mark for a curve left out of legends (another panel carries the legend)
-        plotting.band_plot(ax, xs, ys, label if legend_size else f"_{label}", color=COLORS.get(alg), marker=marker)
+        plotting.band_plot(ax, xs, ys, label if legend_size else f"_{label}", color=colors[alg], marker=marker)
     if metric == "nash_gap":
         plotting.set_loglog(ax) if log_x else ax.set_yscale("log")
     elif log_x:

@@ -57,16 +57,15 @@ class Config:
     seed: int = 0
 
     def __post_init__(self):
-        if not self.sample_sizes or any(int(n) < 1 for n in self.sample_sizes) or \
-                list(self.sample_sizes) != sorted(set(self.sample_sizes)):
-            v.fail("sample_sizes", self.sample_sizes, "a non-empty strictly increasing tuple of integers >= 1")
+        v.check_increasing_ints("sample_sizes", self.sample_sizes)
         for c in self.panel_coverages:
             v.check_float("panel_coverages", c, low=-1.0, high=1.0)
+        if len(set(self.panel_coverages)) != len(self.panel_coverages):
+            v.fail("panel_coverages", self.panel_coverages, "a tuple without repeated values")
         v.check_float("panel_temperature", self.panel_temperature, low=0.0)
         v.check_float("panel_kl_coef", self.panel_kl_coef, low=0.0, low_open=True)
-        allowed = learners.names(neural=self.instance.reward == "neural")
-        for a in self.algorithms:
-            v.check_choice("algorithms", a, allowed)
+        v.check_names("algorithms", self.algorithms, learners.names(neural=self.instance.reward == "neural"),
+                      empty=True)
 
     @property
     def algorithm_names(self) -> tuple[str, ...]:
@@ -79,7 +78,8 @@ class Config:
         """(name, coverage, temperature, kl_coef) of every setting run."""
         i = self.instance
         out = [("canonical", i.coverage, i.temperature, i.kl_coef)]
-        out += [(f"coverage{c:+.1f}", float(c), self.panel_temperature, self.panel_kl_coef)
+        # names from the exact value (shortest repr), so two coverages never share a name
+        out += [(f"coverage{float(c):+}", float(c), self.panel_temperature, self.panel_kl_coef)
                 for c in self.panel_coverages]
         return out
 
@@ -158,11 +158,7 @@ def run(config: Config, seeds: int, progress) -> Results:
         tables.append(table)
         for i, alg in enumerate(config.algorithm_names):
             y = out["subopt"][:, :, i]
-            if len(config.sample_sizes) >= 2 and np.all(y.mean(0) > 0):
-                fit = stats.fit_loglog_slope(config.sample_sizes, y)
-                summary[f"{setting}/{alg}/slope"] = fit.slope
-                summary[f"{setting}/{alg}/slope_low"] = fit.low
-                summary[f"{setting}/{alg}/slope_high"] = fit.high
+            summary.update(stats.slope_summary(f"{setting}/{alg}", config.sample_sizes, y))
             summary[f"{setting}/{alg}/subopt_n_min"] = float(y[:, 0].mean())
             summary[f"{setting}/{alg}/subopt_n_max"] = float(y[:, -1].mean())
             holds = out["bound_holds"][:, :, i]

@@ -25,15 +25,17 @@ warm-started, each round). At each checkpoint ``t``:
   (dispatch floor) is in the summary (``dispatch_seconds``).
 ``regret_avg`` / ``regret_weak`` do not apply here: NaN.
 
-OMD's step size is ``omd_step_size`` (default ``p3_common.DEFAULT_OMD_STEP_SIZE = 1``, the most robust
+The estimators are ``algorithms`` of the registry ``algorithms.onepass.estimators`` (a plugin's included:
+``--plugin my_estimator.py --set algorithms=omd,mle,my_estimator``), labelled with their registry labels.
+OMD's step size is ``omd_step_size`` (default ``estimators.DEFAULT_OMD_STEP_SIZE = 1``, the most robust
 value of the sweep recorded in paper_repro.md; ``--set omd_step_size=theory`` gives P3's
-``(1/2) log 2 + B + 1``). The shared fields and helpers are in ``experiments.catalogue.p3_common``.
+``(1/2) log 2 + B + 1``); the options are ``OnePassOptions``, the instance family and the metrics
+``algorithms.onepass.evaluation``'s, the shared fields ``experiments.catalogue.p3_common.P3Config``'s.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from pathlib import Path
 
 import jax
@@ -42,14 +44,14 @@ import numpy as np
 
 import bandits as b
 from algorithms.core import confidence as conf
-from algorithms.onepass.estimators import ESTIMATORS
+from algorithms.onepass import estimators, evaluation
+from algorithms.onepass.evaluation import METRICS
 from bandits import validation as v
 from experiments.catalogue import p3_common as p3
 from experiments.engine import plotting
+from experiments.engine.config import check_unused, replace
 from experiments.engine.results import Results, concat_tables
 from experiments.engine.runner import run_vectorized, seed_keys
-
-LABELS, COLORS, METRICS = p3.LABELS, p3.COLORS, p3.METRICS
 
 # NaN means "not applicable" in these columns (module docstring).
 nan_columns = ("regret_avg", "regret_weak", "seconds")
@@ -60,17 +62,18 @@ description = "E8: one-pass OMD vs MLE refit/OGD/HVP: error, held-out acc/loss, 
 @dataclasses.dataclass(frozen=True)
 class Config(p3.P3Config):
     """Fields reachable with ``--set field=value`` (module docstring for the metrics); the instance,
-    estimator, objective and timing fields are ``p3_common.P3Config``'s.
+    estimator options, objective and timing fields are ``p3_common.P3Config``'s.
 
-    reward_norms: the ``B`` sweep; rounds: stream length; checkpoints: rounds at which metrics are taken;
-    heldout: held-out comparisons; algorithms: estimators run (omd, mle, ogd, hvp).
+    reward_norms: the ``B`` sweep (so ``instance.reward_norm`` is refused); rounds: stream length;
+    checkpoints: rounds at which metrics are taken; heldout: held-out comparisons; algorithms: the
+    estimators run (registered names; built in: omd, mle, ogd, hvp).
     """
 
     reward_norms: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)
     rounds: int = 4096
     checkpoints: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
     heldout: int = 2048
-    algorithms: tuple[str, ...] = ESTIMATORS
+    algorithms: tuple[str, ...] = estimators.BUILTIN_ESTIMATORS
 
     def __post_init__(self):
         if not self.reward_norms:
@@ -79,13 +82,18 @@ class Config(p3.P3Config):
             v.check_float("reward_norms", r, low=0.0, low_open=True)
         v.check_int("rounds", self.rounds, 2)
         v.check_int("heldout", self.heldout, 1)
-        p3.check_names("algorithms", self.algorithms, ESTIMATORS)
+        v.check_names("algorithms", self.algorithms, estimators.names())
+        check_unused(self, ("instance.reward_norm",), "omd-vs-mle sweeps B over reward_norms")
         super().__post_init__()
+
+    @property
+    def estimator_names(self) -> tuple[str, ...]:
+        return self.algorithms
 
 
 presets = {
-    "quick": Config(n_contexts=64, rounds=512, checkpoints=(16, 32, 64, 128, 256, 512), heldout=1024,
-                    timing_rounds=(16, 128, 512), timing_repeats=7),
+    "quick": replace(Config(), n_contexts=64, rounds=512, checkpoints=(16, 32, 64, 128, 256, 512), heldout=1024,
+                     timing_rounds=(16, 128, 512), timing_repeats=7),
     "paper": Config(),
 }
 seeds = {"quick": 8, "paper": 32}
@@ -94,10 +102,10 @@ seeds = {"quick": 8, "paper": 32}
 def make_stream(key, reward_norm, config):
     """Instance, the logging-policy stream ``(z, y)`` and the held-out set of one seed and one ``B``."""
     k_inst, k_data, k_held = jax.random.split(key, 3)
-    inst = p3.scaled_instance(k_inst, config, reward_norm)
+    inst = evaluation.scaled_instance(k_inst, config.instance, reward_norm)
     stream = b.sample_preference_data(k_data, inst, inst.log_pi0, inst.log_pi0, config.rounds)
     z = b.feature_differences(inst, stream)
-    z_held, p_held = p3.heldout_set(k_held, inst, config.heldout)
+    z_held, p_held = evaluation.heldout_set(k_held, inst, config.heldout)
     return inst, z, stream.y.astype(z.dtype), z_held, p_held
 
 
@@ -106,13 +114,14 @@ def simulate(key, reward_norm, config: Config):
     ``t - 1`` for ``t`` in ``config.timed`` (for the timing pass)."""
     inst, z, y, z_held, p_held = make_stream(key, reward_norm, config)
     nu = conf.reference_vector(inst, "pi0")
-    ests = p3.estimators(config, config.algorithms, reward_norm, config.rounds)
+    d = config.instance.dim
+    ests = estimators.make_estimators(config.algorithms, d, config.onepass, radius=reward_norm,
+                                      capacity=config.rounds)
     ck = jnp.asarray(config.checkpoints)
     tk = jnp.asarray([t - 1 for t in config.timed])
     init = tuple(e.init() for e in ests)
-    d = config.dim
     snaps = tuple((jnp.zeros((len(ck), d), z.dtype), jnp.zeros((len(ck), d, d), z.dtype)) for _ in ests)
-    timing = tuple(jax.tree.map(lambda a: jnp.broadcast_to(a, (len(tk),) + a.shape), p3.light(s)) for s in init)
+    timing = tuple(p3.timing_buffers(e.name, s, len(tk)) for e, s in zip(ests, init))
 
     def body(carry, row):
         states, snaps, timing, t = carry
@@ -121,14 +130,14 @@ def simulate(key, reward_norm, config: Config):
         snaps = tuple((th.at[pos].set(e.theta(s), mode="drop"), iv.at[pos].set(e.inverse_design(s), mode="drop"))
                       for e, s, (th, iv) in zip(ests, states, snaps))
         tpos = p3.snapshot_index(t + 1, tk)
-        timing = tuple(jax.tree.map(lambda buf, a: buf.at[tpos].set(a, mode="drop"), tb, p3.light(s))
-                       for tb, s in zip(timing, states))
+        timing = tuple(p3.record(e.name, tb, tpos, s) for e, tb, s in zip(ests, timing, states))
         return (states, snaps, timing, t + 1), None
 
     (_, snaps, timing, _), _ = jax.lax.scan(body, (init, snaps, timing, jnp.asarray(0)), (z, y))
     thetas = jnp.stack([th for th, _ in snaps])        # [n_alg, n_ck, d]
     invs = jnp.stack([iv for _, iv in snaps])          # [n_alg, n_ck, d, d]
-    per = lambda th, iv, t: p3.estimate_metrics(inst, th, iv, t, z_held, p_held, nu, config)
+    per = lambda th, iv, t: evaluation.estimate_metrics(inst, th, iv, t, z_held, p_held, nu, config.onepass,
+                                                        config.objective)
     metrics = jax.vmap(jax.vmap(per, in_axes=(0, 0, 0)), in_axes=(0, 0, None))(thetas, invs, ck)
     return {m: metrics[m].T for m in METRICS}, timing
 
@@ -149,12 +158,10 @@ def timing_pass(config: Config, timing, progress) -> np.ndarray:
         z, y = stream(key, jnp.asarray(bnorm))
         for it, t in enumerate(config.timed):
             for ia, name in enumerate(config.algorithms):
-                cache = (name, t if name == "mle" else 0)
+                cache = (name, p3.timed_capacity(name, t))
                 if cache not in jitted:
                     jitted[cache] = jax.jit(functools.partial(_update, config=config, name=name, capacity=cache[1]))
-                state = jax.tree.map(lambda a: a[ib, it], timing[ia])
-                if name == "mle":
-                    state = p3.mle_state_at(state, z, y, t)
+                state = p3.with_buffer(name, jax.tree.map(lambda a: a[ib, it], timing[ia]), z, y, t)
                 out[ib, it, ia] = p3.time_call(jitted[cache], (state, z[t - 1], y[t - 1], jnp.asarray(bnorm)),
                                                config.timing_repeats)
         progress.message(f"timing: B={bnorm:g} done")
@@ -162,7 +169,9 @@ def timing_pass(config: Config, timing, progress) -> np.ndarray:
 
 
 def _update(state, z, y, reward_norm, config, name, capacity):
-    return p3.estimators(config, (name,), reward_norm, max(capacity, 1))[0].update(state, z, y)
+    est = estimators.make_estimator(name, config.instance.dim, config.onepass, radius=reward_norm,
+                                    capacity=max(capacity, 1))
+    return est.update(state, z, y)
 
 
 def run(config: Config, seeds: int, progress) -> Results:
@@ -172,13 +181,13 @@ def run(config: Config, seeds: int, progress) -> Results:
                                  tag="e8")
     secs = timing_pass(config, jax.tree.map(lambda a: a[0], timing), progress)
     algs, ck = list(config.algorithms), list(config.checkpoints)
-    tables, summary = [], {"dispatch_seconds": p3.dispatch_seconds(config)}
+    tables, summary = [], {"dispatch_seconds": p3.dispatch_seconds(config.instance.dim)}
     for ib, bnorm in enumerate(norms):
         for ia, alg in enumerate(algs):
             n = seeds * len(ck)
             table = {"algorithm": np.full(n, alg), "seed": np.repeat(np.arange(seeds), len(ck)),
                      "t": np.tile(np.asarray(ck), seeds), "reward_norm": np.full(n, bnorm),
-                     "kappa": np.full(n, 2.0 + math.exp(2 * bnorm) + math.exp(-2 * bnorm))}
+                     "kappa": np.full(n, evaluation.kappa(bnorm))}
             for m in METRICS:
                 table[m] = out[m][:, ib, :, ia].reshape(-1)
             table["regret_avg"] = p3.nan_column(n)
@@ -208,7 +217,7 @@ def _where(table, **cond):
 
 def plot(table, config: Config, out_dir: Path) -> list[Path]:
     norms = sorted(set(np.asarray(table["reward_norm"], float).tolist()))
-    algs = [a for a in ESTIMATORS if a in set(np.asarray(table["algorithm"]).tolist())]
+    algs = list(dict.fromkeys(np.asarray(table["algorithm"]).tolist()))
     panels = [("estimation_error", "||theta_t - theta*||_2", True), ("heldout_accuracy", "held-out accuracy", False),
               ("heldout_logloss", "held-out log-loss", False), ("seconds", "s per round, seed 0", True)]
     fig, axes = plotting.figure(ncols=len(panels), nrows=len(norms), size=(4.2, 3.2))
@@ -225,12 +234,13 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
                     if not len(sub["t"]):
                         continue
                 x, y = plotting.pivot(sub, "t", metric)
-                plotting.band_plot(ax, x, y, LABELS[alg], color=COLORS[alg], loglog=loglog)
+                entry = estimators.get(alg)
+                plotting.band_plot(ax, x, y, entry.label, color=entry.color, loglog=loglog)
             if not loglog:
                 plotting.set_logx(ax)
-            kappa = 2.0 + math.exp(2 * bnorm) + math.exp(-2 * bnorm)
-            ax.set(title=f"B={bnorm:g} (kappa={kappa:.3g}): {label}", xlabel="t (comparisons)", ylabel=label)
+            ax.set(title=f"B={bnorm:g} (kappa={evaluation.kappa(bnorm):.3g}): {label}", xlabel="t (comparisons)",
+                   ylabel=label)
             ax.legend(fontsize="xx-small")
-    fig.suptitle(f"omd-vs-mle: passive stream from pi0 (d={config.dim}, K={config.n_actions}); "
+    fig.suptitle(f"omd-vs-mle: passive stream from pi0 (d={config.instance.dim}, K={config.instance.n_actions}); "
                  "mean over seeds, 95% band")
     return plotting.save_figure(fig, out_dir, "omd_vs_mle")

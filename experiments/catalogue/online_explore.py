@@ -12,17 +12,21 @@ Algorithms (``ALGORITHMS``): the main agent ``Gibbs(theta_t)`` with each built-i
 max_random, best_second, best_quartile), and the DPO agent (a linear-softmax policy trained by DPO
 on all data, ``algorithms.online.iterative_dpo``): ``iterative_dpo`` (warm start; pairs ``max_min``),
 ``iterative_dpo_restart`` (restart from ``pi0``), and ``xpo`` / ``vpo`` / ``selm`` (likelihood bonus
-``bonus_coef``, pairs ``(pi_t, pi_cal)``). A strategy registered by the user
-(``algorithms.online.strategies.register``) is an algorithm of the same name with the Gibbs agent.
+``bonus_coef``, pairs ``(pi_t, pi_cal)``). Any algorithm of the registry ``algorithms.online.agents`` is
+accepted by ``--set algorithms=...``: a strategy registered by the user
+(``algorithms.online.strategies.register``) is an algorithm of the same name with the Gibbs agent, and a
+plugin may register a new agent or algorithm (``agents.register_agent``, ``agents.register``); figures
+label each by its registry label and draw each agent's family in its line style.
 
 Columns: ``algorithm, setting, coverage, temperature, kl_coef, batch_size, seed, iteration,
 queries, subopt, subopt_kl, regret_kl, kl_to_ref, kl_to_ref_explorer, confidence_width, bound,
 bound_holds, in_confidence_set, strategy_info, bound_rate, bound_rate_holds`` (definitions in
-``algorithms.online.loop``; ``bound`` is P1's plug-in bound for the Gibbs agent, NaN for the DPO agent).
+``algorithms.online.loop``; ``bound`` is P1's plug-in bound for an agent whose registry entry says it
+applies, the Gibbs agent, NaN for the others).
 ``bound_rate`` is the rate form of P1's online/hybrid theorem (docs/theory.md §2.4),
 ``sqrt(d / (gamma^2 m)) + beta_t ||phi_bar(pi*) - phi_bar(pi0)||_{Sigma_t^{-1}}`` with the constant of
-its ``≲`` set to 1 and ``gamma = 1 / (2 + e^{2B} + e^{-2B})``, for the Gibbs agent of a linear learner
-in a linear world (NaN elsewhere, like ``bound``); ``bound_rate_holds`` compares ``subopt_kl`` with it.
+its ``≲`` set to 1 and ``gamma = 1 / (2 + e^{2B} + e^{-2B})``, where ``bound`` is defined (the Gibbs agent of a linear learner
+in a linear world) (NaN elsewhere, like ``bound``); ``bound_rate_holds`` compares ``subopt_kl`` with it.
 
 Neural rewards (``--set reward=neural``): the learner becomes the MLP reward of
 ``algorithms.online.loop`` (``learner=auto``; ``neural_steps`` warm-started Adam steps per iteration) and
@@ -35,10 +39,15 @@ from pathlib import Path
 
 import numpy as np
 
-from algorithms.online.agents import agent_of
+from algorithms.online import agents
 from experiments.catalogue import online_common
-from experiments.catalogue.online_common import QUICK_ALGORITHMS, final_summary, run_algorithms
+from experiments.catalogue.online_common import (
+    QUICK_ALGORITHMS,
+    final_summary,
+    run_algorithms,
+)
 from experiments.engine import plotting
+from experiments.engine.config import replace
 from experiments.engine.results import Results, concat_tables
 from experiments.engine.runner import seed_keys
 
@@ -47,11 +56,11 @@ nan_columns = online_common.nan_columns
 Config = online_common.Config
 
 presets = {
-    "quick": Config(n_contexts=32, n_actions=16, iterations=12, batch_size=32, algorithms=QUICK_ALGORITHMS,
-                    dpo_steps=50),
+    "quick": replace(Config(), n_contexts=32, n_actions=16, iterations=12, batch_size=32,
+                     algorithms=QUICK_ALGORITHMS, dpo_steps=50),
     # Every algorithm and both settings; sized to finish in about half an hour on 2 CPU cores (the
     # first draft, n_x = 128, K = 32, T = 32 x m = 64 at 256 seeds, would have taken about half a day).
-    "paper": Config(n_contexts=64, n_actions=16, iterations=24, batch_size=32),
+    "paper": replace(Config(), n_contexts=64, n_actions=16, iterations=24, batch_size=32),
 }
 seeds = {"quick": 32, "paper": 64}
 
@@ -67,10 +76,10 @@ def run(config: Config, seeds: int, progress) -> Results:
             summary[f"{setting}/{alg}/final_subopt_ci95"] = half
         for alg, (mean, _) in final_summary(part, metric="regret_kl").items():
             summary[f"{setting}/{alg}/final_regret_kl"] = mean
-        for alg, (mean, _) in final_summary(part, metric="strategy_info").items():
-            if alg == "enhancer":
-                summary[f"{setting}/enhancer/nontrivial_frac"] = float(
-                    np.nanmean(part["strategy_info"][part["algorithm"] == "enhancer"]))
+        for alg in dict.fromkeys(part["algorithm"].tolist()):
+            info = part["strategy_info"][part["algorithm"] == alg]
+            if np.any(~np.isnan(info)):   # the strategy reports a diagnostic (the enhancer's feasibility)
+                summary[f"{setting}/{alg}/nontrivial_frac"] = float(np.nanmean(info))
         holds = part["bound_holds"]
         if np.any(~np.isnan(holds)):
             summary[f"{setting}/bound_holds_frac"] = float(np.nanmean(holds))
@@ -79,7 +88,7 @@ def run(config: Config, seeds: int, progress) -> Results:
             summary[f"{setting}/bound_rate_holds_frac"] = float(np.nanmean(rate_holds))
             ratio = part["bound_rate"] / np.maximum(part["subopt_kl"], 1e-300)
             summary[f"{setting}/bound_rate_over_subopt_kl_median"] = float(np.nanmedian(ratio))
-        if config.learner_kind == "linear" and config.reward == "linear":
+        if config.exact_confidence_set:
             summary[f"{setting}/in_confidence_set_frac"] = float(np.nanmean(part["in_confidence_set"]))
     return Results(table, summary)
 
@@ -90,17 +99,19 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
     fig, axes = plotting.figure(ncols=2, nrows=len(settings), size=(6.0, 4.4))
     axes = np.asarray(axes).reshape(len(settings), 2)
     colors = plotting.distinct_colors(algorithms)
-    styles = {a: ("--" if agent_of(a) == "dpo" else "-") for a in algorithms}
+    known = set(agents.names())
+    styles = {a: agents.agent_of(a).linestyle if a in known else "-" for a in algorithms}
+    labels = {a: agents.get(a).label if a in known else a for a in algorithms}
     for row, setting in zip(axes, settings):
         coverage, temperature = config.setting_values(setting)
         for alg in algorithms:
             where = {"setting": setting, "algorithm": alg}
             x, y = plotting.pivot(table, "queries", "subopt", where=where)
             keep = x > 0
-            plotting.band_plot(row[0], x[keep], y[:, keep], alg, color=colors[alg], loglog=True,
+            plotting.band_plot(row[0], x[keep], y[:, keep], labels[alg], color=colors[alg], loglog=True,
                                linestyle=styles[alg])
             x, r = plotting.pivot(table, "queries", "regret_kl", where=where)
-            plotting.band_plot(row[1], x, r, alg, color=colors[alg], linestyle=styles[alg])
+            plotting.band_plot(row[1], x, r, labels[alg], color=colors[alg], linestyle=styles[alg])
         if "enhancer" in algorithms:
             x, bound = plotting.pivot(table, "queries", "bound", where={"setting": setting, "algorithm": "enhancer"})
             keep = (x > 0) & np.all(np.isfinite(bound), axis=0)
@@ -119,8 +130,13 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
                    ylabel="sum_s m subopt_kl(pi_s)")
         row[0].legend(fontsize="xx-small", ncol=2)
     n_seeds = len(np.unique(np.asarray(table["seed"])))
-    fig.suptitle(f"online-explore: main agent under each strategy, {n_seeds} seeds (mean, 95% band); dashed: DPO agent\n"
-                 f"d={config.dim}, K={config.n_actions}, n_x={config.n_contexts}, B={config.reward_norm:g}, "
-                 f"kl_coef={config.kl_coef:g}, m={config.batch_size}, T={config.iterations}, "
-                 f"beta={config.beta_mode} x {config.c_beta:g}, reward={config.reward}, learner={config.learner_kind}")
+    i, c, o = config.instance, config.confidence, config.online
+    words = {"--": "dashed", ":": "dotted", "-.": "dash-dot"}
+    drawn = {agents.agent_of(a) for a in algorithms if a in known}
+    styled = "".join(sorted(f"; {words.get(agent.linestyle, agent.linestyle)}: {agent.label}" for agent in drawn
+                            if agent.linestyle != "-"))
+    fig.suptitle(f"online-explore: main agent under each strategy, {n_seeds} seeds (mean, 95% band){styled}\n"
+                 f"d={i.dim}, K={i.n_actions}, n_x={i.n_contexts}, B={i.reward_norm:g}, "
+                 f"kl_coef={i.kl_coef:g}, m={o.batch_size}, T={o.iterations}, "
+                 f"beta={c.beta_mode} x {c.c_beta:g}, reward={i.reward}, learner={config.learner_name}")
     return plotting.save_figure(fig, out_dir, "online_explore")

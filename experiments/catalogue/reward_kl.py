@@ -116,11 +116,8 @@ class Config:
         check_unused(self, ("instance.kl_coef",), "reward-kl sweeps kl_coef over kl_min..kl_max (n_kl values)")
         check_unused(self, ("offline.dpo_steps", "offline.dpo_learning_rate", "offline.ensemble_size"),
                      "no learner of reward-kl's frontier trains DPO or an ensemble")
-        allowed = learners.names(neural=self.instance.reward == "neural")
-        for a in self.algorithms:
-            v.check_choice("algorithms", a, allowed)
-        if len(set(self.algorithms)) != len(self.algorithms):
-            v.fail("algorithms", self.algorithms, "a tuple without repeated names")
+        v.check_names("algorithms", self.algorithms, learners.names(neural=self.instance.reward == "neural"),
+                      empty=True)
         v.check_int("n", self.n, 1)
         v.check_float("kl_min", self.kl_min, low=0.0, low_open=True)
         v.check_float("kl_max", self.kl_max, low=0.0, low_open=True)

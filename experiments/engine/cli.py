@@ -2,9 +2,19 @@
 
   list                                   experiment names and one-line descriptions
   run NAME [--preset P] [--seeds N] [--set FIELD=VALUE ...] [--out DIR] [--chunk-size C] [--no-x64]
-           [--plugin FILE.py|MODULE ...] run, write DIR/NAME/{results.csv,manifest.json,figures}
-  plot DIR                               re-draw figures from DIR's results.csv + manifest.json
+           [--max-memory GB] [--plugin FILE.py|MODULE ...]
+                                         run, write DIR/NAME/{results.csv,manifest.json,figures}
+  plot DIR [--plugin FILE.py|MODULE ...] [--trust-plugins]
+                                         re-draw figures from DIR's results.csv + manifest.json
+  show NAME                              every config field: type, default per preset, documentation
   demo                                   one instance and its exact values
+
+A plugin is Python code: importing it runs it with your rights. ``plot`` imports none unless asked.
+
+Exit codes: 0 success; 2 bad input (one line naming the field, the value and what is allowed); 3 a file or
+directory problem (path, permission, full disk, a corrupt results file); 4 a missing optional dependency;
+5 another run holds the output directory; 6 the computation does not fit in memory; 130 interrupted
+(finished chunks are kept: the same command resumes).
 """
 from __future__ import annotations
 
@@ -17,12 +27,36 @@ from pathlib import Path
 from typing import Sequence, TextIO
 
 PROG = "rlhf-bandits"
+EXIT_USAGE, EXIT_FILES, EXIT_DEPENDENCY, EXIT_BUSY, EXIT_MEMORY, EXIT_INTERRUPTED = 2, 3, 4, 5, 6, 130
+MAX_SEED = 2**63 - 1
+
+
+def _plugin_module_name(path: Path) -> str:
+    import hashlib
+    return f"rlhf_bandits_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+
+
+def plugin_digests(specs: Sequence[str]) -> dict[str, str | None]:
+    """``{spec: SHA-256 of its source}`` (a file plugin's bytes, an importable module's file; ``None``
+    when a module has no source file): part of a run's identity, so an edited plugin is never reused."""
+    import importlib.util
+
+    from experiments.engine import storage
+
+    out = {}
+    for spec in specs:
+        path = Path(spec)
+        if not path.is_file():
+            found = importlib.util.find_spec(spec)
+            path = Path(found.origin) if found is not None and found.origin not in (None, "built-in") else None
+        out[spec] = storage.file_digest(path) if path is not None and path.is_file() else None
+    return out
 
 
 def load_plugins(specs: Sequence[str]) -> list[str]:
     """Import each plugin (a ``.py`` file path or an importable module name) for its registrations
     (``algorithms.online.strategies.register``, ``experiments.engine.registry.register``, ...); returns the specs
-    as recorded in the manifest (file paths made absolute, so ``plot`` can import them again)."""
+    as recorded in the manifest (file paths made absolute). A plugin is code: importing it runs it."""
     import importlib
     import importlib.util
 
@@ -37,8 +71,7 @@ def load_plugins(specs: Sequence[str]) -> list[str]:
                     raise UsageError(f"plugin={spec!r} is not allowed: no such file (give a .py file or "
                                      "an importable module name).")
                 path = path.resolve()
-                import hashlib
-                name = f"rlhf_bandits_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+                name = _plugin_module_name(path)
                 if name not in sys.modules:
                     module_spec = importlib.util.spec_from_file_location(name, path)
                     module = importlib.util.module_from_spec(module_spec)
@@ -61,17 +94,21 @@ def load_plugins(specs: Sequence[str]) -> list[str]:
 def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
                    overrides: Sequence[str] = (), out: str | Path = "results", x64: bool = True,
                    chunk_size: int | None = None, stream: TextIO | None = None,
-                   command: Sequence[str] | None = None, plugins: Sequence[str] = ()) -> Path:
+                   command: Sequence[str] | None = None, plugins: Sequence[str] = (),
+                   max_memory: int | None = None) -> Path:
     """Run experiment ``name`` and write ``out/name/`` (results.csv, figures, then manifest.json).
 
     Configuration errors (unknown name, preset or field, bad value) raise ``ValueError`` before any
     computation. Finished seed chunks are kept until the run completes, so repeating an interrupted
-    command resumes it. ``plugins`` are imported first (``load_plugins``). Returns the run directory.
+    command resumes it; they are reused only by a run of the same identity (config, seeds, dtype, device
+    count, the toolkit's source and each plugin's contents). ``plugins`` are imported first
+    (``load_plugins``); ``max_memory`` (bytes) caps each chunk's memory. Returns the run directory.
     """
     import jax
     import jax.numpy as jnp
     import numpy as np
 
+    from bandits import validation as v
     from experiments.engine import registry, storage
     from experiments.engine.config import apply_overrides, config_hash, config_to_dict
     from experiments.engine.results import as_results
@@ -86,19 +123,29 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
     except ValueError as err:
         raise registry.UsageError(str(err)) from err
     n_seeds = registry.default_seeds(experiment, preset) if seeds is None else int(seeds)
-    if n_seeds < 1:
-        raise registry.UsageError(f"seeds={n_seeds} is not allowed: seeds must be an integer >= 1.")
+    if not 1 <= n_seeds <= v.MAX_INT:
+        raise registry.UsageError(f"seeds={n_seeds} is not allowed: seeds must be an integer in [1, {v.MAX_INT}].")
+    seed = getattr(config, "seed", 0)
+    if not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
+        raise registry.UsageError(f"seed={seed!r} is not allowed: seed must be an integer in [0, {MAX_SEED}].")
     run_dir = Path(out) / name
     run_dir.mkdir(parents=True, exist_ok=True)
-    with jax.enable_x64(x64):
+    with storage.RunLock(run_dir), jax.enable_x64(x64):
         dtype = jnp.dtype(jnp.result_type(float)).name
-        # The environment (git revision included) is read once, before running: the manifest must name
+        # The environment and the code's digest are read once, before running: the manifest must name
         # the code that computed the results, and saved chunks are reused only by the same code and
-        # plugins (a dirty tree cannot be told apart from its commit: do not edit code mid-run).
+        # plugins (an edit mid-run is caught at the next resume, not during this run).
         env = storage.environment()
-        digest = config_hash(name, config, n_seeds, dtype, env["git"], env["versions"]["rlhf-bandits"], plugins)
-        store = storage.ChunkStore(run_dir / storage.CHUNKS / digest)
-        progress = Progress(name, stream, store, chunk_size)
+        code = storage.code_digest()
+        plugin_sha = plugin_digests(plugins)
+        digest = config_hash(name, config, n_seeds, dtype, code, plugin_sha, jax.device_count())
+        chunks = run_dir / storage.CHUNKS
+        store = storage.ChunkStore(chunks / digest)
+        progress = Progress(name, stream, store, chunk_size, max_memory)
+        others = [p for p in chunks.iterdir() if p.is_dir() and p.name != digest] if chunks.is_dir() else []
+        if others:   # kept for their own resumption
+            progress.message(f"found saved chunks of {len(others)} other run(s) (a different config, seeds, dtype, "
+                             "device count, code or plugins): not reusing them")
         if store.count():
             progress.message(f"found {store.count()} saved chunk(s) of an interrupted run; resuming")
         progress.message(f"preset {preset}, {n_seeds} seeds, {dtype}, "
@@ -106,70 +153,115 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
         started = time.perf_counter()
         results = as_results(experiment.run(config, n_seeds, progress))
         wall = time.perf_counter() - started
-    table = results.table
-    non_finite = {k: int((~np.isfinite(v)).sum()) for k, v in table.items()
-                  if v.dtype.kind == "f" and not np.all(np.isfinite(v))}
-    # NaN in a column the experiment declares in `nan_columns` means "not applicable" (e.g. no bound
-    # for that algorithm); anything else non-finite is suspect.
-    nan_ok = set(getattr(experiment, "nan_columns", ()))
-    suspect = {k: int((~np.isfinite(table[k]) & ~(np.isnan(table[k]) & (k in nan_ok))).sum())
-               for k in non_finite}
-    suspect = {k: c for k, c in suspect.items() if c}
-    if suspect:
-        progress.message(f"WARNING: non-finite values in results: {suspect}")
-    if set(non_finite) - set(suspect):
-        progress.message("NaN marks 'not applicable' in: " + ", ".join(sorted(set(non_finite) - set(suspect))))
-    csv_path, digest_csv = storage.write_results(run_dir, table)
-    plot_error = None
-    try:  # a plotting bug must not lose the results: they are recorded, `plot DIR` retries
-        figures = _relative(experiment.plot(table, config, run_dir), run_dir)
-    except Exception as err:
-        figures, plot_error = [], err
-    timings = progress.timings()
-    manifest = {
-        "experiment": name,
-        "description": registry.describe(experiment),
-        "preset": preset,
-        "overrides": list(overrides),
-        "plugins": plugins,
-        "config_type": f"{type(config).__module__}.{type(config).__qualname__}",
-        "config": config_to_dict(config),
-        "config_hash": digest,
-        "seeds": n_seeds,
-        "dtype": dtype,
-        "x64": x64,
-        **env,
-        "timings": {"compile_s": timings["compile_s"], "run_s": timings["run_s"], "wall_s": wall,
-                    "calls": timings["calls"]},
-        "resumed_chunks": timings["resumed_chunks"],
-        "command": shlex.join(command) if command is not None else None,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "summary": results.summary,
-        "results": {"file": storage.RESULTS, "rows": results.n_rows,
-                    "columns": storage.column_types(table), "sha256": digest_csv,
-                    "non_finite": non_finite},
-        "figures": figures,
-        "plot_error": None if plot_error is None else f"{type(plot_error).__name__}: {plot_error}",
-    }
-    storage.write_manifest(run_dir, manifest)
-    store.clear()
-    if plot_error is not None:
-        progress.message(f"results and manifest written to {run_dir}, but plotting failed; fix it and "
-                         f"run `{PROG} plot {run_dir}`")
-        raise plot_error
-    if timings["resumed_chunks"]:
-        progress.message(f"resumed: reused {timings['resumed_chunks']} saved chunk(s)")
-    # compile/run are the vectorized calls' (run_vectorized); an experiment without any (hf-smoke) has wall only
-    split = (f" (compile {timings['compile_s']:.1f} s, run {timings['run_s']:.1f} s)" if timings["calls"] else "")
-    progress.message(f"wrote {csv_path} ({results.n_rows} rows), manifest.json, "
-                     f"{len(figures)} figure file(s) in {wall:.1f} s{split}")
-    return run_dir
+        table = results.table
+        non_finite = {k: int((~np.isfinite(v)).sum()) for k, v in table.items()
+                      if v.dtype.kind == "f" and not np.all(np.isfinite(v))}
+        # NaN in a column the experiment declares in `nan_columns` means "not applicable" (e.g. no bound
+        # for that algorithm); anything else non-finite is suspect.
+        nan_ok = set(getattr(experiment, "nan_columns", ()))
+        suspect = {k: int((~np.isfinite(table[k]) & ~(np.isnan(table[k]) & (k in nan_ok))).sum())
+                   for k in non_finite}
+        suspect = {k: c for k, c in suspect.items() if c}
+        if suspect:
+            progress.message(f"WARNING: non-finite values in results: {suspect}")
+        if set(non_finite) - set(suspect):
+            progress.message("NaN marks 'not applicable' in: " + ", ".join(sorted(set(non_finite) - set(suspect))))
+        csv_path, digest_csv = storage.write_results(run_dir, table)
+        plot_error = None
+        try:  # a plotting bug must not lose the results: they are recorded, `plot DIR` retries
+            figures = _relative(experiment.plot(table, config, run_dir), run_dir)
+        except Exception as err:
+            figures, plot_error = [], err
+        timings = progress.timings()
+        manifest = {
+            "experiment": name,
+            "description": registry.describe(experiment),
+            "preset": preset,
+            "overrides": list(overrides),
+            "plugins": plugins,
+            "plugin_sha256": plugin_sha,
+            "config_type": f"{type(config).__module__}.{type(config).__qualname__}",
+            "config": config_to_dict(config),
+            "config_hash": digest,
+            "seeds": n_seeds,
+            "dtype": dtype,
+            "x64": x64,
+            **env,
+            "code_sha256": code,
+            "compilation_cache": jax.config.jax_compilation_cache_dir,
+            "timings": {"compile_s": timings["compile_s"], "run_s": timings["run_s"], "wall_s": wall,
+                        "calls": timings["calls"]},
+            "resumed_chunks": timings["resumed_chunks"],
+            "command": shlex.join(command) if command is not None else None,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "summary": results.summary,
+            "results": {"file": storage.RESULTS, "rows": results.n_rows,
+                        "columns": storage.column_types(table), "sha256": digest_csv,
+                        "non_finite": non_finite},
+            "figures": figures,
+            "plot_error": None if plot_error is None else f"{type(plot_error).__name__}: {plot_error}",
+        }
+        storage.write_manifest(run_dir, manifest)
+        store.clear()
+        if plot_error is not None:
+            progress.message(f"results and manifest written to {run_dir}, but plotting failed; fix it and "
+                             f"run `{PROG} plot {run_dir}`")
+            raise plot_error
+        if timings["resumed_chunks"]:
+            progress.message(f"resumed: reused {timings['resumed_chunks']} saved chunk(s)")
+        # compile/run are the vectorized calls' (run_vectorized); an experiment without any (hf-smoke) has wall only
+        split = (f" (compile {timings['compile_s']:.1f} s, run {timings['run_s']:.1f} s)" if timings["calls"] else "")
+        progress.message(f"wrote {csv_path} ({results.n_rows} rows), manifest.json, "
+                         f"{len(figures)} figure file(s) in {wall:.1f} s{split}")
+        return run_dir
 
 
-def replot(path: str | Path, stream: TextIO | None = None) -> list[Path]:
-    """Re-draw the figures of one run directory, or of every run directory inside ``path``."""
+def _recorded_plugins(manifest: dict, run_dir: Path, plugins: Sequence[str], trust: bool) -> list[str]:
+    """The plugins ``plot`` may import for a run: none that are already imported in this process, those
+    given with ``--plugin``, or (``trust``) the recorded files, found at their recorded path or next to
+    the run directory and checked against the recorded SHA-256. Anything else is refused: a manifest
+    someone sent you must not run code on your machine unless you say so."""
+    from experiments.engine import registry, storage
+
+    recorded = manifest.get("plugins", []) or []
+    digests = manifest.get("plugin_sha256", {}) or {}
+    given = {str(Path(p).resolve()) if Path(p).is_file() else p for p in plugins}
+    todo = []
+    for spec in recorded:
+        path = Path(spec)
+        if path.suffix == ".py" and _plugin_module_name(path) in sys.modules or spec in sys.modules \
+                or spec in given or path.name in {Path(g).name for g in given}:
+            continue
+        if not trust:
+            raise registry.UsageError(
+                f"{run_dir} was run with plugin {spec!r}: a plugin is code, so plot does not import it by itself; "
+                f"pass --plugin FILE (your copy) or --trust-plugins (import the recorded file after checking "
+                "its SHA-256).")
+        if path.suffix == ".py":
+            candidates = [path if path.is_absolute() else run_dir / path, run_dir / path.name]
+            found = next((c for c in candidates if c.is_file()), None)
+            if found is None:
+                raise registry.UsageError(f"plugin {spec!r} of {run_dir} is not at {candidates[0]} nor at "
+                                          f"{candidates[1]}: pass --plugin FILE.")
+            want, got = digests.get(spec), storage.file_digest(found)
+            if want is None or got != want:
+                raise registry.UsageError(f"plugin {found} does not match the SHA-256 recorded for {spec!r} in "
+                                          f"{run_dir} ({'none recorded' if want is None else want[:12]}, file "
+                                          f"{got[:12]}): pass --plugin FILE if you trust it.")
+            todo.append(str(found))
+        else:
+            todo.append(spec)
+    return todo
+
+
+def replot(path: str | Path, stream: TextIO | None = None, plugins: Sequence[str] = (),
+           trust_plugins: bool = False) -> list[Path]:
+    """Re-draw the figures of one run directory, or of every run directory inside ``path``. ``plugins``
+    are imported first; the run's recorded plugins only with ``trust_plugins`` (``_recorded_plugins``)."""
     from experiments.engine import registry, storage
     from experiments.engine.config import config_from_dict
+
+    load_plugins(plugins)
 
     path = Path(path)
     if (path / storage.MANIFEST).exists():
@@ -183,7 +275,7 @@ def replot(path: str | Path, stream: TextIO | None = None) -> list[Path]:
     for run_dir in run_dirs:
         try:
             manifest = storage.read_manifest(run_dir)
-            load_plugins(manifest.get("plugins", []))
+            load_plugins(_recorded_plugins(manifest, run_dir, plugins, trust_plugins))
             experiment = registry.get(manifest["experiment"])
             cls = type(experiment.presets.get(manifest.get("preset"))
                        or next(iter(experiment.presets.values())))
@@ -226,6 +318,45 @@ def _demo(args) -> int:
     return 0
 
 
+def show_text(name: str) -> str:
+    """The text of ``rlhf-bandits show NAME``: the experiment's description, each ``--set`` field with its
+    dotted path, type, default per preset and one line of documentation, and what its table holds."""
+    import re
+    import textwrap
+
+    from experiments.engine import registry
+    from experiments.engine.config import describe_fields
+
+    experiment = registry.get(name)
+    presets = experiment.presets
+    lines = [f"{name}: {registry.describe(experiment)}", "",
+             f"fields (--set NAME=VALUE; presets: {', '.join(presets)}; seeds: "
+             + ", ".join(f"{p} {registry.default_seeds(experiment, p)}" for p in presets) + ")"]
+    for row in describe_fields(presets):
+        values = list(row["defaults"].values())
+        default = (repr(values[0]) if all(v == values[0] for v in values)
+                   else ", ".join(f"{p}: {v!r}" for p, v in row["defaults"].items()))
+        label = row["name"] if row["name"] == row["path"] else f"{row['name']} ({row['path']})"
+        lines.append(f"  {label}: {row['type']}; default {default}")
+        if row["doc"]:
+            lines.extend(textwrap.wrap(row["doc"], 100, initial_indent="      ", subsequent_indent="      "))
+    doc = getattr(experiment, "__doc__", "") or ""
+    columns = re.search(r"Columns?:(.*?)(?:\n\s*\n|$)", doc, re.S)
+    if columns:
+        lines += ["", "results.csv columns:"]
+        lines.extend(textwrap.wrap(" ".join(columns.group(1).split()), 100, initial_indent="  ",
+                                   subsequent_indent="  "))
+    nan = getattr(experiment, "nan_columns", ())
+    if nan:
+        lines.append(f"  NaN means 'not applicable' in: {', '.join(nan)}")
+    return "\n".join(lines)
+
+
+def _show(args) -> int:
+    print(show_text(args.name))
+    return 0
+
+
 def _list(args) -> int:
     from experiments.engine import registry
     names = registry.names()
@@ -242,21 +373,51 @@ def _list(args) -> int:
 
 
 def _run(args) -> int:
+    from experiments.engine import compile_cache
+
+    compile_cache.enable()
+    max_memory = None if args.max_memory is None else int(args.max_memory * 1e9)
     run_dir = run_experiment(args.name, args.preset, args.seeds, args.overrides, args.out, args.x64,
-                             args.chunk_size, sys.stderr, [PROG, *args.argv], args.plugins)
+                             args.chunk_size, sys.stderr, [PROG, *args.argv], args.plugins, max_memory)
     print(run_dir)
     return 0
 
 
 def _plot(args) -> int:
-    replot(args.dir, sys.stdout)
+    replot(args.dir, sys.stdout, args.plugins, args.trust_plugins)
     return 0
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: must be a finite number > 0")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"{value} is not allowed: must be an integer in [0, {MAX_SEED}]")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage block): ``PROG CMD: error: ... (see PROG CMD --help)``."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     ls = sub.add_parser("list", help="list experiments")
     ls.set_defaults(func=_list)
@@ -267,40 +428,77 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", type=_positive_int, default=None,
                      help="number of seeds (default: the preset's)")
     run.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
-                     metavar="FIELD=VALUE", help="override a config field; dotted for nested "
-                     "configs (instance.kl_coef=0.1); tuples as 1,2,3")
+                     metavar="FIELD=VALUE", help="override a config field, e.g. kl_coef=0.1 (a nested config's "
+                     "field by its own name when unique, else dotted: instance.kl_coef=0.1); tuples as 1,2,3")
     run.add_argument("--out", default="results", help="output root; files go to OUT/NAME (default: results)")
     run.add_argument("--chunk-size", type=_positive_int, default=None,
-                     help="seeds per chunk (memory, progress and resumption; results do not change)")
+                     help="seeds per chunk (memory, progress and resumption); results agree to the last few "
+                     "bits, not bit for bit, across chunk sizes and device counts (XLA vectorizes differently)")
+    run.add_argument("--max-memory", type=_positive_float, default=None, metavar="GB",
+                     help="cap each compiled chunk's memory (default: what the devices have free); a chunk that "
+                     "does not fit runs as smaller chunks")
     run.add_argument("--x64", action=argparse.BooleanOptionalAction, default=True,
                      help="float64 (default) or float32 with --no-x64; recorded in the manifest")
     run.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE.py|MODULE",
-                     help="import this first, for its registrations (e.g. a new exploration strategy); "
-                     "repeatable; recorded in the manifest")
+                     help="import this first, for its registrations (e.g. a new exploration strategy); a "
+                     "plugin is Python code and runs with your rights; repeatable; recorded in the manifest "
+                     "with its SHA-256")
     run.set_defaults(func=_run)
 
     plot = sub.add_parser("plot", help="re-draw figures from results.csv + manifest.json")
     plot.add_argument("dir", help="a run directory OUT/NAME, or OUT to re-plot every run in it")
+    plot.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE.py|MODULE",
+                      help="import this plugin first (a run made with plugins needs them to be re-drawn)")
+    plot.add_argument("--trust-plugins", action="store_true",
+                      help="import the plugins the run recorded (paths resolved against the run directory, "
+                      "contents checked against the recorded SHA-256); a plugin is code: only for runs you trust")
     plot.set_defaults(func=_plot)
 
+    show = sub.add_parser("show", help="every config field of an experiment: type, defaults, documentation")
+    show.add_argument("name", help="experiment name (see `list`)")
+    show.set_defaults(func=_show)
+
     demo = sub.add_parser("demo", help="build one instance and print its exact values")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_seed, default=0)
     demo.set_defaults(func=_demo)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit code (2 for usage errors, which print one line, no traceback)."""
+    """Entry point; returns the exit code (module docstring). A user-facing failure prints one line and
+    no traceback; an error inside an experiment's computation (a bug) keeps its traceback."""
+    from bandits.validation import MissingDependencyError
     from experiments.engine.registry import UsageError
+    from experiments.engine.runner import MemoryLimitError
+    from experiments.engine.storage import RunBusyError
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as done:   # --help, or a malformed command line (one line, exit 2)
+        return done.code if isinstance(done.code, int) else EXIT_USAGE
     args.argv = argv
+
+    def fail(code: int, text: str) -> int:
+        print(f"{PROG} {args.command}: error: {text}", file=sys.stderr)
+        return code
+
     try:
         return args.func(args)
-    except UsageError as err:  # errors inside an experiment's computation keep their traceback
-        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
-        return 2
+    except UsageError as err:
+        return fail(EXIT_USAGE, str(err))
+    except MissingDependencyError as err:
+        return fail(EXIT_DEPENDENCY, str(err))
+    except RunBusyError as err:
+        return fail(EXIT_BUSY, str(err))
+    except MemoryLimitError as err:
+        return fail(EXIT_MEMORY, f"{err}: lower the sizes of the config (--set ...) or --chunk-size, or raise "
+                    "--max-memory if more memory is free than the devices report")
+    except OSError as err:
+        where = f" ({err.filename})" if err.filename else ""
+        return fail(EXIT_FILES, f"{err.strerror or err}{where}")
+    except KeyboardInterrupt:
+        return fail(EXIT_INTERRUPTED, "interrupted; finished chunks are kept: run the same command again to resume")
 
 
 if __name__ == "__main__":

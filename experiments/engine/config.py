@@ -87,6 +87,47 @@ def _resolve(path: str, config: Any) -> str:
     return target or path
 
 
+def field_docs(cls: type) -> dict[str, str]:
+    """One line of documentation per field, from the docstrings of ``cls`` and its nested configs: the
+    text after ``name:`` (``lam: ridge of the MLE; ...``) up to the next ``;`` or sentence end."""
+    import re
+
+    out: dict[str, str] = {}
+    for name, (_, tp) in _fields(cls).items():
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            out.update({f"{name}.{k}": v for k, v in field_docs(tp).items()})
+    doc = " ".join((cls.__doc__ or "").split())
+    for name in _fields(cls):
+        found = re.search(rf"(?:^|[\s,(`]){re.escape(name)}`{{0,2}}(?:, [\w`]+)*: (.+?)"
+                          rf"(?:;\s+(?=[\w`]+(?:, [\w`]+)*: )|\.\s+(?=[A-Z`])|\.$|$)", doc)
+        if found and name not in out:
+            out[name] = found.group(1).strip()
+    return out
+
+
+def describe_fields(presets: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """For ``rlhf-bandits show``: every settable field of an experiment's presets with its short name,
+    type, default per preset and documentation line."""
+    first = next(iter(presets.values()))
+    short = {p: s for s, p in short_names(first).items() if isinstance(p, str)}
+    docs = field_docs(type(first))
+    rows = []
+    for path in settable_fields(first):
+        node, parts = type(first), path.split(".")
+        for part in parts[:-1]:
+            node = _fields(node)[part][1]
+        tp = _fields(node)[parts[-1]][1]
+        values = {}
+        for preset, config in presets.items():
+            value = config
+            for part in parts:
+                value = getattr(value, part)
+            values[preset] = value
+        rows.append({"path": path, "name": short.get(path, path), "type": describe_type(tp), "defaults": values,
+                     "doc": docs.get(path) or docs.get(parts[-1], "")})
+    return rows
+
+
 def _union_args(tp: Any) -> tuple | None:
     origin = typing.get_origin(tp)
     if origin is typing.Union or origin is types.UnionType:
@@ -240,14 +281,20 @@ def apply_overrides(config: Any, overrides: Sequence[str]) -> Any:
     return _rebuild(config, changes)
 
 
+def _texts(changes: Mapping[str, Any]) -> list[str]:
+    out = []
+    for change in changes.values():
+        out.extend(_texts(change) if isinstance(change, dict) else [change[1]])
+    return out
+
+
 def _rebuild(config: Any, changes: Mapping[str, Any]) -> Any:
-    kwargs, shown = {}, []
+    kwargs, shown = {}, _texts(changes)
     for name, change in changes.items():
         if isinstance(change, dict):
             kwargs[name] = _rebuild(getattr(config, name), change)
         else:
-            kwargs[name], text = change
-            shown.append(text)
+            kwargs[name] = change[0]
     try:
         return dataclasses.replace(config, **kwargs)
     except (ValueError, TypeError, AssertionError) as err:
@@ -288,7 +335,7 @@ def check_unused(config: Any, paths: Sequence[str], why: str) -> None:
         for part in rest:
             value, default = getattr(value, part), getattr(default, part)
         if value != default:
-            name = path.rsplit(".", 1)[1]
+            name = path.rsplit(".", 1)[-1]
             raise ValueError(f"{name}={value!r} is not allowed: {why}, so {path} is not read; leave it at "
                              f"{default!r}.")
 
@@ -298,11 +345,11 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-def _coerce(field: str, value: Any, tp: Any) -> Any:
+def _coerce(field: str, value: Any, tp: Any, base: Any = None) -> Any:
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ValueError(f"{field} must be a mapping for {tp.__name__}, got {value!r}.")
-        return config_from_dict(tp, value, prefix=f"{field}.")
+        return config_from_dict(tp, value, prefix=f"{field}.", base=base)
     if typing.get_origin(tp) is tuple and isinstance(value, (list, tuple)):
         args = typing.get_args(tp)
         elems = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
@@ -327,12 +374,17 @@ def _coerce(field: str, value: Any, tp: Any) -> Any:
     return value
 
 
-def config_from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> Any:
-    """Rebuild a config of type ``cls`` from ``config_to_dict``/JSON output (missing keys: defaults).
+def config_from_dict(cls: type, data: Mapping[str, Any], prefix: str = "", base: Any = None) -> Any:
+    """Rebuild a config of type ``cls`` from ``config_to_dict``/JSON output.
 
-    A flat key that is a short name of a nested field (a record written before that field moved into a
-    nested config) is read into its nested config."""
+    Missing keys take the value of ``base`` (for a nested config: the default the enclosing config
+    declares for it), else the class default. A flat key that is a short name of a nested field (a
+    record written before that field moved into a nested config) is read into its nested config; a key
+    in the class's ``RENAMED_FIELDS`` (``{old name: new name}``) is read under its new name."""
     fields = _fields(cls)
+    renamed = getattr(cls, "RENAMED_FIELDS", {})
+    if renamed:
+        data = {renamed.get(k, k): v for k, v in data.items()}
     if not prefix:
         short = short_names(cls)
         moved = {k: short[k] for k in data if k not in fields and isinstance(short.get(k), str)}
@@ -348,7 +400,13 @@ def config_from_dict(cls: type, data: Mapping[str, Any], prefix: str = "") -> An
     if unknown:
         raise ValueError(f"unknown field(s) {', '.join(prefix + u for u in unknown)} for {cls.__name__}; "
                          f"allowed fields: {', '.join(prefix + f for f in fields)}.")
-    return cls(**{k: _coerce(prefix + k, v, fields[k][1]) for k, v in data.items()})
+    kwargs = {}
+    for k, v in data.items():
+        field, tp = fields[k]
+        nested_base = getattr(base, k) if base is not None else (
+            field.default if dataclasses.is_dataclass(field.default) else None)
+        kwargs[k] = _coerce(prefix + k, v, tp, nested_base)
+    return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
 
 
 def config_hash(*parts: Any) -> str:

@@ -61,7 +61,8 @@ def band_plot(ax, x: Any, y_by_seed: Any, label: str, *, color: Any = None, mark
     mean, low, high = mean_ci(y, level)
     if band == "range":
         low, high = np.min(y, axis=0), np.max(y, axis=0)
-    if slope:
+    means = y.mean(axis=0)
+    if slope and x.size >= 2 and np.all(np.isfinite(means)) and np.all(means > 0):   # else: no slope to show
         label = slope_label(label, fit_loglog_slope(x, y, level=level))
     (line,) = ax.plot(x, mean, label=label, color=color, marker=marker, markersize=3, **line_kwargs)
     if y.shape[0] > 1:

@@ -10,11 +10,19 @@ padded to a multiple of the device count and the padding is dropped. Compiled ex
 ``seed_keys(root, n)[i]`` is ``fold_in(key(root), i)``, so seed ``i`` gets the same key whatever
 ``n``, the chunking, the device count, or a disjoint range ``seed_keys(root, n, start)`` computed by
 another process.
+
+Memory: after compiling a chunk the runner reads XLA's estimate of the program's peak memory and compares
+it with what the devices have free (``available_memory``; capped by ``Progress(max_memory=...)``, the
+CLI's ``--max-memory``). A chunk that does not fit is made smaller (halving towards one seed per device)
+and recompiled; when even that does not fit, ``MemoryLimitError`` says how much one chunk needs. A
+different chunk size can change results in their last bits (XLA vectorizes the batch differently), so
+the size used is recorded with each call's timings.
 """
 from __future__ import annotations
 
 import collections
 import functools
+import hashlib
 import math
 import time
 from typing import Any, Callable, TextIO
@@ -24,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
-__all__ = ["Progress", "run_vectorized", "seed_keys"]
+__all__ = ["MemoryLimitError", "Progress", "available_memory", "run_vectorized", "seed_keys"]
 
 AXIS = "seeds"
 _CACHE_SIZE = 16
@@ -40,6 +48,35 @@ def seed_keys(root_seed: int, n: int, start: int = 0) -> jax.Array:
     return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(root, index)
 
 
+class MemoryLimitError(MemoryError):
+    """A compiled chunk needs more memory than the devices have free, even at one seed per device."""
+
+
+def available_memory(devices: list) -> int | None:
+    """Bytes free for one program on ``devices``: the smallest free device memory for accelerators
+    (``memory_stats``), the host's ``MemAvailable`` (and its cgroup limit) for CPU devices; ``None`` when
+    unknown. CPU devices share the host's memory, so the host's figure is the budget of the whole chunk."""
+    stats = [d.memory_stats() for d in devices] if devices and devices[0].platform != "cpu" else []
+    if stats and all(s and "bytes_limit" in s for s in stats):
+        return min(s["bytes_limit"] - s.get("bytes_in_use", 0) for s in stats) * len(devices)
+    free = []
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    free.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    try:
+        limit = open("/sys/fs/cgroup/memory.max").read().strip()
+        used = int(open("/sys/fs/cgroup/memory.current").read())
+        if limit != "max":
+            free.append(int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return min(free) if free else None
+
+
 class Progress:
     """Run context handed to ``experiment.run`` and on to ``run_vectorized``.
 
@@ -50,11 +87,21 @@ class Progress:
     """
 
     def __init__(self, name: str = "", stream: TextIO | None = None, store: Any = None,
-                 chunk_size: int | None = None):
+                 chunk_size: int | None = None, max_memory: int | None = None):
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size={chunk_size} is not allowed: chunk_size must be >= 1.")
+        if max_memory is not None and max_memory < 1:
+            raise ValueError(f"max_memory={max_memory} is not allowed: max_memory must be a number of bytes >= 1.")
         self.name, self.stream, self.store, self.chunk_size = name, stream, store, chunk_size
+        self.max_memory = max_memory
         self.calls: list[dict[str, Any]] = []
+
+    def memory_budget(self, devices: list) -> int | None:
+        """Bytes one chunk may use: the devices' free memory, capped by ``max_memory``."""
+        free = available_memory(devices)
+        if self.max_memory is None:
+            return free
+        return self.max_memory if free is None else min(free, self.max_memory)
 
     def message(self, text: str) -> None:
         """Print one progress line (experiments may announce their phases)."""
@@ -103,6 +150,35 @@ def _cache_key(fn: Callable, keys: jax.Array, args: tuple, size: int, devices: l
     return key
 
 
+def _chunk_tag(tag: str, fn: Callable, args: tuple) -> str:
+    """``tag`` plus a digest of the call's shared arguments (values, dtypes, shapes) and, for a
+    ``functools.partial``, its bound arguments: two calls of one run that share a tag but differ in what
+    they compute never share saved chunks (the run's identity covers config, code and plugins)."""
+    digest = hashlib.sha256()
+    for leaf in jax.tree.leaves(args):
+        if jax.dtypes.issubdtype(getattr(leaf, "dtype", None), jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        a = np.asarray(leaf)
+        digest.update(f"{a.dtype}{a.shape}".encode() + a.tobytes())
+    if isinstance(fn, functools.partial):
+        digest.update(repr((fn.func.__module__, fn.func.__qualname__, fn.args, sorted(fn.keywords.items()))).encode())
+    return f"{tag}-{digest.hexdigest()[:12]}"
+
+
+def _peak_bytes(compiled) -> int | None:
+    """XLA's estimate of a compiled program's peak memory (arguments, outputs and temporaries)."""
+    try:
+        stats = compiled.memory_analysis()
+    except Exception:  # not every backend implements it
+        return None
+    if stats is None:
+        return None
+    # The CPU backend reports a peak that leaves out temporaries (256 bytes for a 4 MB program, jaxlib 0.10.2):
+    # take the larger of the peak and arguments + outputs + temporaries.
+    total = stats.temp_size_in_bytes + stats.argument_size_in_bytes + stats.output_size_in_bytes
+    return int(max(getattr(stats, "peak_memory_in_bytes", 0) or 0, total))
+
+
 def _check_outputs(shapes: Any) -> None:
     for leaf in jax.tree.leaves(shapes):
         if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
@@ -127,6 +203,7 @@ def run_vectorized(fn: Callable[..., Any], keys: jax.Array, *args: Any, chunk_si
     """
     progress = progress if progress is not None else Progress()
     tag = tag or f"call{len(progress.calls)}"
+    store_tag = _chunk_tag(tag, fn, args)
     devices = list(devices) if devices is not None else jax.local_devices()
     n = int(keys.shape[0])
     if n < 1:
@@ -140,49 +217,68 @@ def run_vectorized(fn: Callable[..., Any], keys: jax.Array, *args: Any, chunk_si
     replicated = NamedSharding(mesh, PartitionSpec())
     batched = jax.vmap(fn, in_axes=(0,) + (None,) * len(args))
     args = jax.device_put(args, replicated)
-    first = jax.device_put(_padded(keys[:size], size), seeds_sharding)
     cache_key = _cache_key(fn, keys, args, size, devices)
-    compiled, shapes = _compiled.get(cache_key, (None, None)) if cache_key is not None else (None, None)
-    if compiled is not None:
-        _compiled.move_to_end(cache_key)
-    else:
-        shapes = jax.eval_shape(batched, first, *args)
-        _check_outputs(shapes)
-
+    cached = _compiled.get(cache_key) if cache_key is not None else None
+    budget = progress.memory_budget(devices)
+    if cached is not None and budget is not None and cached[3] is not None and cached[3] > budget:
+        cached = None   # compiled for more memory than this call may use
     record = {"tag": tag, "seeds": n, "chunk_size": size, "chunks": n_chunks, "devices": len(devices),
-              "compile_s": 0.0, "run_s": 0.0, "resumed_chunks": 0,
-              "reused_executable": compiled is not None}
+              "compile_s": 0.0, "run_s": 0.0, "resumed_chunks": 0, "reused_executable": cached is not None,
+              "peak_memory_bytes": None}
     progress.calls.append(record)
+    if cached is not None:
+        _compiled.move_to_end(cache_key)
+        compiled, shapes, size, record["peak_memory_bytes"] = cached
+    else:
+        t0 = time.perf_counter()
+        jitted = jax.jit(batched, in_shardings=(seeds_sharding,) + (replicated,) * len(args),
+                         out_shardings=seeds_sharding)
+        while True:
+            first = jax.device_put(_padded(keys[:size], size), seeds_sharding)
+            shapes = jax.eval_shape(batched, first, *args)
+            _check_outputs(shapes)
+            compiled = jitted.lower(first, *args).compile()
+            need = _peak_bytes(compiled)
+            if budget is None or need is None or need <= budget or size == len(devices):
+                break
+            smaller = max(len(devices), (size // 2) // len(devices) * len(devices))
+            progress.message(f"{tag}: a chunk of {size} seeds needs {need / 1e9:.3g} GB (XLA's estimate), "
+                             f"{budget / 1e9:.3g} GB free; trying {smaller} seeds per chunk")
+            size = smaller
+        if budget is not None and need is not None and need > budget:
+            raise MemoryLimitError(f"{tag}: one chunk of {size} seed(s) needs {need / 1e9:.3g} GB (XLA's estimate) "
+                                   f"but {budget / 1e9:.3g} GB are free")
+        record["compile_s"] = time.perf_counter() - t0
+        record["peak_memory_bytes"] = need
+        progress.message(f"{tag}: compiled for {size} seeds on {len(devices)} device(s) "
+                         f"in {record['compile_s']:.2f} s")
+        if cache_key is not None:
+            _compiled[cache_key] = (compiled, shapes, size, need)
+            while len(_compiled) > _CACHE_SIZE:
+                _compiled.popitem(last=False)
+    n_chunks = math.ceil(n / size)
+    record["chunk_size"], record["chunks"] = size, n_chunks
     parts = []
     for i in range(n_chunks):
         start, stop = i * size, min((i + 1) * size, n)
         where = f"{tag}: chunk {i + 1}/{n_chunks} (seeds {start}-{stop - 1} of {n})"
-        saved = progress.store.load(tag, i, start, stop, shapes) if progress.store is not None else None
+        saved = progress.store.load(store_tag, i, start, stop, shapes) if progress.store is not None else None
+        if saved is None and progress.store is not None and progress.store.rejected:
+            path, reason = progress.store.rejected.pop()
+            progress.message(f"{where}: saved chunk {path} is unusable ({reason}); recomputing it")
         if saved is not None:
             parts.append(saved)
             record["resumed_chunks"] += 1
             progress.message(f"{where} reused from an interrupted run")
             continue
-        if compiled is None:
-            t0 = time.perf_counter()
-            jitted = jax.jit(batched, in_shardings=(seeds_sharding,) + (replicated,) * len(args),
-                             out_shardings=seeds_sharding)
-            compiled = jitted.lower(first, *args).compile()
-            record["compile_s"] = time.perf_counter() - t0
-            progress.message(f"{tag}: compiled for {size} seeds on {len(devices)} device(s) "
-                             f"in {record['compile_s']:.2f} s")
-            if cache_key is not None:
-                _compiled[cache_key] = (compiled, shapes)
-                while len(_compiled) > _CACHE_SIZE:
-                    _compiled.popitem(last=False)
-        chunk = first if i == 0 else jax.device_put(_padded(keys[start:stop], size), seeds_sharding)
+        chunk = jax.device_put(_padded(keys[start:stop], size), seeds_sharding)
         t0 = time.perf_counter()
         out = _run_chunk(compiled, chunk, args)
         seconds = time.perf_counter() - t0
         record["run_s"] += seconds
         out = jax.tree.map(lambda a: np.asarray(a)[: stop - start], out)
         if progress.store is not None:
-            progress.store.save(tag, i, start, stop, out)
+            progress.store.save(store_tag, i, start, stop, out)
         parts.append(out)
         progress.message(f"{where} done in {seconds:.2f} s")
     if len(parts) == 1:

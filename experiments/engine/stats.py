@@ -17,7 +17,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import stats
 
-__all__ = ["Slope", "by_seed", "fit_loglog_slope", "mean_ci", "paired_interval", "t_interval", "welch_interval"]
+__all__ = ["Slope", "by_seed", "fit_loglog_slope", "mean_ci", "paired_interval", "slope_summary", "t_interval",
+           "welch_interval"]
 
 
 class Slope(NamedTuple):
@@ -110,3 +111,23 @@ def fit_loglog_slope(x: Any, y_by_seed: Any, *, level: float = 0.95, n_boot: int
     boot = slopes(y[idx].mean(axis=1))
     low, high = np.quantile(boot, [0.5 - level / 2, 0.5 + level / 2])
     return Slope(point, float(low), float(high), intercept)
+
+
+def slope_summary(prefix: str, x: Any, y_by_seed: Any, level: float = 0.95) -> dict[str, Any]:
+    """Summary entries ``{prefix}/slope``, ``_low``, ``_high`` of ``fit_loglog_slope``; when the fit is
+    undefined (fewer than two sizes, a seed mean that is zero, negative or not finite) the slope is NaN and
+    ``{prefix}/slope_missing`` says why: a summary never loses the results that precede it."""
+    x, y = by_seed(x, y_by_seed)
+    means = y.mean(axis=0)
+    reason = None
+    if x.size < 2:
+        reason = "fewer than two sizes"
+    elif not np.all(np.isfinite(means)):
+        reason = "a seed mean is not finite"
+    elif np.any(means <= 0):
+        reason = "a seed mean is <= 0 (log-log slope undefined)"
+    if reason is not None:
+        return {f"{prefix}/slope": float("nan"), f"{prefix}/slope_low": float("nan"),
+                f"{prefix}/slope_high": float("nan"), f"{prefix}/slope_missing": reason}
+    fit = fit_loglog_slope(x, y, level=level)
+    return {f"{prefix}/slope": fit.slope, f"{prefix}/slope_low": fit.low, f"{prefix}/slope_high": fit.high}

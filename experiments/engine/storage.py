@@ -4,13 +4,19 @@ Every file is written atomically (a temporary file in the same directory, fsync,
 an interrupted run leaves either the previous file or the complete new one, never half of one. The
 manifest records the SHA-256 of ``results.csv``; ``read_results`` refuses a CSV that does not match
 (a run killed between writing the CSV and the manifest). Finished seed chunks are kept in
-``DIR/NAME/.chunks/<config-hash>/<tag>/chunk_<i>.npz`` until the run completes (one sub-directory per
-``run_vectorized`` call of the run).
+``DIR/NAME/.chunks/<run-identity>/<tag>/chunk_<i>.npz`` until the run completes (one sub-directory per
+``run_vectorized`` call of the run); the run identity covers the config, the code (``code_digest``), the
+plugins' contents (``file_digest``), dtype and device count, so a chunk is reused only by the same
+computation. An unreadable chunk is recomputed and named. Files follow the umask; ``RunLock`` keeps two
+runs from writing one directory at once.
 """
 from __future__ import annotations
 
 import csv
+import errno
+import fcntl
 import hashlib
+import importlib
 import io
 import json
 import os
@@ -19,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import zipfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -26,12 +33,20 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 
-__all__ = ["ChunkStore", "atomic_write", "column_types", "environment", "git_revision", "read_manifest",
-           "read_results", "write_manifest", "write_results"]
+__all__ = ["ChunkStore", "RunBusyError", "RunLock", "atomic_write", "code_digest", "column_types", "environment",
+           "file_digest", "git_revision", "read_manifest", "read_results", "write_manifest", "write_results"]
 
 RESULTS = "results.csv"
 MANIFEST = "manifest.json"
 CHUNKS = ".chunks"
+LOCK = ".lock"
+PACKAGES = ("bandits", "algorithms", "experiments")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: bool = False) -> Path:
@@ -45,6 +60,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Any], None], binary: 
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp creates 0600; a results file follows the umask
         os.replace(tmp, path)
     except BaseException:
         try:
@@ -159,6 +175,9 @@ def read_results(path: str | os.PathLike) -> dict[str, np.ndarray]:
     if not rows:
         raise ValueError(f"{csv_path} is empty.")
     header, body = rows[0], rows[1:]
+    for i, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise ValueError(f"{csv_path} is malformed: line {i} has {len(row)} cells, its header {len(header)}.")
     columns = list(zip(*body)) if body else [() for _ in header]
     return {name: _parse_column(list(col), kinds.get(name)) for name, col in zip(header, columns)}
 
@@ -200,6 +219,55 @@ def git_revision(path: str | os.PathLike | None = None) -> dict[str, Any] | None
             "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None}
 
 
+def file_digest(path: str | os.PathLike) -> str:
+    """SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def code_digest() -> str:
+    """SHA-256 over the source of the toolkit's packages (relative path and bytes of every ``.py`` file):
+    the code that computes the numbers, committed or not."""
+    digest = hashlib.sha256()
+    for name in PACKAGES:
+        root = Path(importlib.import_module(name).__file__).resolve().parent
+        for path in sorted(root.rglob("*.py")):
+            digest.update(str(path.relative_to(root.parent)).encode())
+            digest.update(b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+class RunBusyError(RuntimeError):
+    """Another process holds the lock of a run directory."""
+
+
+class RunLock:
+    """An exclusive, non-blocking ``flock`` on ``DIR/.lock`` for the duration of a run (released when the
+    process ends, even when it is killed)."""
+
+    def __init__(self, run_dir: str | os.PathLike):
+        self.path = Path(run_dir) / LOCK
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        self._fd = os.open(self.path, os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(self._fd)
+            self._fd = None
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise RunBusyError(f"another run is writing {self.path.parent} (it holds {self.path}); wait for it "
+                                   "to finish or give another --out.") from None
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
 def environment() -> dict[str, Any]:
     """Versions, devices and git revision for the manifest."""
     devices = jax.devices()
@@ -217,10 +285,13 @@ def environment() -> dict[str, Any]:
 
 
 class ChunkStore:
-    """Finished seed chunks of one run configuration, saved atomically as ``.npz`` files."""
+    """Finished seed chunks of one run configuration, saved atomically as ``.npz`` files.
+
+    ``rejected`` lists ``(path, reason)`` of saved chunks that could not be read (recomputed instead)."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
+        self.rejected: list[tuple[Path, str]] = []
 
     def _path(self, tag: str, index: int) -> Path:
         return self.root / tag / f"chunk_{index}.npz"
@@ -243,16 +314,20 @@ class ChunkStore:
         try:
             with np.load(path) as data:
                 if list(data["seed_range"]) != [start, stop]:
-                    return None
+                    return self._reject(path, f"it holds seeds {list(data['seed_range'])}, not [{start}, {stop}]")
                 out = [data[f"leaf_{j}"] for j in range(len(leaves))]
                 if len(data.files) != len(leaves) + 1:
-                    return None
-        except (OSError, KeyError, ValueError):
-            return None
+                    return self._reject(path, "its arrays do not match this computation's outputs")
+        except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            return self._reject(path, f"{type(err).__name__}: {err}")
         for got, want in zip(out, leaves):
             if got.shape != (stop - start,) + tuple(want.shape[1:]) or got.dtype != want.dtype:
-                return None
+                return self._reject(path, "its arrays do not match this computation's outputs")
         return jax.tree.unflatten(treedef, out)
+
+    def _reject(self, path: Path, reason: str) -> None:
+        self.rejected.append((path, reason))
+        return None
 
     def count(self) -> int:
         return len(list(self.root.glob("*/chunk_*.npz"))) if self.root.exists() else 0

@@ -369,15 +369,15 @@ def test_determinism_and_global_rng(policies, name):
 
 
 # -- test 15 --------------------------------------------------------------------------------------------------
-def _torch_loss(name, lp, fixed, beta=0.7, tau=0.4, alpha=0.3):
+def _torch_loss(name, lp, fixed, kl_coef=0.7, tau=0.4, alpha=0.3):
     h = (lp["chosen"] - torch.as_tensor(fixed["ref_chosen"])) - (lp["rejected"] - torch.as_tensor(fixed["ref_rejected"]))
     m = torch.as_tensor(fixed["mask"], dtype=torch.float64)
     mean = lambda x: (x * m).sum() / m.sum()
     if name == "dpo":
-        return mean(-torch.nn.functional.logsigmoid(beta * h))
+        return mean(-torch.nn.functional.logsigmoid(kl_coef * h))
     if name == "ipo":
         return mean((h - 1 / (2 * tau)) ** 2)
-    return mean(-torch.nn.functional.logsigmoid(beta * h)) + alpha * mean(lp["explore"])   # cal_mask = mask
+    return mean(-torch.nn.functional.logsigmoid(kl_coef * h)) + alpha * mean(lp["explore"])   # cal_mask = mask
 
 
 def _grads(model):
@@ -397,7 +397,7 @@ def test_vjp_bridge_equals_torch_loss(policies, loss):
         inputs.pop("explore")
     fixed = {"ref_chosen": rng.normal(-3, 1, 6), "ref_rejected": rng.normal(-3, 1, 6),
              "mask": np.array([1, 1, 1, 1, 0, 1], bool)}
-    hyper = {"dpo": dict(beta=0.7), "ipo": dict(tau=0.4), "xpo": dict(beta=0.7, alpha=0.3)}[loss]
+    hyper = {"dpo": dict(kl_coef=0.7), "ipo": dict(tau=0.4), "xpo": dict(kl_coef=0.7, alpha=0.3)}[loss]
     loss_fn = lm_train.objective(loss, **hyper)
 
     policy.model.zero_grad(set_to_none=True)
@@ -432,34 +432,43 @@ def test_vjp_bridge_equals_torch_loss(policies, loss):
         policy.model.zero_grad(set_to_none=True)
 
 
+def test_objective_refuses_missing_and_unknown_hyper_parameters():
+    with pytest.raises(ValueError, match=r"objective 'dpo' with hyper-parameters \['beta'\] is not allowed: dpo takes "
+                                         r"kl_coef\."):
+        lm_train.objective("dpo", beta=0.1)
+    with pytest.raises(ValueError, match=r"\['kl_coef'\] is not allowed: vpo takes kl_coef, alpha \[, sign\]\."):
+        lm_train.objective("vpo", kl_coef=0.1)
+    lm_train.objective("vpo", kl_coef=0.1, alpha=0.5, sign=-1)
+
+
 def test_jax_step_matches_closed_form_dpo_gradient():
     """The JAX backend: a tabular softmax policy, whose DPO gradient is closed form, and one SGD step.
 
     With ``log pi(a|x) = theta[x, a] - logsumexp theta[x]`` the log-partition cancels inside ``h``, so
-    ``d loss / d theta[x, w] = -beta sigma(-beta h) / B`` and ``+beta sigma(-beta h) / B`` at ``(x, l)``.
+    ``d loss / d theta[x, w] = -kl_coef sigma(-kl_coef h) / B`` and ``+kl_coef sigma(-kl_coef h) / B`` at ``(x, l)``.
     """
     with jax.enable_x64(True):
         rng = np.random.default_rng(0)
         theta = jnp.asarray(rng.normal(size=(3, 5)))
         x = jnp.array([0, 1, 2, 0]); w = jnp.array([1, 2, 3, 4]); l_ = jnp.array([0, 0, 1, 2])
         fixed = {"ref_chosen": jnp.asarray(rng.normal(size=4)), "ref_rejected": jnp.asarray(rng.normal(size=4))}
-        beta, lr = 0.8, 0.1
+        kl_coef, lr = 0.8, 0.1
 
         def logprob_fn(params, contexts, actions):
             return jax.nn.log_softmax(params[contexts], -1)[jnp.arange(len(actions)), actions]
 
-        loss_fn = lm_train.objective("dpo", beta=beta)
+        loss_fn = lm_train.objective("dpo", kl_coef=kl_coef)
         optimizer = optax.sgd(lr)
         state = lm_train.jax_init(theta, optimizer)
         inputs = {"chosen": (x, w), "rejected": (x, l_)}
         step = jax.jit(lm_train.jax_step, static_argnums=(1, 2, 3))
         new, info = step(state, optimizer, logprob_fn, loss_fn, inputs, fixed)
         h = (theta[x, w] - theta[x, l_]) - (fixed["ref_chosen"] - fixed["ref_rejected"])
-        coef = beta * jax.nn.sigmoid(-beta * h) / len(x)
+        coef = kl_coef * jax.nn.sigmoid(-kl_coef * h) / len(x)
         grad = np.zeros((3, 5))
         np.add.at(grad, (np.asarray(x), np.asarray(w)), -np.asarray(coef))
         np.add.at(grad, (np.asarray(x), np.asarray(l_)), np.asarray(coef))
-        np.testing.assert_allclose(float(info["loss"]), float(jnp.mean(jax.nn.softplus(-beta * h))), atol=1e-14)
+        np.testing.assert_allclose(float(info["loss"]), float(jnp.mean(jax.nn.softplus(-kl_coef * h))), atol=1e-14)
         np.testing.assert_allclose(np.asarray(new.params), np.asarray(theta) - lr * grad, rtol=0, atol=1e-14)
         assert int(new.step) == 1
 

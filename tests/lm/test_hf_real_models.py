@@ -204,7 +204,7 @@ def test_two_dpo_steps_through_the_vjp_bridge_lower_the_loss(smollm2):
     inputs = {"chosen": (prompts, responses([t[1] for t in triples])),
               "rejected": (prompts, responses([t[2] for t in triples]))}
     fixed = {"ref_chosen": smollm2.logprob(*inputs["chosen"]), "ref_rejected": smollm2.logprob(*inputs["rejected"])}
-    loss_fn = lm_train.objective("dpo", beta=0.1)
+    loss_fn = lm_train.objective("dpo", kl_coef=0.1)
     saved = {k: v.detach().clone() for k, v in smollm2.model.state_dict().items()}
     try:
         optimizer = torch.optim.Adam(smollm2.parameters(), lr=1e-5)

@@ -485,7 +485,7 @@ def test_4_best_of_n_sampling_matches_law_and_kl_bound():
 # Test 5: population DPO on TreeLM recovers the Gibbs policy
 
 
-def population_dpo_loss(log_pi, log_pi0, reward, d0, beta):
+def population_dpo_loss(log_pi, log_pi0, reward, d0, kl_coef):
     """E_{x~d0} E_{(y, y') ~ pi0 x pi0} E_{label ~ BT(r)} [DPO loss], with the existing ``dpo_loss`` per
     ordered pair (y chosen over y' with probability sigmoid(r_y - r_y'))."""
     n_x, a = log_pi.shape
@@ -494,14 +494,14 @@ def population_dpo_loss(log_pi, log_pi0, reward, d0, beta):
     rejected = jnp.broadcast_to(log_pi[:, None, :], (n_x, a, a)).reshape(-1)
     ref_chosen = jnp.broadcast_to(log_pi0[:, :, None], (n_x, a, a)).reshape(-1)
     ref_rejected = jnp.broadcast_to(log_pi0[:, None, :], (n_x, a, a)).reshape(-1)
-    losses = per_pair(chosen, rejected, ref_chosen, ref_rejected, beta).reshape(n_x, a, a)
+    losses = per_pair(chosen, rejected, ref_chosen, ref_rejected, kl_coef).reshape(n_x, a, a)
     weights = (jnp.exp(log_pi0[:, :, None] + log_pi0[:, None, :])
                * jax.nn.sigmoid(reward[:, :, None] - reward[:, None, :]))
     return jnp.sum(d0 * jnp.sum(weights * losses, axis=(1, 2)))
 
 
 def test_5_population_dpo_on_tree_recovers_gibbs():
-    """Population DPO (beta = eta, warm start at pi0) on the realizable TreeLM, 400 steps of optax L-BFGS,
+    """Population DPO (kl_coef = eta, warm start at pi0) on the realizable TreeLM, 400 steps of optax L-BFGS,
     in a fixed-length space (V = 3, L = 4, 81 responses) and an EOS space (V = 3, L = 4, 31 responses):
     the trained sequence law is the Gibbs policy, KL(pi_DPO || pi*) < 1e-10 per prompt (docs/theory.md §9.2
     invariant 4 at sequence level). The two problems are independent; one L-BFGS run on their summed

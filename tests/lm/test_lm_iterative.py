@@ -18,12 +18,20 @@ import itertools
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from scipy import stats
 
 from algorithms.lm import iterative as it
 from algorithms.online.pairings import pairing_law
 from bandits.lm import tree
 from bandits.lm.space import ResponseSpace, enumerate_responses
+from experiments.catalogue import lm_iterative_dpo
+from experiments.engine.config import (
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    replace,
+)
 
 ETA = 0.5
 SPACE = ResponseSpace(6, 4)
@@ -198,3 +206,23 @@ def test_history_option_first_iteration_equals_fresh_data():
     np.testing.assert_allclose(hist.value[:2], res.value[0, :2], rtol=1e-9, atol=1e-11)
     np.testing.assert_allclose(hist.kl_to_ref[:2], res.kl_to_ref[0, :2], rtol=1e-9, atol=1e-11)
     assert abs(float(hist.value[2] - res.value[0, 2])) > 1e-6 and np.isfinite(hist.value[2])
+
+
+def test_lm_iterative_dpo_config_nests_the_loop_options():
+    """``lm-iterative-dpo`` nests ``loop: IterativeOptions`` (flat names still set it), refuses the selector and
+    restart that its variants pick, reads old flat records, and its hf options nest the same loop options."""
+    presets, Config = lm_iterative_dpo.presets, lm_iterative_dpo.Config
+    config = apply_overrides(presets["quick"], ["n_iterations=3", "k=5", "learning_rate=0.1", "history=true"])
+    assert config.loop == dataclasses.replace(Config().loop, n_iterations=3, k=5, learning_rate=0.1, history=True)
+    for override, value in (("selector=max_random", "'max_random'"), ("restart=true", "True")):
+        with pytest.raises(ValueError, match=rf"={value} is not allowed: each variant picks its selector and restart"):
+            apply_overrides(presets["quick"], [override])
+    # A complete record written before the nesting (every loop field flat, no selector or restart).
+    flat = config_to_dict(Config())
+    old = {**{k: val for k, val in flat.pop("loop").items() if k not in ("selector", "restart")}, **flat}
+    old.update(n_iterations=3, k=5, kl_coef=0.3, variants=["max_min_warm"])
+    assert config_from_dict(Config, old) == replace(Config(), n_iterations=3, k=5, kl_coef=0.3,
+                                                    variants=("max_min_warm",))
+    hf = presets["quick-hf"].hf_options("self_play", True)
+    assert hf.loop == dataclasses.replace(presets["quick-hf"].loop, selector="self_play", restart=True)
+    assert (hf.kl_coef, hf.n_eval, hf.n_examples) == (0.1, 6, 1)

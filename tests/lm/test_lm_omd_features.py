@@ -19,6 +19,7 @@ from bandits.lm import tiny
 from bandits.lm.space import lengths_to_mask
 from experiments.catalogue import lm_omd_features as lmo
 from experiments.engine.cli import run_experiment
+from experiments.engine.config import apply_overrides, replace
 from experiments.engine.runner import seed_keys
 from experiments.engine.storage import read_manifest, read_results
 
@@ -81,6 +82,22 @@ def test_bad_config_values_name_the_field():
         lmo.Config(pooling="max")
     with pytest.raises(ValueError, match="algorithms"):
         lmo.Config(algorithms=("omd", "sgd"))
+    quick = lmo.presets["quick"]
+    with pytest.raises(ValueError, match="c_beta=0.2 is not allowed: lm-omd-features uses no bonus radius"):
+        replace(quick, c_beta=0.2)
+    with pytest.raises(ValueError, match=r"hvp_lr=0.05 is not allowed: none of the estimators run \(omd, mle, ogd\)"):
+        replace(quick, hvp_lr=0.05)
+    with pytest.raises(ValueError, match="omd_step_size='big'"):
+        apply_overrides(quick, ["omd_step_size=big"])
+
+
+def test_estimator_options_keep_their_flat_names():
+    """The former flat estimator fields are short names of the nested ``onepass`` options."""
+    cfg = apply_overrides(lmo.presets["quick"], ["lam=2", "omd_lam=3", "omd_step_size=theory", "projection=none",
+                                                 "ogd_lr=0.5", "algorithms=omd,ogd,hvp", "hvp_lr=0.05"])
+    o = cfg.onepass
+    assert (o.lam, o.omd_lam, o.omd_step_size, o.projection, o.ogd_lr, o.hvp_lr, o.c_beta) == \
+        (2.0, 3.0, "theory", "none", 0.5, 0.05, 0.5)
 
 
 SMALL = ["rounds=48", "checkpoints=8,48", "heldout=64", "timing_rounds=48", "timing_repeats=1", "dim=4",
@@ -114,8 +131,8 @@ def test_runs_through_the_registry_and_the_mle_matches_scipy(tmp_path):
 
         def loss(th):
             u = s_ * (z @ th)
-            return np.logaddexp(0, -u).sum() + 0.5 * config.lam * th @ th, \
-                -(z * (s_ * (1 - 1 / (1 + np.exp(-u))))[:, None]).sum(0) + config.lam * th
+            return np.logaddexp(0, -u).sum() + 0.5 * config.onepass.lam * th @ th, \
+                -(z * (s_ * (1 - 1 / (1 + np.exp(-u))))[:, None]).sum(0) + config.onepass.lam * th
 
         ref = optimize.minimize(loss, np.zeros(config.dim), jac=True, method="L-BFGS-B",
                                 options={"gtol": 1e-12, "ftol": 1e-15}).x

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.catalogue import lm_rejection as exp
+
 CONFIG = exp.Config(vocab_size=4, length=3, n_prompts=3, n_grid=(1, 2, 8, 64), kl_grid=(0.2, 0.5, 2.0))
 
 

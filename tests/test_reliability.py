@@ -1,0 +1,307 @@
+"""Regression tests of the reliability issue: run identity (code, plugins, exact setting names), unreadable
+chunks, locks, permissions, one-line errors with distinct exit codes, safe plugins in ``plot``, memory checks.
+
+The table of the reported cases and where each is covered lives in ``tests/test_cli_fuzz.py`` (CASES)."""
+from __future__ import annotations
+
+import functools
+import os
+import stat
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from experiments.engine import cli, registry, runner, storage
+from experiments.engine.runner import Progress, run_vectorized, seed_keys
+from tests.test_engine import ToyExperiment
+
+PLUGIN = textwrap.dedent('''
+    """A plugin that registers a two-stage experiment; stage b fails while STOP exists (an interruption)."""
+    import dataclasses, functools, os
+    import jax, numpy as np
+    from experiments.engine import registry
+    from experiments.engine.results import Results, tidy
+    from experiments.engine.runner import run_vectorized, seed_keys
+
+    SHIFT = {shift}
+    STOP = {stop!r}
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        seed: int = 0
+
+    def one_seed(key, shift):
+        return jax.random.uniform(key) + shift
+
+    class Staged:
+        presets = {{"quick": Config()}}
+        def run(self, config, seeds, progress):
+            keys = seed_keys(config.seed, seeds)
+            a = run_vectorized(one_seed, keys, np.float64(SHIFT), progress=progress, tag="a")
+            if os.path.exists(STOP):
+                raise KeyboardInterrupt
+            b = run_vectorized(one_seed, keys, np.float64(0.0), progress=progress, tag="b")
+            return Results(tidy({{"a": a, "b": b}}, seed=np.arange(seeds)))
+        def plot(self, table, config, out_dir):
+            return []
+
+    registry.register("staged", Staged(), replace=True)
+''')
+
+
+def _write_plugin(path, shift, stop):
+    path.write_text(PLUGIN.format(shift=shift, stop=str(stop)))
+
+
+def test_an_edited_plugin_never_reuses_the_chunks_of_the_old_one(tmp_path, capsys):
+    plugin, stop = tmp_path / "staged.py", tmp_path / "STOP"
+    _write_plugin(plugin, 0.0, stop)
+    stop.touch()
+    try:
+        assert cli.main(["run", "staged", "--seeds", "3", "--out", str(tmp_path / "runs"), "--plugin", str(plugin)]) \
+            == cli.EXIT_INTERRUPTED
+        assert "interrupted; finished chunks are kept" in capsys.readouterr().err
+        assert list((tmp_path / "runs" / "staged" / ".chunks").rglob("chunk_0.npz"))
+        _write_plugin(plugin, 10.0, stop)      # the user edits the plugin, then resumes
+        stop.unlink()
+        for name in [n for n in list(os.sys.modules) if n.startswith("rlhf_bandits_plugin_staged")]:
+            del os.sys.modules[name]           # a new process would import the edited file
+        assert cli.main(["run", "staged", "--seeds", "3", "--out", str(tmp_path / "runs"), "--plugin", str(plugin)]) == 0
+        err = capsys.readouterr().err
+        assert "not reusing them" in err and "reused" not in err.split("not reusing them")[1]
+        table = storage.read_results(tmp_path / "runs" / "staged")
+        assert np.all(table["a"] >= 10.0)      # computed by the edited plugin, not taken from the old chunks
+        manifest = storage.read_manifest(tmp_path / "runs" / "staged")
+        assert manifest["plugin_sha256"] == {str(plugin.resolve()): storage.file_digest(plugin)}
+    finally:
+        registry.unregister("staged")
+
+
+def test_the_code_digest_covers_every_source_file(tmp_path, monkeypatch):
+    pkg = tmp_path / "fakepkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("X = 1\n")
+    (pkg / "mod.py").write_text("Y = 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(storage, "PACKAGES", ("fakepkg",))
+    first = storage.code_digest()
+    (pkg / "mod.py").write_text("Y = 3\n")
+    assert storage.code_digest() != first
+    assert storage.code_digest() == storage.code_digest()
+
+
+def test_calls_that_share_a_tag_but_not_their_arguments_keep_separate_chunks(tmp_path):
+    store = storage.ChunkStore(tmp_path / "chunks")
+    fn = functools.partial(lambda key, shift, scale: jax.random.uniform(key) * scale + shift, scale=1.0)
+    keys = seed_keys(0, 2)
+    first = run_vectorized(fn, keys, np.float64(0.21), progress=Progress(store=store), tag="coverage+0.2")
+    second = run_vectorized(fn, keys, np.float64(0.24), progress=Progress(store=store), tag="coverage+0.2")
+    np.testing.assert_allclose(second - first, 0.03)
+    assert len({p.parent.name for p in store.root.rglob("chunk_0.npz")}) == 2
+
+
+def test_offline_rate_names_each_coverage_by_its_exact_value():
+    from experiments.catalogue import offline_rate
+    from experiments.engine.config import replace
+    names = [s[0] for s in replace(offline_rate.Config(), panel_coverages=(0.21, 0.24, -0.8, 0.0)).settings()]
+    assert names == ["canonical", "coverage+0.21", "coverage+0.24", "coverage-0.8", "coverage+0.0"]
+
+
+def test_an_unreadable_chunk_is_named_and_recomputed(tmp_path, monkeypatch):
+    toy = ToyExperiment(chunk_size=2)
+    registry.register("toy", toy, replace=True)
+    try:
+        reference = storage.read_results(cli.run_experiment("toy", seeds=4, out=tmp_path / "ref"))
+        real_save = storage.ChunkStore.save
+
+        def save_then_die(self, tag, index, start, stop, tree):
+            path = real_save(self, tag, index, start, stop, tree)
+            path.write_bytes(path.read_bytes()[:40])      # a truncated file (disk full, killed writer)
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(storage.ChunkStore, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            cli.run_experiment("toy", seeds=4, out=tmp_path)
+        monkeypatch.setattr(storage.ChunkStore, "save", real_save)
+        import io
+        log = io.StringIO()
+        run_dir = cli.run_experiment("toy", seeds=4, out=tmp_path, stream=log)
+        assert "chunk_0.npz is unusable (BadZipFile" in log.getvalue() and "recomputing it" in log.getvalue()
+        got = storage.read_results(run_dir)
+        for k in reference:
+            np.testing.assert_array_equal(got[k], reference[k])
+    finally:
+        registry.unregister("toy")
+
+
+def test_a_second_run_into_the_same_directory_is_refused(tmp_path, capsys):
+    registry.register("toy", ToyExperiment(), replace=True)
+    try:
+        (tmp_path / "toy").mkdir()
+        with storage.RunLock(tmp_path / "toy"):
+            assert cli.main(["run", "toy", "--seeds", "2", "--out", str(tmp_path)]) == cli.EXIT_BUSY
+        assert "another run is writing" in capsys.readouterr().err
+        assert not (tmp_path / "toy" / "results.csv").exists()
+        assert cli.main(["run", "toy", "--seeds", "2", "--out", str(tmp_path)]) == 0   # the lock is released
+    finally:
+        registry.unregister("toy")
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    registry.register("toy", ToyExperiment(), replace=True)
+    old = os.umask(0o022)
+    try:
+        run_dir = cli.run_experiment("toy", seeds=2, out=tmp_path)
+        for name in ("results.csv", "manifest.json", "toy.png"):
+            assert stat.S_IMODE((run_dir / name).stat().st_mode) == 0o644, name
+    finally:
+        os.umask(old)
+        registry.unregister("toy")
+
+
+@pytest.mark.parametrize("argv, code, words", [
+    (["run", "toy", "--seeds", "1000000000000"], cli.EXIT_USAGE, "seeds=1000000000000 is not allowed"),
+    (["run", "toy", "--set", "seed=18446744073709551616"], cli.EXIT_USAGE, "seed=18446744073709551616 is not allowed"),
+    (["run", "toy", "--set", "seed=-1"], cli.EXIT_USAGE, "seed=-1 is not allowed"),
+    (["run", "offline-rate", "--set", "sample_sizes=64,9007199254740992"], cli.EXIT_USAGE,
+     "sample_sizes=(64, 9007199254740992) is not allowed"),
+    (["run", "offline-rate", "--set", "n_contexts=1e15"], cli.EXIT_USAGE, "n_contexts=1000000000000000 is not allowed"),
+    (["run", "toy", "--out", "{file}"], cli.EXIT_FILES, "Not a directory"),
+    (["run", "toy", "--out", "{file}/under"], cli.EXIT_FILES, "Not a directory"),
+])
+def test_bad_input_gives_one_line_and_a_distinct_exit_code(tmp_path, capsys, argv, code, words):
+    registry.register("toy", ToyExperiment(), replace=True)
+    (tmp_path / "file").write_text("x")
+    argv = [a.format(file=tmp_path / "file") for a in argv]
+    try:
+        assert cli.main(argv) == code
+    finally:
+        registry.unregister("toy")
+    err = capsys.readouterr().err
+    assert words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_a_read_only_output_directory_is_one_line(tmp_path, capsys):
+    if os.geteuid() == 0:
+        # root writes anyway; make the directory a file's child instead, the same error path (OSError)
+        target = tmp_path / "file" / "out"
+        (tmp_path / "file").write_text("x")
+    else:
+        target = tmp_path / "ro"
+        target.mkdir(mode=0o500)
+    registry.register("toy", ToyExperiment(), replace=True)
+    try:
+        assert cli.main(["run", "toy", "--seeds", "2", "--out", str(target)]) == cli.EXIT_FILES
+    finally:
+        registry.unregister("toy")
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_interrupt_and_missing_dependency_are_one_line(monkeypatch, capsys):
+    from bandits.validation import MissingDependencyError
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    def missing(*a, **k):
+        raise MissingDependencyError("the Hugging Face adapter needs torch; pip install 'rlhf-bandits[llm]'")
+
+    monkeypatch.setattr(cli, "run_experiment", interrupted)
+    assert cli.main(["run", "offline-rate"]) == cli.EXIT_INTERRUPTED
+    monkeypatch.setattr(cli, "run_experiment", missing)
+    assert cli.main(["run", "offline-rate"]) == cli.EXIT_DEPENDENCY
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "rlhf-bandits[llm]" in err[1] and "Traceback" not in "".join(err)
+
+
+def test_a_ragged_results_file_is_one_line_in_plot(tmp_path, capsys):
+    registry.register("toy", ToyExperiment(), replace=True)
+    try:
+        run_dir = cli.run_experiment("toy", seeds=2, out=tmp_path)
+        lines = (run_dir / "results.csv").read_text().splitlines()
+        (run_dir / "results.csv").write_text("\n".join(lines[:2] + [lines[2].rsplit(",", 1)[0]] + lines[3:]) + "\n")
+        manifest = storage.read_manifest(run_dir)
+        manifest["results"]["sha256"] = None
+        storage.write_manifest(run_dir, manifest)
+        assert cli.main(["plot", str(run_dir)]) == cli.EXIT_USAGE
+    finally:
+        registry.unregister("toy")
+    err = capsys.readouterr().err
+    assert "malformed: line 3" in err and len(err.strip().splitlines()) == 1
+
+
+def test_plot_imports_no_plugin_unless_asked_and_checks_the_recorded_hash(tmp_path, capsys):
+    registry.register("toy", ToyExperiment(), replace=True)
+    marker = tmp_path / "MARKER"
+    try:
+        run_dir = cli.run_experiment("toy", seeds=2, out=tmp_path / "runs")
+        sent = run_dir / "evil.py"                            # a file that came with a run someone sent
+        sent.write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+        manifest = storage.read_manifest(run_dir)
+        manifest["plugins"], manifest["plugin_sha256"] = ["evil.py"], {"evil.py": storage.file_digest(sent)}
+        storage.write_manifest(run_dir, manifest)
+        os.chdir(run_dir)
+        assert cli.main(["plot", "."]) == cli.EXIT_USAGE
+        assert "a plugin is code" in capsys.readouterr().err and not marker.exists()
+        sent.write_text(sent.read_text() + "# edited\n")
+        assert cli.main(["plot", ".", "--trust-plugins"]) == cli.EXIT_USAGE
+        assert "does not match the SHA-256" in capsys.readouterr().err and not marker.exists()
+        manifest["plugin_sha256"] = {"evil.py": storage.file_digest(sent)}
+        storage.write_manifest(run_dir, manifest)
+        assert cli.main(["plot", ".", "--trust-plugins"]) == 0 and marker.exists()
+    finally:
+        os.chdir(tmp_path)
+        registry.unregister("toy")
+
+
+def test_a_chunk_over_the_memory_cap_runs_smaller_and_one_that_cannot_fit_is_refused(tmp_path, capsys):
+    fn = functools.partial(lambda key, n: jax.random.normal(key, (256, 256)).sum() + n, )
+    keys = seed_keys(0, 8)
+    whole = run_vectorized(fn, keys, np.float64(1.0), progress=Progress())
+    import io
+    log = io.StringIO()
+    cap = Progress(stream=log, max_memory=3 * 256 * 256 * 8)       # about one seed's temporaries
+    part = run_vectorized(fn, keys, np.float64(1.0), progress=cap, tag="capped")
+    assert "trying" in log.getvalue() and cap.calls[0]["chunk_size"] < 8
+    np.testing.assert_allclose(part, whole, rtol=1e-12)
+    with pytest.raises(runner.MemoryLimitError, match="one chunk of 1 seed"):
+        run_vectorized(fn, keys, np.float64(1.0), progress=Progress(max_memory=1000), tag="tiny")
+
+
+def test_memory_refusal_through_the_cli_is_one_line(tmp_path, capsys):
+    registry.register("toy", ToyExperiment(), replace=True)
+    try:
+        assert cli.main(["run", "toy", "--seeds", "2", "--out", str(tmp_path), "--max-memory", "1e-9"]) \
+            == cli.EXIT_MEMORY
+    finally:
+        registry.unregister("toy")
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]       # after the progress lines: one error line, no traceback
+    assert last.startswith("rlhf-bandits run: error: call0: one chunk of 1 seed(s) needs") and "GB" in last
+    assert "Traceback" not in err
+    assert not (tmp_path / "toy" / "results.csv").exists()
+
+
+def test_the_compilation_cache_is_per_user_by_default_and_can_be_turned_off(tmp_path, monkeypatch):
+    from experiments.engine import compile_cache
+    monkeypatch.delenv(compile_cache.ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert compile_cache.cache_dir() == tmp_path / "xdg" / "rlhf-bandits" / "jax"
+    for off in ("0", "off", "False"):
+        monkeypatch.setenv(compile_cache.ENV, off)
+        assert compile_cache.cache_dir() is None and compile_cache.enable() is None
+    monkeypatch.setenv(compile_cache.ENV, str(tmp_path / "mine"))
+    assert compile_cache.cache_dir() == tmp_path / "mine"
+
+
+def test_a_slope_that_cannot_be_fitted_is_recorded_as_missing_with_its_reason():
+    from experiments.engine import stats
+    x = np.array([16.0, 64.0, 256.0])
+    ok = stats.slope_summary("s", x, np.tile(x ** -0.5, (4, 1)))
+    assert abs(ok["s/slope"] + 0.5) < 1e-12 and "s/slope_missing" not in ok
+    for y, why in ((np.tile([1.0, np.inf, 0.5], (4, 1)), "not finite"), (np.zeros((4, 3)), "<= 0"),
+                   (np.ones((4, 1)), "fewer than two")):
+        got = stats.slope_summary("s", x[: y.shape[1]], y)
+        assert np.isnan(got["s/slope"]) and why in got["s/slope_missing"]
