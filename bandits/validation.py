@@ -65,6 +65,20 @@ def check_choice(field: str, value: Any, choices: tuple[str, ...]) -> str:
     return value
 
 
+def check_registry_name(kind: str, name: Any, taken, *, overwrite: bool = False, dash: bool = True) -> str:
+    """A name for a registry entry (``kind``: "strategy", "offline learner", ...): letters, digits, ``_``
+    (and ``-`` when ``dash``), not already in ``taken`` unless ``overwrite``."""
+    allowed = "letters, digits, '_' and '-'" if dash else "letters, digits and '_'"
+    plain = name.replace("_", "") if isinstance(name, str) else ""
+    if dash:
+        plain = plain.replace("-", "")
+    if not plain.isalnum():
+        fail(f"{kind} name", name, f"a non-empty name of {allowed}")
+    if name in taken and not overwrite:
+        fail(f"{kind} name", name, f"a name not yet registered (taken: {', '.join(taken)}), or overwrite=True")
+    return name
+
+
 def check_names(field: str, values: Any, allowed: tuple[str, ...], *, empty: bool = False) -> tuple[str, ...]:
     """``values`` must be a tuple of distinct names from ``allowed`` (non-empty unless ``empty``)."""
     if not isinstance(values, tuple) or (not values and not empty):

@@ -65,3 +65,18 @@ def np_win_rate(inst, p1, p2):
     n_x, k = p1.shape
     return sum(d0[x] * p1[x, a] * p2[x, c] * np_pref(inst, x, a, c)
                for x in range(n_x) for a in range(k) for c in range(k))
+
+
+def readme_example(name: str) -> tuple[str, str]:
+    """The README's worked example ``name`` (e.g. ``my_bonus``): the code block after the marker
+    ``<!-- worked-example: NAME.py ... -->`` and the command after ``<!-- worked-example: NAME command -->``
+    (``my_bonus``'s is marked ``worked-example: command``)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(rf"<!-- worked-example: {re.escape(name)}\.py.*?-->\s*```python\n(.*?)```", text, re.S).group(1)
+    marker = "command" if name == "my_bonus" else f"{name} command"
+    command = re.search(rf"<!-- worked-example: {re.escape(marker)} -->\s*```bash\n(.*?)```", text, re.S).group(1)
+    return code, command.strip()
+

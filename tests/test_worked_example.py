@@ -1,21 +1,15 @@
 """The README's worked example (a user-defined exploration bonus ranked by bonus-compare) runs as written."""
-import re
 import shlex
-from pathlib import Path
 
 import numpy as np
 
 from algorithms.online import strategies
 from experiments.engine import cli, storage
-
-README = Path(__file__).resolve().parents[1] / "README.md"
+from tests.helpers import readme_example
 
 
 def _blocks():
-    text = README.read_text()
-    code = re.search(r"<!-- worked-example: my_bonus.py.*?-->\s*```python\n(.*?)```", text, re.S).group(1)
-    command = re.search(r"<!-- worked-example: command -->\s*```bash\n(.*?)```", text, re.S).group(1).strip()
-    return code, command
+    return readme_example("my_bonus")
 
 
 def test_readme_worked_example_runs(tmp_path, monkeypatch):

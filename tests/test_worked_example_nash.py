@@ -1,22 +1,16 @@
 """The README's worked example of a new Nash method (a plugin registering a shrunk plug-in equilibrium,
 run by nash-intransitive against the built-ins) runs as written."""
-import re
 import shlex
-from pathlib import Path
 
 import numpy as np
 
 from algorithms.nash import methods
 from experiments.engine import cli, storage
-
-README = Path(__file__).resolve().parents[1] / "README.md"
+from tests.helpers import readme_example
 
 
 def _blocks():
-    text = README.read_text()
-    code = re.search(r"<!-- worked-example: my_nash.py.*?-->\s*```python\n(.*?)```", text, re.S).group(1)
-    command = re.search(r"<!-- worked-example: my_nash command -->\s*```bash\n(.*?)```", text, re.S).group(1).strip()
-    return code, command
+    return readme_example("my_nash")
 
 
 def test_readme_nash_worked_example_runs(tmp_path, monkeypatch):

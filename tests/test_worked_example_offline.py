@@ -1,21 +1,15 @@
 """The README's offline worked example (a user-defined offline learner run by offline-rate) runs as written."""
-import re
 import shlex
-from pathlib import Path
 
 import numpy as np
 
 from algorithms.offline import learners
 from experiments.engine import cli, storage
-
-README = Path(__file__).resolve().parents[1] / "README.md"
+from tests.helpers import readme_example
 
 
 def _blocks():
-    text = README.read_text()
-    code = re.search(r"<!-- worked-example: my_offline.py.*?-->\s*```python\n(.*?)```", text, re.S).group(1)
-    command = re.search(r"<!-- worked-example: my_offline command -->\s*```bash\n(.*?)```", text, re.S).group(1)
-    return code, command.strip()
+    return readme_example("my_offline")
 
 
 def test_readme_offline_worked_example_runs(tmp_path, monkeypatch):

@@ -1,23 +1,18 @@
 """The README's online-agent worked example (a user-defined online agent run by online-explore) runs as written."""
-import re
 import shlex
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from algorithms.online import agents, loop
 from experiments.engine import cli, storage
+from tests.helpers import readme_example
 
-README = Path(__file__).resolve().parents[1] / "README.md"
 # Until the lead pastes the example into README.md, the blocks are read from the helper's draft.
 
 
 def _blocks():
-    text = README.read_text()
-    code = re.search(r"<!-- worked-example: my_agent.py.*?-->\s*```python\n(.*?)```", text, re.S).group(1)
-    command = re.search(r"<!-- worked-example: my_agent command -->\s*```bash\n(.*?)```", text, re.S).group(1)
-    return code, command.strip()
+    return readme_example('my_agent')
 
 
 def test_readme_online_agent_worked_example_runs(tmp_path, monkeypatch):

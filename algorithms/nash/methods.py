@@ -212,10 +212,7 @@ BUILTIN_METHODS = tuple(METHODS)
 def register(name: str, method: NashMethod, *, overwrite: bool = False) -> NashMethod:
     """Add ``method`` under ``name`` (a taken name is refused unless ``overwrite``); returns the entry stored
     (its label defaults to the name)."""
-    if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
-        v.fail("Nash method name", name, "a non-empty name of letters, digits, '_' and '-'")
-    if name in METHODS and not overwrite:
-        v.fail("Nash method name", name, f"a name not yet registered (taken: {', '.join(METHODS)}), or overwrite=True")
+    v.check_registry_name("Nash method", name, METHODS, overwrite=overwrite)
     if not isinstance(method, NashMethod) or not callable(method.policy):
         v.fail(f"Nash method {name!r}", method, "a NashMethod(policy, kind, label, color, payoffs, reads, "
                "needs_fit, queries)")

@@ -165,11 +165,7 @@ BUILTIN_LEARNERS = tuple(LEARNERS)
 
 def register(name: str, learner: OfflineLearner, *, overwrite: bool = False) -> OfflineLearner:
     """Add ``learner`` under ``name`` (a taken name is refused unless ``overwrite``); returns it."""
-    if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
-        v.fail("offline learner name", name, "a non-empty name of letters, digits, '_' and '-'")
-    if name in LEARNERS and not overwrite:
-        v.fail("offline learner name", name, f"a name not yet registered (taken: {', '.join(LEARNERS)}), "
-               "or overwrite=True")
+    v.check_registry_name("offline learner", name, LEARNERS, overwrite=overwrite)
     if not isinstance(learner, OfflineLearner) or not callable(learner.fit):
         v.fail(f"offline learner {name!r}", learner, "an OfflineLearner(fit, init, label, bound, bounded, "
                "needs_network)")

@@ -224,11 +224,7 @@ BUILTIN_ESTIMATORS = tuple(ESTIMATORS)
 def register(name: str, entry: EstimatorEntry, *, overwrite: bool = False) -> EstimatorEntry:
     """Add ``entry`` under ``name`` (a taken name is refused unless ``overwrite``); returns it. Names are
     letters, digits and ``_``: the experiments write ``selection-estimator`` and ``rule:estimator``."""
-    if not isinstance(name, str) or not name or not name.replace("_", "").isalnum():
-        v.fail("estimator name", name, "a non-empty name of letters, digits and '_'")
-    if name in ESTIMATORS and not overwrite:
-        v.fail("estimator name", name, f"a name not yet registered (taken: {', '.join(ESTIMATORS)}), "
-               "or overwrite=True")
+    v.check_registry_name("estimator", name, ESTIMATORS, overwrite=overwrite, dash=False)
     if not isinstance(entry, EstimatorEntry) or not callable(entry.build):
         v.fail(f"estimator {name!r}", entry, "an EstimatorEntry(build, label, color, design, first_order, "
                "stores_data, reads)")

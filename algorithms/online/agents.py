@@ -101,16 +101,9 @@ ALGORITHMS: dict[str, OnlineAlgorithm] = {
 BUILTIN_ALGORITHMS = tuple(ALGORITHMS)
 
 
-def _check_name(kind: str, name: Any, taken: tuple[str, ...], overwrite: bool) -> None:
-    if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
-        v.fail(f"{kind} name", name, "a non-empty name of letters, digits, '_' and '-'")
-    if name in taken and not overwrite:
-        v.fail(f"{kind} name", name, f"a name not yet registered (taken: {', '.join(taken)}), or overwrite=True")
-
-
 def register_agent(name: str, agent: Agent, *, overwrite: bool = False) -> Agent:
     """Add ``agent`` under ``name`` (a taken name is refused unless ``overwrite``); returns it."""
-    _check_name("agent", name, tuple(AGENTS), overwrite)
+    v.check_registry_name("agent", name, tuple(AGENTS), overwrite=overwrite)
     if not isinstance(agent, Agent) or not all(callable(f) for f in (agent.act, agent.init, agent.hyper)):
         v.fail(f"agent {name!r}", agent, "an algorithms.online.loop.Agent(act, init, hyper, label, plug_in_bound, "
                "linestyle, options)")
@@ -124,7 +117,7 @@ def register_agent(name: str, agent: Agent, *, overwrite: bool = False) -> Agent
 def register(name: str, algorithm: OnlineAlgorithm, *, overwrite: bool = False) -> OnlineAlgorithm:
     """Add the online algorithm ``name`` (its strategy and agent must be registered; its options are those
     its agent reads, checked by the agent's ``hyper``); a taken name is refused unless ``overwrite``."""
-    _check_name("online algorithm", name, names(), overwrite)
+    v.check_registry_name("online algorithm", name, names(), overwrite=overwrite)
     if not isinstance(algorithm, OnlineAlgorithm):
         v.fail(f"online algorithm {name!r}", algorithm, "an OnlineAlgorithm(strategy, agent, options, label)")
     v.check_choice(f"online algorithm {name!r} strategy", algorithm.strategy, tuple(strategies.STRATEGIES))

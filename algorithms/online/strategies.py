@@ -151,10 +151,7 @@ BUILTIN_STRATEGIES = tuple(STRATEGIES)
 
 def register(name: str, strategy: Strategy, *, overwrite: bool = False) -> Strategy:
     """Add a strategy under ``name`` (a built-in name is refused unless ``overwrite``)."""
-    if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
-        v.fail("strategy name", name, "a non-empty name of letters, digits, '_' and '-'")
-    if name in STRATEGIES and not overwrite:
-        v.fail("strategy name", name, f"a name not yet registered (taken: {', '.join(STRATEGIES)}), or overwrite=True")
+    v.check_registry_name("strategy", name, STRATEGIES, overwrite=overwrite)
     if not callable(strategy):
         v.fail(f"strategy {name!r}", strategy, "a function StrategyView -> Pair")
     STRATEGIES[name] = strategy
