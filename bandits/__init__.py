@@ -10,7 +10,7 @@ from bandits.evaluation import (context_mean, expected_kl, expected_reward, kl_t
                                 optimal_policy, optimal_value, preference_matrices, suboptimality,
                                 suboptimality_kl, value, win_rate)
 from bandits.instance import (REWARD_KINDS, Instance, InstanceConfig, instance_from_arrays,
-                              make_instance, random_features)
+                              make_instance, public_view, random_features)
 from bandits.nash import (PAYOFFS, NashSolution, best_response, duality_gap, game_value,
                           max_min_value, nash_equilibrium, nash_value, payoff_matrices)
 from bandits.policy import (gibbs_policy, kl_divergence, log_partition, normalize_logits,

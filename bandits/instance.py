@@ -130,6 +130,13 @@ def make_instance(key: jax.Array, config: InstanceConfig, dtype=None, *, coverag
     return Instance(phi, log_pi0, d0, reward, skew, jnp.asarray(kl_coef, dtype), params)
 
 
+def public_view(instance: Instance) -> Instance:
+    """The instance without its true reward, skew and reward parameters (zeroed): what a learner may
+    look at (features, pi0, d0, kl_coef)."""
+    return instance._replace(reward=jnp.zeros_like(instance.reward), skew=jnp.zeros_like(instance.skew),
+                             params=jax.tree.map(jnp.zeros_like, instance.params))
+
+
 def _override(field, value, default, **bounds):
     if value is None:
         return default

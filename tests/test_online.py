@@ -82,7 +82,7 @@ def _view(seed, n=40, beta=1.0):
     cs = conf.confidence_set(theta, conf.gram_matrix(z, data.mask, 1.0), beta)
     nu = conf.reference_vector(inst, "pi0")
     return inst, strategies.StrategyView(
-        instance=strategies.public_view(inst), theta=theta, confidence=cs, nu=nu,
+        instance=b.public_view(inst), theta=theta, confidence=cs, nu=nu,
         log_pi=linear_gibbs(inst, theta), log_pi_cal=inst.log_pi0, reward_hat=inst.phi @ theta,
         uncertainty=conf.pointwise_uncertainty(inst, cs.chol, nu), hessian=bt_hessian(theta, z, data.mask, 1.0),
         iteration=jnp.asarray(0), key=jax.random.key(seed + 2), options=strategies.StrategyOptions())

@@ -62,7 +62,6 @@ from algorithms.core.direct_preference import train_linear
 from algorithms.nash import dynamics as nd
 from algorithms.nash import offline as no
 from algorithms.nash import online as non
-from algorithms.offline.learners import public_view
 from bandits import validation as v
 
 KINDS = ("offline", "exact", "dynamics", "online")
@@ -291,7 +290,7 @@ def run_methods(values, instance: b.Instance, *, payoff: str, options: NashOptio
     """``{name: method.policy(view)}`` for each name of ``values``, each on the view of its kind (module
     docstring): offline methods see ``data``, ``confidence`` and the instance without reward and skew,
     the others the true instance and their key ``key_of(name)``."""
-    public = public_view(instance)
+    public = b.public_view(instance)
     out = {}
     for name in values:
         method = get(name)

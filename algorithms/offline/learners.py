@@ -9,7 +9,7 @@ small bundle of pure functions over an explicit state pytree, in the spirit of o
 
 Experiments sweep ``n`` over nested prefixes of one data stream and carry each learner's state from one
 size to the next (DPO's warm start), so a learner must accept the state its own ``fit`` returned. The view
-holds no true reward (``strategies.public_view`` zeroes it). Each entry carries its metadata: the legend
+holds no true reward (``bandits.public_view`` zeroes it). Each entry carries its metadata: the legend
 ``label``, the quantity its ``bound`` controls (``bounded``: ``subopt`` or ``subopt_kl``) and whether it
 needs the neural reward network fitted on the data (``needs_network``).
 
@@ -94,12 +94,6 @@ class OfflineLearner(NamedTuple):
 
 
 BOUNDED_QUANTITIES = ("subopt", "subopt_kl")
-
-
-def public_view(instance: b.Instance) -> b.Instance:
-    """The instance without its true reward and skew (what a learner may look at)."""
-    return instance._replace(reward=jnp.zeros_like(instance.reward), skew=jnp.zeros_like(instance.skew),
-                             params=jax.tree.map(jnp.zeros_like, instance.params))
 
 
 def _gibbs(view: OfflineView, reward: jax.Array) -> jax.Array:
@@ -189,6 +183,6 @@ def names(neural: bool) -> tuple[str, ...]:
 def make_view(instance: b.Instance, data: b.PreferenceData, confidence: conf.ConfidenceSet, nu: jax.Array, *,
               network=None, key, lam, hidden: int, options: OfflineOptions) -> OfflineView:
     """The ``OfflineView`` of a fitted confidence set (the uncertainty table computed once for all learners)."""
-    public = public_view(instance)
+    public = b.public_view(instance)
     return OfflineView(public, data, confidence, nu, conf.pointwise_uncertainty(public, confidence.chol, nu),
                        network, key, lam, hidden, options)

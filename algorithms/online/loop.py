@@ -71,6 +71,7 @@ from bandits import (
     feature_differences,
     kl_to_reference,
     optimal_policy,
+    public_view,
     sample_joint_preference_data,
     suboptimality,
     suboptimality_kl,
@@ -286,7 +287,7 @@ def run_online(key: jax.Array, instance: Instance, strategy: strategies.Strategy
         buffer = _write(buffer, offline, 0)
     k_data, k_strategy, k_net = jax.random.split(key, 3)
     k_agent = jax.random.fold_in(key, 3)
-    public = strategies.public_view(instance)
+    public = public_view(instance)
     pi_star = optimal_policy(instance)
     linear_world = isinstance(instance.params, LinearReward)
     learner = REWARD_LEARNERS[options.learner_name("linear" if linear_world else "neural")]

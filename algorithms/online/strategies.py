@@ -98,12 +98,6 @@ def second_marginal(pair: Pair) -> jax.Array:
     return jax.scipy.special.logsumexp(pair.log_joint, axis=1)
 
 
-def public_view(instance: Instance) -> Instance:
-    """The instance without its true reward and skew (what a strategy may look at)."""
-    return instance._replace(reward=jnp.zeros_like(instance.reward), skew=jnp.zeros_like(instance.skew),
-                             params=jax.tree.map(jnp.zeros_like, instance.params))
-
-
 def _gibbs(view: StrategyView, reward: jax.Array) -> jax.Array:
     return gibbs_policy(view.instance.log_pi0, reward, view.instance.kl_coef)
 
