@@ -122,3 +122,13 @@ def test_manifest_names_the_code_at_the_start_and_resumption_is_per_revision(toy
     assert main(["run", "toy", "--seeds", "2", "--out", str(tmp_path)]) == 0
     assert storage.read_manifest(tmp_path / "toy")["git"]["revision"] == "B"
     assert len(digests) == 2 and digests[0] != digests[1]
+
+
+def test_quiet_prints_nothing_but_the_run_directory(toy, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(toy, "plot", lambda *args: [])   # figures are not the point here (and most of the time)
+    assert main(["run", "toy", "--seeds", "3", "--quiet", "--out", str(tmp_path)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and captured.out.strip() == str(tmp_path / "toy")
+    assert main(["run", "toy", "--seeds", "3", "--out", str(tmp_path)]) == 0   # stderr is no terminal: lines
+    err = capsys.readouterr().err
+    assert "\r" not in err and "[toy] call0: chunk 2/2 (seeds 2-2 of 3) done in " in err and " elapsed)" in err

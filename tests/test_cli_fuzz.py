@@ -168,6 +168,12 @@ CASES = [
     ("--set help's example instance.kl_coef=0.1 failed on every built-in; --chunk-size help claimed equal results",
      "short names (kl_coef=0.1) and dotted paths both work; the help says results agree to the last bits",
      "test_engine.py::test_short_names_reach_nested_fields_and_ambiguity_is_refused"),
+    ("--seed-range a:b / 4 / 3:3 / 5:2 / -1:2 / 0:2**31 / 0:1e3, and --seeds with --seed-range",
+     "exit 2, one line naming --seed-range, the value and 0 <= START < STOP <= 2147483647",
+     "test_merge.py::test_bad_seed_ranges_are_one_line, ::test_seed_range_and_seeds_together_are_refused"),
+    ("merge of ranges with another config or source, overlapping, with a gap, a missing or unfinished directory, "
+     "a full run, a damaged output file", "exit 2 (3 for a missing directory), one line naming the seeds, the "
+     "field or the file; nothing written", "test_merge.py::test_bad_merge_inputs_are_one_line_and_write_nothing"),
 ]
 
 

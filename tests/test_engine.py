@@ -527,3 +527,46 @@ def test_save_figure_requires_titles_and_writes_png_and_svg(tmp_path):
     assert [p.name for p in paths] == ["good.png", "good.svg"]
     assert paths[0].read_bytes()[:4] == b"\x89PNG" and b"<svg" in paths[1].read_bytes()[:400]
     assert not list(tmp_path.glob("bad.*"))
+
+
+# ---- progress: a bar on a terminal, lines with elapsed time and ETA in a log, nothing with quiet ----
+
+def _uniform_plus(key, x):
+    return jax.random.uniform(key) + x
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_is_a_bar_on_a_terminal_lines_in_a_log_and_silent_when_quiet():
+    fn, keys = functools.partial(_uniform_plus), seed_keys(0, 5)
+    tty = _Terminal()
+    first = run_vectorized(fn, keys, 1.0, progress=Progress("t", tty, chunk_size=2))
+    text = tty.getvalue()
+    assert "[t] call0: compiling the per-seed program for 2 seeds on 1 device(s)" in text   # announced first
+    assert text.index("compiling") < text.index("compiled for 2 seeds")
+    assert "\r" in text and "[t] call0: 100%" in text and "5/5 seeds [" in text and " elapsed, ETA " in text
+    assert "chunk 1/3" not in text                          # the bar replaces the per-chunk lines
+
+    log = io.StringIO()
+    again = run_vectorized(fn, keys, 1.0, progress=Progress("t", log, chunk_size=2))
+    lines = log.getvalue().splitlines()
+    assert "\r" not in log.getvalue() and not any("%|" in l for l in lines)
+    assert lines[0].startswith("[t] call0: chunk 1/3 (seeds 0-1 of 5) done in ") and ", ETA " in lines[0]
+    assert lines[-1].startswith("[t] call0: chunk 3/3 (seeds 4-4 of 5) done in ") and "elapsed)" in lines[-1]
+    np.testing.assert_array_equal(first, again)
+
+    quiet = io.StringIO()
+    progress = Progress("t", quiet, chunk_size=2, quiet=True)
+    run_vectorized(fn, keys, 1.0, progress=progress)
+    progress.message("a phase")
+    assert quiet.getvalue() == ""
+    progress.warn("WARNING: something")
+    assert quiet.getvalue() == "[t] WARNING: something\n"
+
+
+def test_durations_read_at_a_glance():
+    from experiments.engine.progress import clock
+    assert [clock(s) for s in (3.14, 42.4, 185, 7625)] == ["3.1 s", "42 s", "3 min 05 s", "2 h 07 min"]

@@ -107,7 +107,7 @@ def test_tiny_run_and_plot_end_to_end(tmp_path):
 
 
 def test_invariant_18_margin_family_slopes():
-    """THEORY §9.2 invariant 18 on the margin family: worst-case greedy slope in [-0.7, -0.3],
+    """docs/theory.md §9.2 invariant 18 on the margin family: worst-case greedy slope in [-0.7, -0.3],
     KL-regularized Gibbs-of-MLE slope in [-1.2, -0.8] (and steeper than greedy). Fixed seeds; the
     worst-case gap moves with n (checked too), which is what makes the greedy envelope slow."""
     config = replace(e.presets["quick"], panels=("margin",))

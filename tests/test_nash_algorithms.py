@@ -315,7 +315,8 @@ def test_coverage_diagnostics_brute_force():
 
 def test_online_agent_consistency():
     """Round t's MLE equals a refit on the data it saw, the main agent is the estimated game's NE,
-    and the enhancer is the (optimistic) best response (run vmapped over keys and beta)."""
+    and P2's enhancer is, at beta = 0, the estimated game's best response (run vmapped over keys and beta);
+    its brute-force optimality is tested in tests/test_nash_enhancer.py."""
     inst = b.make_instance(jax.random.key(2), CFG)
     key = jax.random.key(9)
     keys = jax.random.split(key, 2)
@@ -334,7 +335,8 @@ def test_online_agent_consistency():
         model = gp.model_instance(inst, enh.theta[t])   # which for a symmetric game is the agent itself
         np.testing.assert_allclose(enh.log_pair[t], b.best_response(model, enh.log_pi[t]), atol=1e-12)
     np.testing.assert_allclose(np.exp(enh.log_pair), np.exp(enh.log_pi), atol=1e-5)
-    assert np.max(np.abs(np.exp(batched.log_pair[1]) - np.exp(batched.log_pi[1]))) > 1e-3  # beta > 0: optimism
+    assert np.max(np.abs(np.exp(batched.log_pair[1]) - np.exp(batched.log_pi[1]))) > 1e-3  # beta > 0: exploration
+    np.testing.assert_allclose(enh.pair_kl, 0.0, atol=1e-9)   # beta = 0: the pair is the main agent
     uniform = non._pairing("uniform", inst, enh.theta[0], None, 0.0, enh.log_pi[0], "identity")
     np.testing.assert_allclose(uniform, jnp.full((3, 5), -jnp.log(5.0)), atol=1e-15)
     with pytest.raises(ValueError, match="method='greedy' is not allowed"):

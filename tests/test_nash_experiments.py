@@ -20,8 +20,9 @@ TINY = {
     "nash-kl-sweep": dict(n_contexts=3, n_actions=4, dim=2, kl_coefs=(0.2, 1.0), n=64, iterations=2, batch=16,
                           algorithms=("nash", "ipo", "online_ipo", "p2_online")),
 }
-EXTRA = {"nash-intransitive": ("skew_strength", "n"), "nash-offline": ("n", "design", "bound"),
-         "nash-online": ("iteration", "queries"), "nash-kl-sweep": ("kl_coef", "n")}
+EXTRA = {"nash-intransitive": ("skew_strength", "n"),
+         "nash-offline": ("n", "design", "bound", "policy_bound", "policy_unilateral_coverage", "max_err_over_eta"),
+         "nash-online": ("iteration", "queries", "pair_kl"), "nash-kl-sweep": ("kl_coef", "n")}
 NAMES = sorted(TINY)
 
 
@@ -44,6 +45,11 @@ def test_experiment_runs_through_registry(name, tmp_path):
         rows = t["algorithm"] == "nash"
         np.testing.assert_allclose(t["win_rate_vs_nash"][rows], 0.5, atol=1e-12)
         assert np.all(t["nash_gap"][rows] <= 1e-9)
+    if name == "nash-offline":   # the policy-level bound is at most the pointwise one (Jensen)
+        assert np.all(t["policy_bound"] <= t["bound"] + 1e-12) and np.all(t["max_err_over_eta"] > 0)
+    if name == "nash-online":   # pair KL: the online methods' only (the enhancer's is >= 0), NaN for dynamics
+        online = t["algorithm"] == "enhancer"
+        assert np.all(t["pair_kl"][online] >= -1e-12) and np.all(np.isnan(t["pair_kl"][~online]))
     if "n" in EXTRA[name] and name != "nash-offline":   # the registry's query counts
         for alg in config.algorithms:
             assert np.all(t["n"][t["algorithm"] == alg] == methods.queries(alg, config.nash, config.n))

@@ -26,7 +26,8 @@ def test_config_validation(field, value, message):
 
 
 def test_tiny_run_table_and_plot(tmp_path):
-    res = e.run(TINY, 4, Progress())
+    """At the covering ``laplace`` radius, so that the event theta* in C occurs on most rows."""
+    res = e.run(replace(TINY, beta_mode="laplace"), 4, Progress())
     t = res.table
     for col in ("algorithm", "seed", "n", "coverage", "kl_coef", "subopt", "subopt_kl", "kl_to_ref", "bound",
                 "bound_holds", "in_confidence_set", "setting"):
@@ -40,6 +41,21 @@ def test_tiny_run_table_and_plot(tmp_path):
     inside = pess & (t["in_confidence_set"] == 1.0)
     assert np.all(t["bound_holds"][inside] == 1.0)
     assert np.all(np.isnan(t["bound"][t["algorithm"] == "dpo"]))
+    # the summary's bound-held fractions, overall and on the event theta* in C, from the table
+    inside_all = t["in_confidence_set"] == 1.0
+    for setting in ("canonical", "coverage+0.8"):
+        assert res.summary[f"{setting}/in_confidence_set_frac"] == pytest.approx(
+            np.mean(inside_all[(t["setting"] == setting) & (t["algorithm"] == "option_ii")]))
+        for alg in ("option_i", "option_ii", "mle_gibbs"):
+            rows = (t["setting"] == setting) & (t["algorithm"] == alg)
+            assert res.summary[f"{setting}/{alg}/bound_holds_frac"] == pytest.approx(np.mean(t["bound_holds"][rows]))
+            key = f"{setting}/{alg}/bound_holds_frac_in_set"
+            assert (key in res.summary) == bool(np.any(rows & inside_all))
+            if key in res.summary:
+                assert res.summary[key] == pytest.approx(np.mean(t["bound_holds"][rows & inside_all]))
+        assert res.summary[f"{setting}/option_ii/bound_holds_frac_in_set"] == 1.0
+        assert f"{setting}/dpo/bound_holds_frac_in_set" not in res.summary
+    assert np.mean(inside_all) >= 0.75
     paths = e.plot(t, TINY, tmp_path)
     assert {p.suffix for p in paths} == {".png", ".svg"} and all(p.stat().st_size > 0 for p in paths)
 

@@ -91,16 +91,18 @@ def _view(seed, n=40, beta=1.0):
 @given(st.integers(0, 10_000), st.sampled_from([0.1, 1.0, 5.0]))
 @settings(max_examples=6)
 def test_enhancer_is_always_in_the_plausible_set(seed, beta):
-    """Invariant 11: pi1_t is in Pi_t (Gamma = KL = 0) and the enhancer's pick satisfies the constraint."""
+    """Invariant 11: pi1_t is in Pi_t (Gamma = KL = 0) and the enhancer's pick (non-trivial: beta > 0)
+    satisfies the constraint."""
     inst, view = _view(seed % 50, beta=beta)
     log_pi2, nontrivial = enhancer_policy(view)
+    assert float(nontrivial) == 1.0
     gamma, kl = enhancer_objective(view, jnp.stack([view.log_pi, log_pi2]))
     assert float(gamma[0]) == 0.0 and abs(float(kl[0])) < 1e-14
     assert float(kl[1]) <= float(gamma[1]) + 1e-12
     # independent check of Pi_t's definition with NumPy
     p1, p2 = np.exp(np.asarray(view.log_pi)), np.exp(np.asarray(log_pi2))
     d0, phi = np.asarray(inst.d0), np.asarray(inst.phi)
-    kl_np = inst.kl_coef * np.sum(d0 * np.sum(p2 * (np.log(p2) - np.log(p1)), -1))
+    kl_np = inst.kl_coef * np.sum(d0 * np.sum(p2 * (np.asarray(log_pi2) - np.log(p1)), -1))
     diff = d0 @ np.einsum("xa,xad->xd", p1 - p2, phi)
     gram = np.asarray(view.confidence.gram)
     gamma_np = beta * np.sqrt(diff @ np.linalg.solve(gram, diff))
@@ -185,16 +187,24 @@ def _run(strategy="enhancer", options=OPTIONS, seed=0, confidence=CONFIDENCE):
 
 
 def test_trace_invariants_on_every_strategy():
-    """queries = m t; regret non-decreasing and equal to the cumulative m subopt_kl; subopt_kl >= subopt
-    >= 0; the uncertainty of a fixed direction never grows (invariant 8); the bound holds on the event."""
+    """queries = m t; the main agent's regret equals the cumulative m subopt_kl; every cumulative regret is
+    non-decreasing, weak <= average and query_regret <= query_regret_kl; subopt_kl >= subopt >= 0; the
+    information (log det) never shrinks; the uncertainty of a fixed direction never grows (invariant 8); the
+    bound holds on the event."""
     opts = online.OnlineOptions(iterations=5, batch_size=16, newton_steps=20)
     const = conf.ConfidenceConfig(beta_mode="const", c_beta=3.0)
     for name in ("enhancer", "pi0", "optimism", "thompson", "max_min", "uniform"):
         _, tr = _run(name, opts, confidence=const)
         tr = jax.tree.map(np.asarray, tr)
         np.testing.assert_array_equal(tr.queries, 16 * np.arange(6))
-        assert np.all(np.diff(tr.regret_kl) >= 0)
-        np.testing.assert_allclose(tr.regret_kl[1:], np.cumsum(16 * tr.subopt_kl)[:-1], rtol=1e-12)
+        np.testing.assert_allclose(tr.agent_regret_kl[1:], np.cumsum(16 * tr.subopt_kl)[:-1], rtol=1e-12)
+        regrets = np.stack([tr.agent_regret_kl, tr.query_regret, tr.query_regret_kl, tr.avg_regret, tr.weak_regret])
+        assert np.all(regrets[:, 0] == 0) and np.all(np.diff(regrets, axis=1) >= -1e-12)
+        assert np.all(tr.weak_regret <= tr.avg_regret + 1e-12)
+        assert np.all(tr.query_regret <= tr.query_regret_kl + 1e-12)
+        assert np.all((tr.identical_pairs >= 0) & (tr.identical_pairs <= 1 + 1e-12))
+        assert np.all(np.diff(tr.log_det_gram) >= -1e-12) and np.all(np.diff(tr.log_det_fisher) >= -1e-12)
+        assert np.all(tr.log_det_fisher <= tr.log_det_gram + 1e-12)   # sigma' <= 1/4 < 1
         assert np.all(tr.subopt >= -1e-12) and np.all(tr.subopt_kl >= tr.subopt - 1e-12)
         assert np.all(np.diff(tr.confidence_width) <= 1e-12)
         on_event = tr.in_confidence_set == 1

@@ -29,8 +29,9 @@ from experiments.engine.runner import Progress
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(n_contexts=6, n_actions=5, dim=3, dpo_steps=10, newton_steps=15)
 TINY = dict(SMALL, iterations=3, batch_size=8)
-COLUMNS = {"algorithm", "seed", "iteration", "queries", "subopt", "subopt_kl", "regret_kl", "kl_to_ref",
-           "kl_to_ref_explorer", "confidence_width"}
+COLUMNS = {"algorithm", "seed", "iteration", "queries", "subopt", "subopt_kl", "agent_regret_kl", "query_regret",
+           "query_regret_kl", "avg_regret", "weak_regret", "identical_pairs", "log_det_gram", "log_det_fisher",
+           "kl_to_ref", "kl_to_ref_explorer", "confidence_width"}
 
 
 def _run(module, **fields):
@@ -51,6 +52,13 @@ def test_online_explore_columns_crn_and_plot(tmp_path):
         np.testing.assert_allclose(by_alg[0], by_alg[1], rtol=1e-12)
         np.testing.assert_allclose(by_alg[0], by_alg[2], rtol=1e-12)
     assert "hard/enhancer/final_subopt" in summary and "hard/enhancer/nontrivial_frac" in summary
+    for key in ("final_agent_regret_kl", "final_query_regret_kl", "final_weak_regret", "identical_pairs",
+                "final_log_det_fisher"):
+        assert np.isfinite(summary[f"hard/enhancer/{key}"]), key
+    # pi_0 = pi0 for every algorithm of a seed: the main agent's regret over the first batch is common
+    second = table["iteration"] == 1
+    np.testing.assert_allclose(table["agent_regret_kl"][second & (table["algorithm"] == "enhancer")],
+                               table["agent_regret_kl"][second & (table["algorithm"] == "pi0")], rtol=1e-12)
     assert online_explore.plot(table, config, tmp_path)
 
 
@@ -74,9 +82,13 @@ def test_batch_size_and_hybrid_and_bonus_compare(tmp_path):
     for mode in ("offline", "online", "hybrid"):
         assert table["comparisons"][table["mode"] == mode].max() == 32
     assert hybrid.plot(table, config, tmp_path)
-    config, table, summary = _run(bonus_compare, **TINY, algorithms=("enhancer", "pi0", "uniform"))
-    ranks = sorted(summary[f"hard/{a}/rank"] for a in ("enhancer", "pi0", "uniform"))
-    assert ranks == [1, 2, 3] and summary["hard/enhancer/diff"] == 0.0
+    algs = ("enhancer", "pi0", "uniform+distinct")
+    config, table, summary = _run(bonus_compare, **TINY, algorithms=algs, rank_by="query_regret_kl")
+    ranks = sorted(summary[f"hard/{a}/rank"] for a in algs)
+    assert ranks == [1, 2, 3] and summary["hard/enhancer/diff"] == 0.0 and summary["rank_by"] == "query_regret_kl"
+    by_regret = sorted(algs, key=lambda a: summary[f"hard/{a}/final_query_regret_kl"])
+    assert [summary[f"hard/{a}/rank"] for a in by_regret] == [1, 2, 3]
+    assert summary["hard/uniform+distinct/identical_pairs"] == 0.0
     assert bonus_compare.plot(table, config, tmp_path)
 
 
@@ -138,7 +150,7 @@ _TWO_DEVICES = textwrap.dedent("""
     p = Progress()
     out = online_common.run_algorithms(config, ("enhancer",), seed_keys(0, 4), p)[0]
     assert p.calls[0]["devices"] == 2
-    print(json.dumps({k: out[k].tolist() for k in ("subopt", "regret_kl", "confidence_width")}))
+    print(json.dumps({k: out[k].tolist() for k in ("subopt", "query_regret_kl", "confidence_width")}))
 """)
 
 

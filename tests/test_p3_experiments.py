@@ -59,6 +59,50 @@ def test_omd_vs_mle_tiny(tmp_path):
     assert registry.get("omd-vs-mle").plot(table, cfg, tmp_path)
 
 
+def test_omd_vs_mle_radius_modes_and_effective_kappa():
+    """``radius_mode=theory`` leaves OMD's pessimistic output as it is (its H_t-norm radius has no kappa) and
+    changes the MLE's (kappa times the radius); ``kappa_effective`` is ``1 / mean_{s <= t} sigma'(<theta*, z_s>)``
+    of the stream (NumPy)."""
+    from scipy.special import expit
+
+    grid = dict(reward_norms=(1.0, 3.0), rounds=24, checkpoints=(8, 24), heldout=16, timing_rounds=(8, 24))
+    cfg, shared = _run("omd-vs-mle", **grid)                  # test_omd_vs_mle_tiny's run
+    _, theory = _run("omd-vs-mle", **grid, algorithms=("omd", "mle"), radius_mode="theory")
+    for alg in ("omd", "mle"):
+        np.testing.assert_allclose(theory["estimation_error"][theory["algorithm"] == alg],
+                                   shared["estimation_error"][shared["algorithm"] == alg], rtol=1e-12)
+    pess = {(name, alg): table["subopt_pess"][table["algorithm"] == alg]
+            for name, table in (("shared", shared), ("theory", theory)) for alg in ("omd", "mle")}
+    np.testing.assert_allclose(pess["theory", "omd"], pess["shared", "omd"], rtol=1e-12)
+    assert np.any(pess["theory", "mle"] != pess["shared", "mle"])
+    key = seed_keys(cfg.seed, 2)[1]
+    for bnorm in (1.0, 3.0):
+        inst, z, _, _, _ = omd_vs_mle.make_stream(key, jnp.asarray(bnorm), cfg)
+        u = np.asarray(z) @ np.asarray(inst.theta_star)
+        slope = expit(u) * expit(-u)
+        for t in (8, 24):
+            rows = (shared["seed"] == 1) & (shared["reward_norm"] == bnorm) & (shared["t"] == t)
+            np.testing.assert_allclose(shared["kappa_effective"][rows], 1 / slope[:t].mean(), rtol=1e-10)
+            assert np.all(shared["kappa_effective"][rows] <= shared["kappa"][rows])
+
+
+def test_deployment_regret_calibrated_radius():
+    """``radius_mode=calibrated``: one multiplier per estimator in the summary (positive), the effective kappa of
+    the pairs played between 4 (its floor, sigma' <= 1/4) and the nominal kappa."""
+    exp = registry.get("deployment-regret")
+    cfg = replace(exp.presets["quick"], **TINY, **E10_GRID, algorithms=E10_GROUPED, radius_mode="calibrated",
+                  calibration_seeds=20)
+    res = as_results(exp.run(cfg, 2, Progress()))
+    for est in ("omd", "mle"):
+        assert np.isfinite(res.summary[f"{est}/radius_multiplier"]) and res.summary[f"{est}/radius_multiplier"] > 0
+    k = res.table["kappa_effective"]
+    assert np.all(k >= 4.0 - 1e-12) and np.all(k <= res.summary["kappa_nominal"])
+    last = res.table["t"] == 20
+    for alg in E10_GROUPED:
+        rows = last & (res.table["algorithm"] == alg)
+        assert res.summary[f"{alg}/kappa_effective_T"] == pytest.approx(k[rows].mean())
+
+
 def test_active_vs_random_tiny():
     _, table = _run("active-vs-random", **E9_GRID)
     assert set(table["algorithm"]) == {f"{s}-{e}" for s in ("random", "active", "active_batch")
@@ -103,6 +147,9 @@ def test_deployment_regret_tiny(objective, algs):
     ("omd-vs-mle", "kl_coef", 0.3, "kl_coef=0.3 is not allowed: objective='unregularized'"),
     ("active-vs-random", "hvp_lr", 0.05, r"hvp_lr=0.05 is not allowed: none of the estimators run \(mle, omd\)"),
     ("deployment-regret", "ogd_lr", 0.5, "ogd_lr=0.5 is not allowed: none of the estimators run"),
+    ("omd-vs-mle", "radius_mode", "own", "radius_mode='own' is not allowed"),
+    ("active-vs-random", "radius_mode", "theory", "radius_mode='theory' is not allowed: this experiment uses the"),
+    ("deployment-regret", "calibration_seeds", 32, "calibration_seeds=32 is not allowed: only radius_mode="),
 ])
 def test_bad_config_refused(name, field, value, message):
     exp = registry.get(name)

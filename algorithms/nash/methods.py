@@ -39,13 +39,17 @@ Built in (docs/theory.md §3.2-3.4, §6):
 
 - offline: ``bt_gibbs`` (reward-based RLHF: the Bradley-Terry MLE's Gibbs policy, misspecified when
   the preference is intransitive), ``dpo`` (DPO of a linear-softmax policy), ``nash_mle`` (the
-  equilibrium of the estimated game ``P_theta_hat``), ``p2_pessimistic`` (P2's pessimistic max-min
-  policy over the confidence set), ``ipo`` (IPO's exact tabular minimiser on the comparisons);
+  equilibrium of the estimated game ``P_theta_hat``), ``p2_pessimistic`` (P2's policy-level pessimistic
+  max-min policy, ``algorithms.nash.pessimism``), ``p2_pessimistic_pointwise`` (the variant that lowers each
+  pair's payoff separately, ``algorithms.nash.offline.pessimistic_policy``), ``ipo`` (IPO's exact tabular
+  minimiser on the comparisons);
 - dynamics: ``nash_md``, ``inpo``, ``sppo`` (sampled, loss-based: ``dynamics.run_sampled``),
   ``online_ipo`` (iterative IPO: each round the sampled best response to the current policy) and the
   exact updates on the true payoff ``nash_md_exact``, ``inpo_exact``, ``sppo_exact`` (no queries);
-- online: ``enhancer`` (P2's main agent with the enhancer; ``p2_online`` is the same agent under
-  nash-kl-sweep's name), ``self_play``, ``uniform`` (the main agent with self-play or uniform pairs);
+- online: ``enhancer`` (P2's main agent with P2's max-uncertainty enhancer; ``p2_online`` is the same agent
+  under nash-kl-sweep's name), ``enhancer_optimistic`` (the variant with the optimistic best response),
+  ``self_play``, ``uniform`` (the main agent with self-play or uniform pairs); their ``extras``:
+  ``pair_kl``, ``E_x KL(pi2_t || pi1_t)`` per round;
 - exact: ``nash`` (the equilibrium ``pi*`` of the true game).
 """
 from __future__ import annotations
@@ -62,6 +66,7 @@ from algorithms.core.direct_preference import train_linear
 from algorithms.nash import dynamics as nd
 from algorithms.nash import offline as no
 from algorithms.nash import online as non
+from algorithms.nash import pessimism as ps
 from bandits import validation as v
 
 KINDS = ("offline", "exact", "dynamics", "online")
@@ -76,9 +81,10 @@ class NashOptions:
     dpo_steps, dpo_learning_rate: Adam steps and step size of ``dpo``; iterations, batch: rounds and
     comparisons per round of the dynamics and online methods; step: the mirror-descent step ``eta`` of
     the dynamics (``eta * kl_coef <= 1`` for Nash-MD and INPO, checked by the experiments, which know
-    ``kl_coef``); ridge: the ridge of the dynamics' tabular regressions (and of ``ipo``'s); beta: the
-    confidence radius of the enhancer's lower-confidence payoff (``>= 0``; 0: the estimated game's best
-    response).
+    ``kl_coef``); step_rule: ``'stable'`` caps the step at the contraction condition's largest step,
+    ``'fixed'`` is the papers' constant step (``algorithms.nash.dynamics``, module docstring); ridge: the ridge of the dynamics' tabular regressions (and of ``ipo``'s); beta: the
+    radius of the online confidence set (``>= 0``): the plausible worlds of ``enhancer``, the
+    lower-confidence payoff of ``enhancer_optimistic`` (0: both are the estimated game's best response).
     """
 
     dpo_steps: int = 200
@@ -86,6 +92,7 @@ class NashOptions:
     iterations: int = 32
     batch: int = 128
     step: float = 1.0
+    step_rule: str = "stable"
     ridge: float = 1e-3
     beta: float = 1.0
 
@@ -95,6 +102,7 @@ class NashOptions:
         v.check_int("iterations", self.iterations, 1)
         v.check_int("batch", self.batch, 1)
         v.check_float("step", self.step, low=0.0, low_open=True)
+        v.check_choice("step_rule", self.step_rule, nd.STEP_RULES)
         v.check_float("ridge", self.ridge, low=0.0, low_open=True)
         v.check_float("beta", self.beta, low=0.0)
 
@@ -123,6 +131,7 @@ class NashMethod(NamedTuple):
     reads: tuple[str, ...] = ()                 # the NashOptions fields it reads
     needs_fit: bool = False                     # offline: reads view.confidence
     queries: Callable[[NashOptions, int], int] | None = None   # None: by kind (module docstring)
+    extras: tuple[str, ...] = ()                # per-round diagnostics: the policy returns (out, {name: [T]})
 
 
 def _rounds(options: NashOptions, n: int) -> int:
@@ -151,26 +160,31 @@ def _sampled(method: str, step: float | None = None):
     def policy(view: NashView) -> jax.Array:
         o = view.options
         return nd.run_sampled(view.key, view.instance, method, o.step if step is None else step, o.iterations,
-                              o.batch, o.ridge)
+                              o.batch, o.ridge, step_rule=o.step_rule)
     return policy
 
 
 def _exact(method: str):
     def policy(view: NashView) -> jax.Array:
         o = view.options
-        return nd.exact_trajectory(view.instance, method, o.step, o.iterations, view.payoff)
+        return nd.exact_trajectory(view.instance, method, o.step, o.iterations, view.payoff, o.step_rule)
     return policy
+
+
+ONLINE_EXTRAS = ("pair_kl",)
 
 
 def _online(method: str):
-    def policy(view: NashView) -> jax.Array:
+    def policy(view: NashView):
         o = view.options
-        return non.run_online(view.key, view.instance, method, o.iterations, o.batch, view.lam, o.beta,
-                              view.payoff).log_pi
+        trace = non.run_online(view.key, view.instance, method, o.iterations, o.batch, view.lam, o.beta,
+                               view.payoff)
+        return trace.log_pi, {"pair_kl": trace.pair_kl}
     return policy
 
 
-_SAMPLED_READS = ("step", "iterations", "batch", "ridge")
+_SAMPLED_READS = ("step", "step_rule", "iterations", "batch", "ridge")
+_EXACT_READS = ("step", "step_rule", "iterations")
 _IDENTITY = ("identity",)
 
 METHODS: dict[str, NashMethod] = {
@@ -178,9 +192,13 @@ METHODS: dict[str, NashMethod] = {
     "dpo": NashMethod(_dpo, "offline", "DPO (linear softmax)", "C1", reads=("dpo_steps", "dpo_learning_rate")),
     "nash_mle": NashMethod(lambda view: no.plug_in_nash(view.instance, view.confidence.center, view.payoff).log_pi,
                            "offline", "Nash of estimated game", "C0", needs_fit=True),
-    "p2_pessimistic": NashMethod(lambda view: no.pessimistic_policy(view.instance, view.confidence,
-                                                                    view.payoff).log_pi,
-                                 "offline", "P2 pessimistic max-min", "C2", needs_fit=True),
+    "p2_pessimistic": NashMethod(lambda view: ps.policy_pessimistic_policy(view.instance, view.confidence,
+                                                                           view.payoff).log_pi,
+                                 "offline", "P2 pessimistic max-min (policy-level)", "C2", needs_fit=True),
+    "p2_pessimistic_pointwise": NashMethod(lambda view: no.pessimistic_policy(view.instance, view.confidence,
+                                                                              view.payoff).log_pi,
+                                           "offline", "pessimistic max-min, pointwise box (variant)", None,
+                                           needs_fit=True),
     "ipo": NashMethod(_ipo, "offline", "IPO (offline data, tabular)", "C8", payoffs=_IDENTITY, reads=("ridge",)),
     "nash_md": NashMethod(_sampled("nash_md"), "dynamics", "Nash-MD (sampled)", "C4", payoffs=_IDENTITY,
                           reads=_SAMPLED_READS),
@@ -188,20 +206,23 @@ METHODS: dict[str, NashMethod] = {
     "sppo": NashMethod(_sampled("sppo"), "dynamics", "SPPO (sampled)", "C5", payoffs=_IDENTITY, reads=_SAMPLED_READS),
     "online_ipo": NashMethod(_sampled("ipo", step=1.0), "dynamics", "iterative IPO (self-play)", "C6",
                              payoffs=_IDENTITY, reads=("iterations", "batch", "ridge")),
-    "nash_md_exact": NashMethod(_exact("nash_md"), "dynamics", "Nash-MD (exact)", reads=("step", "iterations"),
+    "nash_md_exact": NashMethod(_exact("nash_md"), "dynamics", "Nash-MD (exact)", reads=_EXACT_READS,
                                 queries=lambda options, n: 0),
-    "inpo_exact": NashMethod(_exact("inpo"), "dynamics", "INPO (exact)", reads=("step", "iterations"),
+    "inpo_exact": NashMethod(_exact("inpo"), "dynamics", "INPO (exact)", reads=_EXACT_READS,
                              queries=lambda options, n: 0),
-    "sppo_exact": NashMethod(_exact("sppo"), "dynamics", "SPPO (exact)", reads=("step", "iterations"),
+    "sppo_exact": NashMethod(_exact("sppo"), "dynamics", "SPPO (exact)", reads=_EXACT_READS,
                              queries=lambda options, n: 0),
-    "enhancer": NashMethod(_online("enhancer"), "online", "P2 online: main agent + enhancer", "C2",
-                           reads=("iterations", "batch", "beta")),
+    "enhancer": NashMethod(_online("enhancer"), "online", "P2 online: main agent + max-uncertainty enhancer", "C2",
+                           reads=("iterations", "batch", "beta"), extras=ONLINE_EXTRAS),
+    "enhancer_optimistic": NashMethod(_online("enhancer_optimistic"), "online",
+                                      "online: optimistic best-response enhancer (variant)", "C1",
+                                      reads=("iterations", "batch", "beta"), extras=ONLINE_EXTRAS),
     "p2_online": NashMethod(_online("enhancer"), "online", "P2 online (enhancer)", "C2",
-                            reads=("iterations", "batch", "beta")),
+                            reads=("iterations", "batch", "beta"), extras=ONLINE_EXTRAS),
     "self_play": NashMethod(_online("self_play"), "online", "online: self-play pairs", "C3",
-                            reads=("iterations", "batch")),
+                            reads=("iterations", "batch"), extras=ONLINE_EXTRAS),
     "uniform": NashMethod(_online("uniform"), "online", "online: uniform random pairs", "C7",
-                          reads=("iterations", "batch")),
+                          reads=("iterations", "batch"), extras=ONLINE_EXTRAS),
     "nash": NashMethod(lambda view: b.nash_equilibrium(view.instance, view.payoff).log_pi, "exact",
                        "exact equilibrium pi*", "k"),
 }
@@ -214,7 +235,7 @@ def register(name: str, method: NashMethod, *, overwrite: bool = False) -> NashM
     v.check_registry_name("Nash method", name, METHODS, overwrite=overwrite)
     if not isinstance(method, NashMethod) or not callable(method.policy):
         v.fail(f"Nash method {name!r}", method, "a NashMethod(policy, kind, label, color, payoffs, reads, "
-               "needs_fit, queries)")
+               "needs_fit, queries, extras)")
     v.check_choice(f"Nash method {name!r} kind", method.kind, KINDS)
     v.check_names(f"Nash method {name!r} payoffs", tuple(method.payoffs), b.PAYOFFS)
     v.check_names(f"Nash method {name!r} reads", tuple(method.reads), OPTION_FIELDS, empty=True)
@@ -286,10 +307,11 @@ def stream_key(key: jax.Array, name: str, order: tuple[str, ...]) -> jax.Array:
 
 def run_methods(values, instance: b.Instance, *, payoff: str, options: NashOptions, lam,
                 key_of: Callable[[str], jax.Array], data: b.PreferenceData | None = None,
-                confidence: conf.ConfidenceSet | None = None) -> dict[str, jax.Array]:
+                confidence: conf.ConfidenceSet | None = None, extras: dict | None = None) -> dict[str, jax.Array]:
     """``{name: method.policy(view)}`` for each name of ``values``, each on the view of its kind (module
     docstring): offline methods see ``data``, ``confidence`` and the instance without reward and skew,
-    the others the true instance and their key ``key_of(name)``."""
+    the others the true instance and their key ``key_of(name)``. A method with ``extras`` contributes its
+    per-round diagnostics to ``extras[name]`` (when a dict is given)."""
     public = b.public_view(instance)
     out = {}
     for name in values:
@@ -301,5 +323,10 @@ def run_methods(values, instance: b.Instance, *, payoff: str, options: NashOptio
             v.fail("algorithms", name, "a method that does not need the confidence set (none was built)")
         view = NashView(public if offline else instance, payoff, options, lam, key_of(name),
                         data if offline else None, confidence if offline else None)
-        out[name] = method.policy(view)
+        result = method.policy(view)
+        if method.extras:
+            result, more = result
+            if extras is not None:
+                extras[name] = more
+        out[name] = result
     return out

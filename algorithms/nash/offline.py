@@ -5,7 +5,9 @@ Given offline comparisons, the general-preference MLE ``theta_hat`` and its conf
 ``C = {theta : ||theta - theta_hat||_Sigma <= beta}`` (``algorithms.nash.preference_model``):
 
 - plug-in equilibrium (``plug_in_nash``): the symmetric equilibrium of the estimated game ``P_theta_hat``;
-- pessimistic max-min policy (``pessimistic_policy``) [D, the pointwise form of docs/theory.md §3.2]: the
+- P2's policy-level pessimistic max-min policy: ``algorithms.nash.pessimism`` (method ``p2_pessimistic``);
+- pointwise pessimistic max-min policy (``pessimistic_policy``, method ``p2_pessimistic_pointwise``) [D, a
+  variant: the pointwise form of docs/theory.md §3.2, looser by Jensen's inequality]: the
   max-player's policy of the KL-regularized game with the *lower-confidence* payoff
 
       G_pess(x, a, b) = g( sigmoid( <theta_hat, psi(x,a,b)> - beta Gamma(x,a,b) ) ),

@@ -58,6 +58,8 @@ from bandits import validation as v
 DEFAULT_OMD_STEP_SIZE = 1.0
 THEORY = "theory"
 DESIGNS = ("H_t", "V_t")
+RADIUS_MODES = ("shared", "theory", "calibrated")   # algorithms.onepass.radii
+RADIUS_FIELDS = ("c_beta", "radius_mode", "calibration_seeds")   # the bonus radius's fields, read by no estimator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +78,13 @@ class OnePassOptions:
     allowed here, unlike ``ConfidenceConfig.c_beta > 0``: there the radius defines a confidence set that
     P1's bounds rely on, here it is a tuning knob, and ``0`` is the meaningful "no bonus" end (P3's rule
     and MaxInP become greedy, the pessimistic output the plug-in one).
+
+    radius_mode: which radius each estimator's bonus uses (``algorithms.onepass.radii``, docs/theory.md §4.2):
+    ``shared`` (the default, one ``beta_t`` above for every design), ``theory`` (each in its own norm with the
+    theory's kappa: ``H_t`` estimators ``c_beta sqrt(d log(1 + t))``, ``V_t`` ones ``c_beta kappa sqrt(d log(1 + t))``,
+    ``kappa = 1 / sigma'(2B)``) or ``calibrated`` (``c_e sqrt(d log(1 + t))`` with ``c_e`` estimator ``e``'s own 95%
+    error quantile from a calibration run on fresh seeds); calibration_seeds: the number of seeds of that run
+    (``>= 20``).
     """
 
     lam: float = 1.0
@@ -85,6 +94,8 @@ class OnePassOptions:
     ogd_lr: float = 1.0
     hvp_lr: float = 0.1
     c_beta: float = 0.5
+    radius_mode: str = "shared"
+    calibration_seeds: int = 64
 
     def __post_init__(self):
         v.check_float("lam", self.lam, low=0.0, low_open=True)
@@ -98,6 +109,8 @@ class OnePassOptions:
         v.check_float("ogd_lr", self.ogd_lr, low=0.0, low_open=True)
         v.check_float("hvp_lr", self.hvp_lr, low=0.0, low_open=True)
         v.check_float("c_beta", self.c_beta, low=0.0)
+        v.check_choice("radius_mode", self.radius_mode, RADIUS_MODES)
+        v.check_int("calibration_seeds", self.calibration_seeds, 20)
 
     def step_size(self, reward_norm):
         """OMD's ``eta`` at ``B = reward_norm`` (may be traced): the field, or ``omd.default_step_size(B)``
@@ -107,7 +120,8 @@ class OnePassOptions:
         return omd.default_step_size(reward_norm) if reward_norm is not None else 1.0
 
     def beta(self, dim: int, t) -> jax.Array:
-        """The bonus radius ``beta_t = c_beta sqrt(d log(1 + t))`` [D] after ``t`` comparisons (class docstring)."""
+        """The shared bonus radius ``beta_t = c_beta sqrt(d log(1 + t))`` [D] after ``t`` comparisons (class
+        docstring); ``algorithms.onepass.radii.estimator_radius`` gives each estimator's radius of ``radius_mode``."""
         return bonus_radius(self.c_beta, dim, t)
 
 
@@ -264,7 +278,8 @@ def make_estimators(names_: tuple[str, ...], dim: int, options: OnePassOptions, 
 
 
 def unread_options(names_: tuple[str, ...]) -> tuple[str, ...]:
-    """The estimator fields of ``OnePassOptions`` (all but ``c_beta``) that none of ``names_`` reads."""
+    """The estimator fields of ``OnePassOptions`` (all but the radius's, ``RADIUS_FIELDS``) that none of
+    ``names_`` reads."""
     read = {f for n in names_ for f in get(n).reads}
-    return tuple(f for f in OPTION_FIELDS if f != "c_beta" and f not in read)
+    return tuple(f for f in OPTION_FIELDS if f not in RADIUS_FIELDS and f not in read)
 

@@ -58,14 +58,15 @@ def heldout_metrics(theta, z, p):
 
 
 def estimate_metrics(inst: b.Instance, theta, inverse, t, z_held, p_held, nu, options: OnePassOptions,
-                     objective: str) -> dict:
+                     objective: str, beta=None) -> dict:
     """The ``METRICS`` of ``theta`` after ``t`` comparisons (module docstring); ``nu [n_x, d]`` is the
-    reference vector of the pessimistic output (docs/theory.md §4.3)."""
+    reference vector of the pessimistic output (docs/theory.md §4.3); ``beta``: its radius (default the shared
+    ``options.beta``; ``algorithms.onepass.radii.estimator_radius`` gives the estimator's own)."""
     err = theta - inst.theta_star
     chol = jnp.linalg.cholesky(inverse)
     local = jnp.linalg.norm(jax.scipy.linalg.solve_triangular(chol, err, lower=True))
     acc, loss = heldout_metrics(theta, z_held, p_held)
-    beta = options.beta(theta.shape[-1], t)
+    beta = options.beta(theta.shape[-1], t) if beta is None else beta
     return {"estimation_error": jnp.linalg.norm(err), "error_local": local, "heldout_accuracy": acc,
             "heldout_logloss": loss,
             "subopt": policies.output_suboptimality(inst, inst.phi @ theta, objective),

@@ -20,7 +20,11 @@ Built-in agents:
 Built-in algorithms: every strategy with the Gibbs agent under the strategy's name (a strategy registered
 later included; ``calibration`` excepted: with the Gibbs agent it is ``pi0``), and ``iterative_dpo`` (DPO,
 ``max_min`` pairs), ``iterative_dpo_restart``, ``xpo``, ``vpo`` and ``selm`` (DPO with the bonus, pairs
-``(pi_t, pi_cal)``). A new agent and an algorithm using it are two registry lines::
+``(pi_t, pi_cal)``). Every algorithm name takes the suffix ``+distinct`` (``uniform+distinct``,
+``xpo+distinct``): the same algorithm with its strategy's pair law conditioned on ``a1 != a2``
+(``algorithms.online.strategies.distinct_law``, a variant outside P1). The suffix is a modifier, not a
+registry entry: ``names()`` lists the registered algorithms only, and ``check_names`` / ``get`` accept
+any of them with the suffix (registry names cannot contain ``+``). A new agent and an algorithm using it are two registry lines::
 
     def act(view, state, hyper):                         # Gibbs of the pessimistic reward
         reward = view.reward_hat - view.confidence.beta * view.uncertainty
@@ -44,8 +48,8 @@ from algorithms.online.loop import Agent, AgentPolicy, AgentView, NoState
 from bandits import Instance, PreferenceData
 from bandits import validation as v
 
-__all__ = ["AGENTS", "ALGORITHMS", "BUILTIN_ALGORITHMS", "DPOState", "OnlineAlgorithm", "agent_of", "get", "names",
-           "register", "register_agent", "run_algorithm"]
+__all__ = ["AGENTS", "ALGORITHMS", "BUILTIN_ALGORITHMS", "DPOState", "OnlineAlgorithm", "agent_of", "check_name",
+           "check_names", "get", "names", "register", "register_agent", "run_algorithm"]
 
 
 class DPOState(NamedTuple):
@@ -137,9 +141,36 @@ def names() -> tuple[str, ...]:
     return tuple(ALGORITHMS) + extra
 
 
+def check_name(field: str, name: str) -> str:
+    """``name`` must be a registered algorithm (``names()``), optionally with the suffix ``+distinct``."""
+    base, _ = strategies.split_modifier(name)
+    if not isinstance(base, str) or base not in names():
+        v.fail(field, name, f"one of {', '.join(repr(c) for c in names())}, optionally with the suffix "
+               f"'{strategies.DISTINCT}'")
+    return name
+
+
+def check_names(field: str, values, *, empty: bool = False) -> tuple[str, ...]:
+    """A tuple of distinct algorithm names (``check_name`` each), non-empty unless ``empty``."""
+    if not isinstance(values, tuple) or (not values and not empty):
+        v.fail(field, values, "a non-empty tuple of algorithm names (names(), optionally with the suffix "
+               f"'{strategies.DISTINCT}')")
+    for name in values:
+        check_name(field, name)
+    if len(set(values)) != len(values):
+        v.fail(field, values, "a tuple without repeated names")
+    return values
+
+
 def get(name: str) -> OnlineAlgorithm:
-    v.check_choice("algorithms", name, names())
-    return ALGORITHMS.get(name) or OnlineAlgorithm(name, label=name)
+    """The algorithm ``name``; ``NAME+distinct`` is ``NAME`` with the strategy ``STRATEGY+distinct``."""
+    check_name("algorithms", name)
+    base, modified = strategies.split_modifier(name)
+    algorithm = ALGORITHMS.get(base) or OnlineAlgorithm(base, label=base)
+    if modified:
+        algorithm = algorithm._replace(strategy=algorithm.strategy + strategies.DISTINCT,
+                                       label=algorithm.label + strategies.DISTINCT)
+    return algorithm
 
 
 def agent_of(name: str) -> Agent:

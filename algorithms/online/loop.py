@@ -30,11 +30,34 @@ The three parts are small bundles of pure functions over their own NamedTuple st
 - the strategy (``algorithms.online.strategies``): ``Pair = strategy(StrategyView)``.
 
 The metrics at iteration ``t`` are those of the policy trained on ``t`` online batches, so
-``queries = t m`` (iteration ``T``'s batch is drawn but never used). Per iteration:
+``queries = t m`` (iteration ``T``'s batch is drawn but never used). With ``J`` the KL-regularised value
+(``bandits.evaluation``), ``P_s`` the pair law of batch ``s`` and ``pi1_s``, ``pi2_s`` its first and second
+marginals (the laws of the first and second queried action; ``strategies.first_marginal`` /
+``second_marginal``), ``r*`` the true reward and ``r*(x, a*) = max_a r*(x, a)``, per iteration:
 
 - ``subopt = J(pi*) - J(pi_t)``, ``subopt_kl = subopt + eta E_x KL(pi* || pi_t)`` (exact);
-- ``regret_kl``: the cumulative KL-regularised regret of the queries made so far,
-  ``sum_{s < t} m subopt_kl(pi_s)`` (each of the ``m`` queries of batch ``s`` is made with ``pi_s``);
+- the cumulative regrets over the ``t m`` queries made so far (batches ``s < t``; the offline data of the
+  hybrid are not charged), each the exact expectation of the per-query quantity under ``P_s``
+  (docs/theory.md §2.4, §9.1 item 15):
+
+  - ``agent_regret_kl = sum_{s<t} m subopt_kl(pi_s)``: the main agent's cumulative KL-regularised
+    suboptimality; it charges the queries *as if* both actions came from ``pi_s``, which holds for
+    ``self_play`` only;
+  - ``query_regret = sum_{s<t} m [J(pi*) - (J(pi1_s) + J(pi2_s)) / 2]``: the KL-regularised regret of
+    the queries made, both actions charged (``= sum m (subopt(pi1_s) + subopt(pi2_s)) / 2``);
+  - ``query_regret_kl = sum_{s<t} m (subopt_kl(pi1_s) + subopt_kl(pi2_s)) / 2``: the same in P1's form
+    (``subopt_kl``), equal to ``agent_regret_kl`` when ``pi1_s = pi2_s = pi_s``;
+  - ``avg_regret = sum_{s<t} m E_{x~d0} E_{(a1,a2)~P_s} [r*(x, a*) - (r*(x, a1) + r*(x, a2)) / 2]``:
+    the unregularised average regret of the dueling-bandit literature (P3's deployment regret);
+  - ``weak_regret = sum_{s<t} m E_{x~d0} E_{(a1,a2)~P_s} min_i [r*(x, a*) - r*(x, a_i)]``: the weak
+    regret, the expectation of the smaller of the two actions' regrets under the *joint* law (not the
+    smaller of the two expectations);
+- the diagnostics of the information gathered: ``identical_pairs = E_{x~d0} sum_a P_t(a, a | x)``, the
+  probability that a query of batch ``t`` compares an action with itself (``z = 0``: no information);
+  ``log_det_gram = log det Sigma_t``, ``Sigma_t = lam I + sum_{z in D} z z^T`` on the learner's features
+  (the Gram of ``C_t``); ``log_det_fisher = log det (lam I + sum_{z in D} sigma'(<theta*, z>) z z^T)``, the
+  regularised BT Fisher information at ``theta*`` of the data ``D`` of ``pi_t`` (only for an exact learner
+  in a linear world, NaN otherwise);
 - ``kl_to_ref`` of ``pi_t`` and ``kl_to_ref_explorer``: ``E_x KL(P(a2 | x) || pi0)`` of the
   strategy's second action;
 - ``confidence_width``: ``beta_t ||phi_bar(pi*) - phi_bar(pi0)||_{Sigma_t^{-1}}``, the coverage term of
@@ -59,7 +82,7 @@ import jax
 import jax.numpy as jnp
 
 from algorithms.core import confidence as conf
-from algorithms.core import neural_mle
+from algorithms.core import neural_mle, spd_solve
 from algorithms.core.bt_mle import bt_hessian, fit_bt_mle
 from algorithms.offline.gshf import plug_in_bound
 from algorithms.online import iterative_dpo, strategies
@@ -68,6 +91,7 @@ from bandits import (
     LinearReward,
     MLPReward,
     PreferenceData,
+    context_mean,
     feature_differences,
     kl_to_reference,
     optimal_policy,
@@ -235,13 +259,46 @@ class NoState(NamedTuple):
 
 # --- the loop ----------------------------------------------------------------------------------------
 
+class Regrets(NamedTuple):
+    """The cumulative regrets of the module docstring (sums over the batches ``s < t``), or one batch's
+    per-query costs (``query_costs``)."""
+
+    agent_regret_kl: jax.Array   # subopt_kl(pi_s)
+    query_regret: jax.Array      # J(pi*) - (J(pi1_s) + J(pi2_s)) / 2
+    query_regret_kl: jax.Array   # (subopt_kl(pi1_s) + subopt_kl(pi2_s)) / 2
+    avg_regret: jax.Array        # E_x E_{P_s} [r*(x, a*) - (r*(x, a1) + r*(x, a2)) / 2]
+    weak_regret: jax.Array       # E_x E_{P_s} [r*(x, a*) - max(r*(x, a1), r*(x, a2))]
+
+
+def query_costs(instance: Instance, log_pi: jax.Array, log_joint: jax.Array) -> Regrets:
+    """The expected cost of one query drawn from the pair law ``log_joint [n_x, K, K]`` while the main agent
+    is ``log_pi``, exactly (finite sums; module docstring): ``Regrets`` of one query."""
+    pair = strategies.Pair(log_joint, jnp.asarray(jnp.nan, log_joint.dtype))
+    log_pi1, log_pi2 = strategies.first_marginal(pair), strategies.second_marginal(pair)
+    best = jnp.max(instance.reward, axis=-1)
+    joint = jnp.exp(log_joint)
+    mean_reward = 0.5 * (instance.reward[:, :, None] + instance.reward[:, None, :])
+    best_of_two = jnp.maximum(instance.reward[:, :, None], instance.reward[:, None, :])
+    return Regrets(
+        agent_regret_kl=suboptimality_kl(instance, log_pi),
+        query_regret=0.5 * (suboptimality(instance, log_pi1) + suboptimality(instance, log_pi2)),
+        query_regret_kl=0.5 * (suboptimality_kl(instance, log_pi1) + suboptimality_kl(instance, log_pi2)),
+        avg_regret=context_mean(instance, best - jnp.sum(joint * mean_reward, axis=(1, 2))),
+        weak_regret=context_mean(instance, best - jnp.sum(joint * best_of_two, axis=(1, 2))))
+
+
+def log_det(chol: jax.Array) -> jax.Array:
+    """``log det A = 2 sum_i log L_ii`` from the lower Cholesky factor ``L`` of ``A``."""
+    return 2.0 * jnp.sum(jnp.log(jnp.diagonal(chol)))
+
+
 class LoopState(NamedTuple):
     """The carry of the loop's ``lax.scan``."""
 
     buffer: PreferenceData     # offline data, then each online batch written at its offset
     reward_learner: Any        # the reward learner's state (e.g. ``LinearLearnerState``)
     agent: Any                 # the agent's state (e.g. ``NoState``; the DPO agent's parameters)
-    regret: jax.Array          # sum_{s < t} m subopt_kl(pi_s)
+    regret: Regrets            # the cumulative regrets over the batches s < t (module docstring)
 
 
 class OnlineTrace(NamedTuple):
@@ -250,7 +307,14 @@ class OnlineTrace(NamedTuple):
     queries: jax.Array
     subopt: jax.Array
     subopt_kl: jax.Array
-    regret_kl: jax.Array
+    agent_regret_kl: jax.Array
+    query_regret: jax.Array
+    query_regret_kl: jax.Array
+    avg_regret: jax.Array
+    weak_regret: jax.Array
+    identical_pairs: jax.Array
+    log_det_gram: jax.Array
+    log_det_fisher: jax.Array
     kl_to_ref: jax.Array
     kl_to_ref_explorer: jax.Array
     confidence_width: jax.Array
@@ -322,21 +386,25 @@ def run_online(key: jax.Array, instance: Instance, strategy: strategies.Strategy
         pair = strategy(view)
         batch = sample_joint_preference_data(k_data, instance, pair.log_joint, m, start=t * m)
 
-        subopt_kl = suboptimality_kl(instance, log_pi)
+        costs = query_costs(instance, log_pi, pair.log_joint)
         coverage = conf.expected_feature(world, pi_star) - conf.expected_feature(world, instance.log_pi0)
         nan = jnp.asarray(jnp.nan, dtype)
+        fisher = (log_det(spd_solve.cholesky(bt_hessian(theta_star, z, buf.mask, lam))) if exact else nan)
         record = OnlineTrace(
-            queries=(t * m).astype(dtype), subopt=suboptimality(instance, log_pi), subopt_kl=subopt_kl,
-            regret_kl=state.regret, kl_to_ref=kl_to_reference(instance, log_pi),
+            queries=(t * m).astype(dtype), subopt=suboptimality(instance, log_pi), subopt_kl=costs.agent_regret_kl,
+            **state.regret._asdict(),
+            identical_pairs=context_mean(instance, strategies.identical_mass(pair.log_joint)),
+            log_det_gram=log_det(cs.chol), log_det_fisher=fisher, kl_to_ref=kl_to_reference(instance, log_pi),
             kl_to_ref_explorer=kl_to_reference(instance, strategies.second_marginal(pair)),
             confidence_width=beta * conf.dual_norm(cs.chol, coverage),
             bound=plug_in_bound(world, cs, pi_star, log_pi) if exact and agent.plug_in_bound else nan,
             in_confidence_set=conf.contains(cs, theta_star).astype(dtype) if exact else nan,
             strategy_info=pair.info.astype(dtype))
-        return LoopState(_write(buf, batch, n_off + t * m), learner_state, agent_state,
-                         state.regret + m * subopt_kl), record
+        regret = jax.tree.map(lambda total, cost: total + m * cost, state.regret, costs)
+        return LoopState(_write(buf, batch, n_off + t * m), learner_state, agent_state, regret), record
 
+    zero = jnp.asarray(0.0, dtype)
     init = LoopState(buffer, learner.init(k_net, public, hidden), agent.init(public, options),
-                     jnp.asarray(0.0, dtype))
+                     Regrets(*(zero,) * len(Regrets._fields)))
     _, trace = jax.lax.scan(iteration, init, jnp.arange(n_iter))
     return trace

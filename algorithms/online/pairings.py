@@ -7,19 +7,22 @@ estimate and labels a pair of them: best against worst (``max_min``, RLHFlow's d
 (``best_quartile``; rank 2 of 4). On a finite instance the
 law of the chosen pair is computable exactly from the order statistics of ``k`` i.i.d. draws.
 
-Sort the actions of context ``x`` by score (ties broken by action index) and let ``C(i)`` be the
-probability of the ``i + 1`` lowest. For order statistics ``X_(r) <= X_(s)`` (``r < s``, ranks
-from 1 = lowest) of ``k`` draws and sorted positions ``a <= b``::
+Sort the actions of context ``x`` by score (ties broken by action index). For order statistics
+``X_(r) <= X_(s)`` (``r < s``, ranks from 1 = lowest) of ``k`` draws and sorted positions ``a <= b``, count
+the draws in five bins: below ``a`` (``n1``), at ``a`` (``n2``), strictly between (``n3``), at ``b``
+(``n4``) and above ``b`` (``n5``). Then ``X_(r) = a`` and ``X_(s) = b`` (``a < b``) iff
+``n1 < r <= n1 + n2`` and ``n1 + n2 + n3 < s <= n1 + n2 + n3 + n4``, so::
 
-    H(a, b) = P(X_(r) <= a, X_(s) <= b)
-            = sum_{u >= r} sum_{w >= max(s, u)} k! / (u! (w-u)! (k-w)!) C(a)^u (C(b) - C(a))^(w-u) (1 - C(b))^(k-w)
+    P(X_(r) = a, X_(s) = b) = sum_{valid n} k! / (n1! ... n5!) P_below^n1 p_a^n2 P_between^n3 p_b^n4 P_above^n5
 
-(multinomial counts of draws in ``[0, a]``, ``(a, b]`` and above ``b``), ``H(a, b) = H(b, b)`` for
-``a > b``, and the joint mass is the double difference of ``H``. The pair is ``(a1, a2) =
-(X_(s), X_(r))``: the better-ranked response first. ``max_random`` is the uniform mixture over
-``r = 1 .. k-1`` with ``s = k`` (the random other draw has a uniform rank among the others).
-Equal draws give the pair ``(a, a)``, an uninformative comparison, as in practice when a model
-repeats itself.
+and for ``a = b`` (three bins: below, at ``a``, above) the condition is ``n1 < r`` and ``n1 + n2 >= s``.
+Every term is positive, so the sum is taken in log space (``logsumexp`` over the compositions of ``k``;
+the bin masses from cumulative ``logsumexp`` of the sorted probabilities): a pair of tiny but positive
+mass keeps it (no cancellation to 0, so the marginals' ``KL(pi* || .)`` of the loop's query regret stay
+finite). The pair is ``(a1, a2) = (X_(s), X_(r))``: the better-ranked response first. ``max_random`` is
+the uniform mixture over ``r = 1 .. k-1`` with ``s = k`` (the random other draw has a uniform rank among
+the others). Equal draws give the pair ``(a, a)``, an uninformative comparison, as in practice when a
+model repeats itself.
 """
 from __future__ import annotations
 
@@ -33,20 +36,36 @@ from bandits import validation as v
 PAIRINGS = ("max_min", "max_random", "best_second", "best_quartile")
 
 
-def _order_statistic_cdf(cdf: jax.Array, k: int, r: int, s: int) -> jax.Array:
-    """``H(a, b)`` above on the grid of sorted positions, ``cdf [..., K] -> [..., K, K]``."""
-    ca = cdf[..., :, None]
-    cb = cdf[..., None, :]
-    mid = jnp.maximum(cb - ca, 0.0)
-    top = jnp.maximum(1.0 - cb, 0.0)
-    total = jnp.zeros(jnp.broadcast_shapes(ca.shape, cb.shape), cdf.dtype)
-    for u in range(r, k + 1):
-        for w in range(max(s, u), k + 1):
-            coef = math.factorial(k) // (math.factorial(u) * math.factorial(w - u) * math.factorial(k - w))
-            total = total + coef * ca**u * mid ** (w - u) * top ** (k - w)
-    diag = jnp.diagonal(total, axis1=-2, axis2=-1)
-    below = jnp.arange(cdf.shape[-1])[:, None] > jnp.arange(cdf.shape[-1])[None, :]
-    return jnp.where(below, diag[..., None, :], total)
+def _compositions(k: int, parts: int):
+    """Every tuple of ``parts`` non-negative integers summing to ``k``."""
+    if parts == 1:
+        yield (k,)
+        return
+    for first in range(k + 1):
+        for rest in _compositions(k - first, parts - 1):
+            yield (first,) + rest
+
+
+def _multinomial_log_sum(k: int, bins, valid) -> jax.Array:
+    """``log sum_{n valid} k! / prod n_i! prod_i exp(n_i bins_i)`` over the compositions ``n`` of ``k`` into
+    ``len(bins)`` parts (``bins``: log masses, broadcastable; a bin with ``n_i = 0`` contributes 1)."""
+    terms = []
+    for n in _compositions(k, len(bins)):
+        if not valid(n):
+            continue
+        log_coef = math.lgamma(k + 1) - sum(math.lgamma(c + 1) for c in n)
+        term = log_coef
+        for count, log_mass in zip(n, bins):
+            if count:
+                term = term + count * log_mass
+        terms.append(jnp.broadcast_to(term, jnp.broadcast_shapes(*(jnp.shape(m) for m in bins))))
+    return jax.scipy.special.logsumexp(jnp.stack(terms), axis=0)
+
+
+def _log_difference(big: jax.Array, small: jax.Array) -> jax.Array:
+    """``log(e^big - e^small)`` for ``small <= big`` (``-inf`` when equal or both ``-inf``)."""
+    gap = jnp.minimum(small - jnp.where(jnp.isfinite(big), big, 0.0), 0.0)
+    return jnp.where(jnp.isfinite(big) & (gap < 0), big + jnp.log(-jnp.expm1(gap)), -jnp.inf)
 
 
 def order_statistic_pair_law(log_pi: jax.Array, score: jax.Array, k: int, r: int, s: int) -> jax.Array:
@@ -55,17 +74,27 @@ def order_statistic_pair_law(log_pi: jax.Array, score: jax.Array, k: int, r: int
     if not (1 <= r < s <= k):
         v.fail("(r, s)", (r, s), f"ranks with 1 <= r < s <= k = {k}")
     order = jnp.argsort(score, axis=-1, stable=True)
-    p_sorted = jnp.take_along_axis(jnp.exp(log_pi), order, axis=-1)
-    cdf = jnp.cumsum(p_sorted, axis=-1)
-    cdf = cdf / cdf[..., -1:]
-    h = jnp.pad(_order_statistic_cdf(cdf, k, r, s), [(0, 0)] * (cdf.ndim - 1) + [(1, 0), (1, 0)])
-    mass = h[..., 1:, 1:] - h[..., :-1, 1:] - h[..., 1:, :-1] + h[..., :-1, :-1]   # [.., low a, high b]
-    mass = jnp.maximum(mass, 0.0)
+    lp = jnp.take_along_axis(log_pi, order, axis=-1)
+    lp = lp - jax.scipy.special.logsumexp(lp, axis=-1, keepdims=True)
+    n_actions = lp.shape[-1]
+    at_or_below = jax.lax.cumlogsumexp(lp, axis=lp.ndim - 1)
+    at_or_above = jax.lax.cumlogsumexp(lp, axis=lp.ndim - 1, reverse=True)
+    pad = jnp.full(lp.shape[:-1] + (1,), -jnp.inf, lp.dtype)
+    below = jnp.concatenate([pad, at_or_below[..., :-1]], axis=-1)     # log P(draw < i)
+    above = jnp.concatenate([at_or_above[..., 1:], pad], axis=-1)      # log P(draw > i)
+    # [.., low a, high b]; sum_{a < c < b} p_c = P(draw < b) - P(draw <= a)
+    between = _log_difference(below[..., None, :], at_or_below[..., :, None])
+    off = _multinomial_log_sum(
+        k, (below[..., :, None], lp[..., :, None], between, lp[..., None, :], above[..., None, :]),
+        lambda n: n[0] < r <= n[0] + n[1] and sum(n[:3]) < s <= sum(n[:4]))
+    diag = _multinomial_log_sum(k, (below, lp, above), lambda n: n[0] < r and n[0] + n[1] >= s)
+    rows = jnp.arange(n_actions)
+    mass = jnp.where(rows[:, None] < rows[None, :], off, -jnp.inf)
+    mass = jnp.where(rows[:, None] == rows[None, :], diag[..., :, None], mass)   # [.., low a, high b]
     pair_sorted = jnp.swapaxes(mass, -1, -2)                                   # [.., a1 = high, a2 = low]
     inverse = jnp.argsort(order, axis=-1)
     pair = jnp.take_along_axis(pair_sorted, inverse[..., :, None], axis=-2)
-    pair = jnp.take_along_axis(pair, inverse[..., None, :], axis=-1)
-    return jnp.log(pair)
+    return jnp.take_along_axis(pair, inverse[..., None, :], axis=-1)
 
 
 def pairing_law(name: str, log_pi: jax.Array, score: jax.Array, k: int = 4) -> jax.Array:

@@ -22,7 +22,7 @@ Built-in strategies:
 
 - ``enhancer``: P1's enhancer, ``argmax_{pi' in Pi_t} Gamma_t(pi1_t, pi')`` (``algorithms.online.enhancer``);
 - ``pi0``: ``(pi_t, pi0)``, the pair of P1's hybrid analysis; ``self_play``: ``(pi_t, pi_t)``;
-  ``uniform``: both actions uniform;
+  ``uniform``: both actions uniform; ``pi_uniform``: ``(pi_t, uniform)``;
 - ``optimism``: ``(pi_t, Gibbs(r_hat + beta Gamma))``, the upper-confidence reward;
 - ``thompson``: ``(pi_t, Gibbs(<theta~, phi>))``, ``theta~ ~ N(theta_hat, H^{-1})`` with ``H`` the
   Hessian of the regularised BT negative log-likelihood at ``theta_hat`` (Laplace posterior);
@@ -30,6 +30,13 @@ Built-in strategies:
   by ``r_hat`` (``algorithms.online.pairings``, exact laws);
 - ``calibration``: ``(pi_t, pi_cal)`` with ``pi_cal`` the agent's calibration policy, the pair of
   XPO / VPO (``pi_cal = pi0``) and SELM (``pi_cal = pi_{t-1}``) (docs/theory.md §6).
+
+The ``distinct`` modifier (a variant, not in P1): ``get("NAME+distinct")`` is strategy ``NAME`` with its pair
+law conditioned on ``a1 != a2`` (``distinct_law``), for any registered strategy, so "which policies are
+compared" and "never spend a query on an action against itself" can be separated (docs/theory.md §2.4).
+P1 draws ``a1 ~ pi1_t`` and ``a2 ~ pi2_t`` independently, identical pairs included (they carry no
+information, ``z = 0``). Conditioning changes both marginals: the variant's ``(a1, a2)`` are no longer
+draws of ``pi1_t`` and ``pi2_t``.
 """
 from __future__ import annotations
 
@@ -49,16 +56,39 @@ from bandits import validation as v
 
 @dataclasses.dataclass(frozen=True)
 class StrategyOptions:
-    """Static options of the built-in strategies."""
+    """Static options of the built-in strategies (the enhancer's: ``algorithms.online.enhancer``).
 
-    k: int = 4                       # draws per context of the rejection-sampling pairings
+    k: draws per context of the rejection-sampling pairings (>= 2); enhancer_search: ``ascent`` (fixed-point
+    ascent over tilt directions with bisection on the boundary ``eta KL = Gamma``) | ``grid`` (the earlier
+    eigenvector/random-direction grid); enhancer_fallback: the enhancer when ``Pi_t`` has no member with
+    ``Gamma_t > enhancer_min_gamma``, ``pi0`` | ``main`` (``pi_t``); enhancer_min_gamma: the ``Gamma_t`` a
+    member must exceed to be used (>= 0); enhancer_random_directions: random start directions besides the
+    eigenvectors of ``Sigma_t`` (each with its negative, >= 0); enhancer_ascent_steps: ascent rounds per start (>= 1);
+    enhancer_root_steps: bisection halvings per direction (>= 1); enhancer_scale_cap: the ascent's largest
+    tilt scale (> 0); enhancer_scales: the grid's number of scales (>= 1); enhancer_max_scale: the grid's
+    largest scale (> 0).
+    """
+
+    k: int = 4
+    enhancer_search: str = "ascent"
+    enhancer_fallback: str = "pi0"
+    enhancer_min_gamma: float = 0.0
     enhancer_random_directions: int = 4
+    enhancer_ascent_steps: int = 6
+    enhancer_root_steps: int = 14
+    enhancer_scale_cap: float = 1e4
     enhancer_scales: int = 12
     enhancer_max_scale: float = 30.0
 
     def __post_init__(self):
         v.check_int("k", self.k, 2)
+        v.check_choice("enhancer_search", self.enhancer_search, enhancer_module.SEARCHES)
+        v.check_choice("enhancer_fallback", self.enhancer_fallback, enhancer_module.FALLBACKS)
+        v.check_float("enhancer_min_gamma", self.enhancer_min_gamma, low=0.0)
         v.check_int("enhancer_random_directions", self.enhancer_random_directions, 0)
+        v.check_int("enhancer_ascent_steps", self.enhancer_ascent_steps, 1)
+        v.check_int("enhancer_root_steps", self.enhancer_root_steps, 1)
+        v.check_float("enhancer_scale_cap", self.enhancer_scale_cap, low=0.0, low_open=True)
         v.check_int("enhancer_scales", self.enhancer_scales, 1)
         v.check_float("enhancer_max_scale", self.enhancer_max_scale, low=0.0, low_open=True)
 
@@ -93,9 +123,55 @@ def independent(log_pi1: jax.Array, log_pi2: jax.Array, info=jnp.nan) -> Pair:
     return Pair(log_pi1[:, :, None] + log_pi2[:, None, :], jnp.asarray(info, log_pi1.dtype))
 
 
+def first_marginal(pair: Pair) -> jax.Array:
+    """``log P(a1 | x) = log sum_b P(a1, b | x)``, ``[n_x, K]`` (the first queried action's law)."""
+    return jax.scipy.special.logsumexp(pair.log_joint, axis=2)
+
+
 def second_marginal(pair: Pair) -> jax.Array:
-    """``log P(a2 | x)``, ``[n_x, K]`` (the explorer's policy)."""
+    """``log P(a2 | x) = log sum_a P(a, a2 | x)``, ``[n_x, K]`` (the explorer's policy)."""
     return jax.scipy.special.logsumexp(pair.log_joint, axis=1)
+
+
+def identical_mass(log_joint: jax.Array) -> jax.Array:
+    """``P(a1 = a2 | x) = sum_a P(a, a | x)``, ``[n_x]``: the probability of a pair that carries no information."""
+    return jnp.sum(jnp.exp(jnp.diagonal(log_joint, axis1=-2, axis2=-1)), axis=-1)
+
+
+DISTINCT = "+distinct"
+
+
+def distinct_law(log_joint: jax.Array) -> jax.Array:
+    """The pair law conditioned on ``a1 != a2`` (the ``distinct`` modifier; a departure from P1), ``[n_x, K, K]``:
+
+        P'(a1, a2 | x) = P(a1, a2 | x) 1[a1 != a2] / sum_{a != b} P(a, b | x).
+
+    The off-diagonal mass is summed in log space, so a tiny but positive mass is renormalised exactly.
+    Where it is exactly zero (the law of context ``x`` sits on the diagonal: a point mass, or self-play
+    of a deterministic policy), conditioning is undefined; we keep the first action's law and draw the
+    second uniformly among the other ``K - 1`` actions, ``P'(a1, a2 | x) = P1(a1 | x) / (K - 1)`` for
+    ``a2 != a1``. With ``K = 1`` no distinct pair exists and the law is returned unchanged.
+    """
+    n_actions = log_joint.shape[-1]
+    if n_actions == 1:
+        return log_joint
+    diagonal = jnp.eye(n_actions, dtype=bool)
+    off = jnp.where(diagonal, -jnp.inf, log_joint)
+    log_off = jax.scipy.special.logsumexp(off, axis=(-2, -1), keepdims=True)
+    has_off = jnp.isfinite(log_off)
+    conditioned = off - jnp.where(has_off, log_off, 0.0)
+    log_first = jax.scipy.special.logsumexp(log_joint, axis=-1, keepdims=True)
+    log_first = log_first - jax.scipy.special.logsumexp(log_first, axis=-2, keepdims=True)
+    fallback = jnp.where(diagonal, -jnp.inf, log_first - jnp.log(n_actions - 1.0))
+    return jnp.where(has_off, conditioned, fallback)
+
+
+def distinct(strategy: Strategy) -> Strategy:
+    """``strategy`` with its pair law conditioned on ``a1 != a2`` (``distinct_law``); its ``info`` is kept."""
+    def conditioned(view: StrategyView) -> Pair:
+        pair = strategy(view)
+        return Pair(distinct_law(pair.log_joint), pair.info)
+    return conditioned
 
 
 def _gibbs(view: StrategyView, reward: jax.Array) -> jax.Array:
@@ -119,6 +195,11 @@ def _uniform(view: StrategyView) -> Pair:
     return independent(u, u)
 
 
+def _pi_uniform(view: StrategyView) -> Pair:
+    return independent(view.log_pi, uniform_policy(view.instance.n_contexts, view.instance.n_actions,
+                                                   view.log_pi.dtype))
+
+
 def _pairing(name: str) -> Strategy:
     return lambda view: Pair(pairing_law(name, view.log_pi, view.reward_hat, view.options.k),
                              jnp.asarray(jnp.nan, view.log_pi.dtype))
@@ -135,6 +216,7 @@ STRATEGIES: dict[str, Strategy] = {
     "pi0": lambda view: independent(view.log_pi, view.instance.log_pi0),
     "self_play": lambda view: independent(view.log_pi, view.log_pi),
     "uniform": _uniform,
+    "pi_uniform": _pi_uniform,
     "optimism": bonus_strategy(lambda view: view.confidence.beta * view.uncertainty),
     "thompson": _thompson,
     "calibration": lambda view: independent(view.log_pi, view.log_pi_cal),
@@ -157,7 +239,25 @@ def register_bonus(name: str, bonus: Callable[[StrategyView], jax.Array], *, ove
     return register(name, bonus_strategy(bonus), overwrite=overwrite)
 
 
+def split_modifier(name: str) -> tuple[str, bool]:
+    """``("NAME", True)`` for ``"NAME+distinct"``, ``(name, False)`` otherwise."""
+    if isinstance(name, str) and name.endswith(DISTINCT):
+        return name[: -len(DISTINCT)], True
+    return name, False
+
+
+def check_name(field: str, name: str) -> str:
+    """``name`` must be a registered strategy, optionally with the suffix ``+distinct``."""
+    base, _ = split_modifier(name)
+    if base not in STRATEGIES:
+        v.fail(field, name, f"one of {', '.join(repr(c) for c in STRATEGIES)}, optionally with the suffix "
+               f"'{DISTINCT}'")
+    return name
+
+
 def get(name: str) -> Strategy:
-    v.check_choice("strategy", name, tuple(STRATEGIES))
-    return STRATEGIES[name]
+    """The strategy ``name``; ``NAME+distinct`` is ``distinct(get(NAME))``."""
+    check_name("strategy", name)
+    base, modified = split_modifier(name)
+    return distinct(STRATEGIES[base]) if modified else STRATEGIES[base]
 

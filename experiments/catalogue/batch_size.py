@@ -8,7 +8,9 @@ the sequential ``m = 1`` sample complexity, so the final suboptimality should ba
 Every ``m`` sees the same instances and the same stream of contexts and label uniforms (comparison
 ``i`` has the same uniforms whatever the batching).
 
-Columns: those of ``online-explore`` (``batch_size`` tells the runs apart). ``total_queries`` and
+Columns: those of ``online-explore`` (``batch_size`` tells the runs apart), with its cumulative regrets of
+the queries made and its diagnostics (identical pairs, log-determinants; ``algorithms.online.loop``): at a
+fixed budget they compare the cost and the information of the ``total_queries`` comparisons across ``m``. ``total_queries`` and
 ``batch_sizes`` set ``m`` and ``T``, so ``batch_size`` and ``iterations`` are refused.
 """
 from __future__ import annotations
@@ -74,27 +76,40 @@ def run(config: Config, seeds: int, progress) -> Results:
                 finals.append(float(y.mean()))
                 summary[f"{setting}/{alg}/m{m}/final_subopt"] = finals[-1]
                 summary[f"{setting}/{alg}/m{m}/final_subopt_ci95"] = float(stats.t_interval(y)[1])
+                part = {k: c[sel] for k, c in table.items()}
+                summary.update({key.replace(f"{setting}/{alg}/", f"{setting}/{alg}/m{m}/"): value for key, value
+                                in online_common.metrics_summary(part, setting).items()})
             summary[f"{setting}/{alg}/max_over_min_final_subopt"] = max(finals) / min(finals)
     return Results(table, summary)
+
+
+ROWS = ("subopt", "query_regret_kl", "weak_regret", None)
 
 
 def plot(table, config: Config, out_dir: Path) -> list[Path]:
     settings = list(dict.fromkeys(np.asarray(table["setting"]).tolist()))
     algorithms = list(dict.fromkeys(np.asarray(table["algorithm"]).tolist()))
     sizes = sorted(set(np.asarray(table["batch_size"]).tolist()))
-    fig, axes = plotting.figure(ncols=len(algorithms), nrows=len(settings), size=(5.0, 4.0))
-    axes = np.asarray(axes).reshape(len(settings), len(algorithms))
-    for row, setting in zip(axes, settings):
-        for ax, alg in zip(row, algorithms):
-            for i, m in enumerate(sizes):
-                where = {"setting": setting, "algorithm": alg, "batch_size": m}
-                x, y = plotting.pivot(table, "queries", "subopt", where=where)
-                keep = x > 0
-                plotting.band_plot(ax, x[keep], y[:, keep], f"m = {m} (T = {config.total_queries // m})",
-                                   color=f"C{i}", loglog=True)
-            ax.set(title=f"{setting}: {alg}", xlabel="queries m t", ylabel="J(pi*) - J(pi_t)")
+    info = online_common.info_metric(config)
+    fig, axes = plotting.figure(ncols=len(algorithms), nrows=len(ROWS) * len(settings), size=(5.0, 3.6))
+    axes = np.asarray(axes).reshape(len(settings), len(ROWS), len(algorithms))
+    for rows, setting in zip(axes, settings):
+        for row, metric in zip(rows, ROWS):
+            metric = metric or info
+            for ax, alg in zip(row, algorithms):
+                for i, m in enumerate(sizes):
+                    where = {"setting": setting, "algorithm": alg, "batch_size": m}
+                    x, y = plotting.pivot(table, "queries", metric, where=where)
+                    keep = x > 0 if metric == "subopt" else slice(None)
+                    plotting.band_plot(ax, x[keep], y[:, keep], f"m = {m} (T = {config.total_queries // m})",
+                                       color=f"C{i}", loglog=metric == "subopt")
+                ax.set(title=f"{setting}: {alg}: {online_common.TITLES[metric]}", xlabel="queries m t",
+                       ylabel=online_common.LABELS[metric])
+                if metric == "query_regret_kl":   # eta KL(pi* || pi2) of a peaked explorer can dwarf the rest
+                    ax.set_yscale("symlog", linthresh=10.0)
     n_seeds = len(np.unique(np.asarray(table["seed"])))
     i = config.instance
     fig.suptitle(f"batch-size: {config.total_queries} queries in batches of m, {n_seeds} seeds (mean, 95% band)\n"
+                 f"regrets: cumulative over the queries made (both queried actions charged; exact expectations)\n"
                  f"d={i.dim}, K={i.n_actions}, n_x={i.n_contexts}, kl_coef={i.kl_coef:g}")
     return plotting.save_figure(fig, out_dir, "batch_size")

@@ -4,15 +4,27 @@ Runs the ``online-explore`` loop (``experiments.catalogue.online_common``) for e
 ``algorithms.online.agents``, including the strategies, agents and algorithms registered by a plugin
 (``rlhf-bandits run bonus-compare --plugin my_bonus.py``),
 on the same instances, contexts and label uniforms (common random numbers). Prints a table ranked by
-the final suboptimality of the main agent, with 95% intervals over seeds, and for each algorithm the
-*paired* difference to ``baseline`` (default: P1's enhancer) with its 95% interval: under common
-random numbers the paired interval is much narrower than the two marginal ones.
+``rank_by`` at the last iteration (``--set rank_by=...``; lower is better), with 95% intervals over seeds,
+and for each algorithm the *paired* difference to ``baseline`` (default: P1's enhancer) with its 95%
+interval: under common random numbers the paired interval is much narrower than the two marginal ones.
+``rank_by`` is one of ``online_common.RANK_METRICS``: the main agent's final ``subopt`` (the default) or
+``subopt_kl``, or a cumulative regret (``agent_regret_kl``: the main agent's cumulative ``subopt_kl``;
+``query_regret``, ``query_regret_kl``: both queried actions charged; ``avg_regret``, ``weak_regret``:
+unregularised; definitions in ``algorithms.online.loop``). The summary records the metric under
+``rank_by`` and, besides the ranked metric's statistics, every algorithm's final regrets and diagnostics.
+
+Presets ``regime_explore`` and ``regime_plain`` (issue 16): the enhancer, ``uniform``, ``pi_uniform``, ``pi0`` and
+``self_play``, each with and without ``+distinct``, where P1's argument for the enhancer should bite (K = 256,
+kl_coef = 0.02, a ``pi0`` covering ``pi*`` poorly) and where it should not (K = 8, kl_coef = 1, uniform ``pi0``);
+256 seeds each. The instance generator has no knob for anisotropic features or for the number of good actions
+(``bandits.InstanceConfig``), so those two conditions of the issue are not varied.
 
 Columns: those of ``online-explore``.
 """
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 
 import numpy as np
@@ -31,25 +43,44 @@ nan_columns = online_common.nan_columns
 
 @dataclasses.dataclass(frozen=True)
 class Config(online_common.Config):
+    """``rank_by``: the metric the ranking sorts by (module docstring); named ``metric`` before issue 16,
+    whose value ``regret_kl`` is today's ``agent_regret_kl`` (a record written before reads as such)."""
+
+    RENAMED_FIELDS: typing.ClassVar[dict] = {"metric": "rank_by"}   # manifests written before the rename
+
     settings: tuple[str, ...] = ("hard",)
     baseline: str = "enhancer"
-    metric: str = "subopt"
+    rank_by: str = "subopt"
 
     def __post_init__(self):
+        if self.rank_by == "regret_kl":   # the column's name before issue 16
+            object.__setattr__(self, "rank_by", "agent_regret_kl")
         super().__post_init__()
-        v.check_choice("metric", self.metric, ("subopt", "subopt_kl", "regret_kl"))
-        v.check_choice("baseline", self.baseline, agents.names())
+        v.check_choice("rank_by", self.rank_by, online_common.RANK_METRICS)
+        agents.check_name("baseline", self.baseline)
 
     @property
     def algorithm_names(self) -> tuple[str, ...]:
         return tuple(self.algorithms) if self.algorithms else agents.names()
 
 
+# Issue 16 item 6: P1's argument for the enhancer against the simplest alternatives, each with and without the
+# distinct modifier, paired by seed with the enhancer.
+REGIME_ALGORITHMS = tuple(f"{name}{suffix}" for name in ("enhancer", "uniform", "pi_uniform", "pi0", "self_play")
+                          for suffix in ("", "+distinct"))
 presets = {
     "quick": replace(Config(), n_contexts=16, n_actions=8, dim=4, iterations=8, batch_size=16, dpo_steps=30),
     "paper": replace(Config(), n_contexts=64, n_actions=16, iterations=24, batch_size=32),
+    # where exploration should matter: many actions (the best of 256 random rewards is an outlier, so few
+    # actions are good), a small KL coefficient (pi* far from pi0) and a pi0 that covers pi* poorly
+    "regime_explore": replace(Config(), n_contexts=16, n_actions=256, dim=8, kl_coef=0.02, iterations=16,
+                              batch_size=32, settings=("hard",), hard_coverage=-0.9, hard_temperature=10.0,
+                              algorithms=REGIME_ALGORITHMS),
+    # where it should not: few actions, a large KL coefficient (pi* close to pi0) and a uniform pi0
+    "regime_plain": replace(Config(), n_contexts=16, n_actions=8, dim=8, kl_coef=1.0, iterations=16, batch_size=32,
+                            settings=("easy",), algorithms=REGIME_ALGORITHMS),
 }
-seeds = {"quick": 32, "paper": 64}
+seeds = {"quick": 32, "paper": 64, "regime_explore": 256, "regime_plain": 256}
 
 
 def ranking(table, metric: str, baseline: str | None) -> list[dict]:
@@ -90,17 +121,22 @@ def format_ranking(rows: list[dict], metric: str, baseline: str | None) -> str:
 def run(config: Config, seeds: int, progress) -> Results:
     keys = seed_keys(config.seed, seeds)
     table = concat_tables(online_common.run_algorithms(config, config.algorithm_names, keys, progress))
-    summary = {}
+    summary = {"rank_by": config.rank_by}
     for setting in config.settings:
         part = {k: c[table["setting"] == setting] for k, c in table.items()}
-        rows = ranking(part, config.metric, config.baseline)
-        progress.message(f"{setting}: final {config.metric} after {config.online.iterations * config.online.batch_size} "
-                         f"queries, {seeds} seeds\n" + format_ranking(rows, config.metric, config.baseline))
+        rows = ranking(part, config.rank_by, config.baseline)
+        progress.message(f"{setting}: ranked by final {config.rank_by} after "
+                         f"{config.online.iterations * config.online.batch_size} queries, {seeds} seeds\n"
+                         + format_ranking(rows, config.rank_by, config.baseline))
         for rank, r in enumerate(rows, 1):
             for key, value in r.items():
                 if key != "algorithm":
                     summary[f"{setting}/{r['algorithm']}/{key}"] = value
             summary[f"{setting}/{r['algorithm']}/rank"] = rank
+        for alg, (mean, half) in online_common.final_summary(part).items():
+            summary[f"{setting}/{alg}/final_subopt"] = mean
+            summary[f"{setting}/{alg}/final_subopt_ci95"] = half
+        summary.update(online_common.metrics_summary(part, setting))
     return Results(table, summary)
 
 
@@ -110,25 +146,25 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
     axes = np.asarray(axes).reshape(len(settings), 2)
     for row, setting in zip(axes, settings):
         part = {k: c[table["setting"] == setting] for k, c in table.items()}
-        rows = ranking(part, config.metric, config.baseline)
+        rows = ranking(part, config.rank_by, config.baseline)
         names = [r["algorithm"] for r in rows]
         ypos = np.arange(len(rows))[::-1]
         row[0].errorbar([r["mean"] for r in rows], ypos, xerr=[r["ci95"] for r in rows], fmt="o",
-                        color="C0", label=f"final {config.metric}")
+                        color="C0", label=f"final {config.rank_by}")
         row[0].set_yticks(ypos, names, fontsize="small")
-        row[0].set(title=f"{setting}: final {config.metric} (mean, 95% CI), best on top",
-                   xlabel=config.metric, ylabel="algorithm")
+        row[0].set(title=f"{setting}: ranked by final {config.rank_by} (mean, 95% CI), best on top",
+                   xlabel=online_common.LABELS[config.rank_by], ylabel="algorithm")
         if rows and "diff" in rows[0]:
             row[1].errorbar([r["diff"] for r in rows], ypos, xerr=[r["diff_ci95"] for r in rows], fmt="o",
                             color="C3", label=f"paired difference to {config.baseline}")
             row[1].axvline(0.0, color="0.4", lw=0.8)
             row[1].set_yticks(ypos, names, fontsize="small")
             row[1].set(title=f"{setting}: paired difference to {config.baseline} (same seeds)",
-                       xlabel=f"{config.metric} - {config.metric}[{config.baseline}]", ylabel="algorithm")
+                       xlabel=f"{config.rank_by} - {config.rank_by}[{config.baseline}]", ylabel="algorithm")
         else:
             row[1].set_visible(False)
     n_seeds = len(np.unique(np.asarray(table["seed"])))
     i, o = config.instance, config.online
-    fig.suptitle(f"bonus-compare: {n_seeds} seeds, d={i.dim}, K={i.n_actions}, n_x={i.n_contexts}, "
+    fig.suptitle(f"bonus-compare: ranked by final {config.rank_by}, {n_seeds} seeds, d={i.dim}, K={i.n_actions}, n_x={i.n_contexts}, "
                  f"kl_coef={i.kl_coef:g}, m={o.batch_size}, T={o.iterations}")
     return plotting.save_figure(fig, out_dir, "bonus_compare")

@@ -7,7 +7,12 @@ is drawn, and the estimator is updated on ``z = phi(x_t,a_t) - phi(x_t,a'_t)``. 
 use the MLE refit as in their papers; any estimator registered in ``algorithms.onepass.estimators`` is
 accepted). Bonus radius ``beta_t = c_beta sqrt(d log(1 + t))`` [D] for every rule (``OnePassOptions.beta``;
 the estimators' designs, ``||.||_{cH^{-1}}`` vs ``||.||_{V^{-1}}``, carry the difference between OMD and
-MLE; ``c_beta = 0`` removes the bonus).
+MLE; ``c_beta = 0`` removes the bonus). That is ``radius_mode = shared``; ``theory`` and ``calibrated`` give each
+estimator its own radius (``algorithms.onepass.radii``: OMD's ``H_t``-norm radius without kappa and the
+``V_t``-norm radius times the nominal kappa; or ``c_e sqrt(d log(1 + t))`` with ``c_e`` estimator ``e``'s 95%
+quantile of ``max_t ||theta_t - theta*||_{A_t} / sqrt(d log(1 + t))`` over ``calibration_seeds`` fresh
+*passive* streams ``(pi0, pi0)`` of the same family, seeds ``2^31, ...`` of the root seed: a departure, since a
+rule's own adaptive data need not give the same errors; multipliers in the summary).
 All rules on one seed share contexts and label uniforms (common random numbers).
 
 Regret (docs/theory.md §9.1 item 15), cumulative over rounds 1..t, reported at ``checkpoints``:
@@ -17,7 +22,9 @@ Regret (docs/theory.md §9.1 item 15), cumulative over rounds 1..t, reported at 
 - ``objective = kl``: the pair only decides what is queried; the policy served at round t is
   ``Gibbs(<theta_t, phi>)`` at ``kl_coef`` and ``regret_avg = sum_t J*(x_t) - J_{x_t}(Gibbs(theta_t))``
   (the KL-regularized regret, exact per context); ``regret_weak`` has no analogue there: NaN.
-``estimation_error = ||theta_t - theta*||``; held-out metrics do not apply: NaN. ``seconds``: wall-clock
+``estimation_error = ||theta_t - theta*||``; ``kappa_effective = 1 / mean_{s <= t} sigma'(<theta*, z_s>)`` over the
+pairs the algorithm played (the nominal ``1 / sigma'(2B)`` is the summary's ``kappa_nominal``); held-out metrics do
+not apply: NaN. ``seconds``: wall-clock
 of one round (rule + update) at round t for seed 0, from its state after ``t - 1`` rounds in a separate
 jitted call (MLE buffer of exactly t rows: the pairs seed 0 played, recorded in the scan), median of
 ``timing_repeats``; NaN on other rows. The rules that share an estimator run one after the other
@@ -37,7 +44,7 @@ import numpy as np
 
 import bandits as b
 from algorithms.onepass import deployment as dueling
-from algorithms.onepass import estimators, evaluation
+from algorithms.onepass import estimators, evaluation, radii
 from bandits import validation as v
 from experiments.catalogue import p3_common as p3
 from experiments.engine import plotting
@@ -92,6 +99,10 @@ class Config(p3.P3Config):
         return [tuple(str(n).split(":")) for n in self.algorithms]
 
     @property
+    def reads_radius_mode(self) -> bool:
+        return True
+
+    @property
     def estimator_names(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(est for _, est in self.parsed()))
 
@@ -139,10 +150,14 @@ def select(rules, rule_index, key, phi, theta, inverse, beta, log_pi0, kl_coef, 
     return jax.lax.switch(rule_index, branches, key, phi, theta, inverse, beta, log_pi0, kl_coef)
 
 
-def play_round(rules, rule_index, est, state, key, inst, x, t, config):
-    """One deployment round for context ``x`` with rule ``rules[rule_index]``: (new state, a, a', y)."""
+CALIBRATION_START = 2**31   # the calibration run's seeds: 2^31, 2^31 + 1, ... of the root seed
+
+
+def play_round(rules, rule_index, est, state, key, inst, x, t, config, multiplier=None):
+    """One deployment round for context ``x`` with rule ``rules[rule_index]``: (new state, a, a', y).
+    ``multiplier``: the estimator's calibrated radius multiplier (``radius_mode='calibrated'`` only)."""
     k_rule, k_label = jax.random.split(key)
-    beta = config.onepass.beta(config.instance.dim, t)
+    beta = radii.estimator_radius(config.onepass, est.name, config.instance.dim, t, config.reward_norm, multiplier)
     a, a2 = select(rules, rule_index, k_rule, inst.phi[x], est.theta(state), est.inverse_design(state), beta,
                    inst.log_pi0[x], inst.kl_coef, config)
     p = jax.nn.sigmoid(inst.reward[x, a] - inst.reward[x, a2])
@@ -150,11 +165,26 @@ def play_round(rules, rule_index, est, state, key, inst, x, t, config):
     return est.update(state, inst.phi[x, a] - inst.phi[x, a2], y), a, a2, y
 
 
-def simulate(key, config: Config):
-    """One seed: cumulative regrets and error at the checkpoints ``[n_ck, 3, n_alg]``, per algorithm the
-    light state snapshots after rounds ``t - 1`` (``t`` in ``config.timed``) and the pairs played with
-    their labels (for the MLE's honest timing buffer), and the contexts. The algorithms of one estimator
-    run one after the other (``lax.map``) through one compiled scan."""
+def calibration(config: Config, progress) -> np.ndarray:
+    """The calibrated multipliers ``[n_estimators]`` (``config.estimator_names``; module docstring)."""
+    def one(key):
+        k_inst, k_data = jax.random.split(key)
+        inst = evaluation.scaled_instance(k_inst, config.instance, config.reward_norm)
+        data = b.sample_preference_data(k_data, inst, inst.log_pi0, inst.log_pi0, config.rounds)
+        z = b.feature_differences(inst, data)
+        return radii.normalised_errors(config.estimator_names, config.instance.dim, config.onepass, z,
+                                       data.y.astype(z.dtype), inst.theta_star, config.checkpoints, config.reward_norm)
+
+    keys = seed_keys(config.seed, config.onepass.calibration_seeds, start=CALIBRATION_START)
+    return np.asarray(radii.quantile_multiplier(run_vectorized(one, keys, progress=progress, tag="e10_calibration")))
+
+
+def simulate(key, multipliers, config: Config):
+    """One seed: cumulative regrets, error and effective kappa at the checkpoints ``[n_ck, 4, n_alg]``, per
+    algorithm the light state snapshots after rounds ``t - 1`` (``t`` in ``config.timed``) and the pairs played
+    with their labels (for the MLE's honest timing buffer), and the contexts. The algorithms of one estimator
+    run one after the other (``lax.map``) through one compiled scan. ``multipliers [n_estimators]``: the
+    calibrated radius multipliers (read with ``radius_mode='calibrated'`` only)."""
     k_inst, k_run = jax.random.split(key)
     inst = evaluation.scaled_instance(k_inst, config.instance, config.reward_norm)
     ck = jnp.asarray(config.checkpoints)
@@ -166,12 +196,13 @@ def simulate(key, config: Config):
     out, timings, played = [None] * n_alg, [None] * n_alg, [None] * n_alg
     for est_name, (rules, members) in groups(config).items():
         est = _estimator(config, est_name, config.rounds)
+        multiplier = multipliers[config.estimator_names.index(est_name)]
         init = est.init()
         timing0 = p3.timing_buffers(est_name, init, len(tk))
 
-        def one_rule(rule_index, rules=rules, est=est, init=init, timing0=timing0):
+        def one_rule(rule_index, rules=rules, est=est, init=init, timing0=timing0, multiplier=multiplier):
             def body(carry, inp):
-                state, cum, timing, t = carry
+                state, cum, slopes, timing, t = carry
                 key, x = inp
                 theta = est.theta(state)
                 if config.objective == "kl":
@@ -179,18 +210,22 @@ def simulate(key, config: Config):
                     served = (jnp.exp(log_pi) @ inst.reward[x]
                               - inst.kl_coef * b.kl_divergence(log_pi, inst.log_pi0[x]))
                     inc = jnp.stack([inst.kl_coef * log_z[x] - served, jnp.nan])
-                state, a, a2, y = play_round(rules, rule_index, est, state, key, inst, x, t, config)
+                state, a, a2, y = play_round(rules, rule_index, est, state, key, inst, x, t, config, multiplier)
                 if config.objective != "kl":
                     inc = jnp.stack(dueling.pair_regret(inst.reward[x], a, a2))
                 cum = cum + inc
                 tpos = p3.snapshot_index(t + 1, tk)
                 timing = p3.record(est.name, timing, tpos, state)
                 err = jnp.linalg.norm(est.theta(state) - inst.theta_star)
-                return (state, cum, timing, t + 1), (jnp.concatenate([cum, err[None]]), jnp.stack([a, a2]), y)
+                margin = inst.reward[x, a] - inst.reward[x, a2]          # <theta*, z_t>
+                slopes = slopes + jax.nn.sigmoid(margin) * jax.nn.sigmoid(-margin)
+                kappa_eff = (t + 1) / slopes
+                return (state, cum, slopes, timing, t + 1), (jnp.concatenate([cum, err[None], kappa_eff[None]]),
+                                                             jnp.stack([a, a2]), y)
 
-            carry0 = (init, jnp.zeros(2, inst.phi.dtype), timing0, jnp.asarray(0))
-            (_, _, timing, _), (trace, pairs, ys) = jax.lax.scan(body, carry0, (round_keys, contexts))
-            return trace[ck - 1], timing, (pairs, ys)          # [n_ck, 3], ..., ([T, 2], [T])
+            carry0 = (init, jnp.zeros(2, inst.phi.dtype), jnp.zeros((), inst.phi.dtype), timing0, jnp.asarray(0))
+            (_, _, _, timing, _), (trace, pairs, ys) = jax.lax.scan(body, carry0, (round_keys, contexts))
+            return trace[ck - 1], timing, (pairs, ys)          # [n_ck, 4], ..., ([T, 2], [T])
 
         index = jnp.asarray([rules.index(config.parsed()[ia][0]) for ia in members], jnp.int32)
         traces, timing, plays = jax.lax.map(one_rule, index)
@@ -201,12 +236,12 @@ def simulate(key, config: Config):
     return jnp.stack(out, axis=-1), tuple(timings), tuple(played), contexts
 
 
-def _timed_round(state, rule_index, key, x, t, inst, config, rules, est_name, capacity):
+def _timed_round(state, rule_index, key, x, t, inst, multiplier, config, rules, est_name, capacity):
     est = _estimator(config, est_name, max(capacity, 1))
-    return play_round(rules, rule_index, est, state, key, inst, x, t, config)[0]
+    return play_round(rules, rule_index, est, state, key, inst, x, t, config, multiplier)[0]
 
 
-def timing_pass(config: Config, timings, played, contexts) -> np.ndarray:
+def timing_pass(config: Config, timings, played, contexts, multipliers) -> np.ndarray:
     """Seconds of one round ``[n_timed, n_alg]`` for seed 0 from its snapshots (module docstring); one
     compile per estimator (and per timed ``t`` for one that stores its data, the MLE, whose buffer has
     exactly ``t`` rows)."""
@@ -228,17 +263,20 @@ def timing_pass(config: Config, timings, played, contexts) -> np.ndarray:
                                                             est_name=est_name, capacity=cap))
                 z = phi[contexts, pairs[:, 0]] - phi[contexts, pairs[:, 1]]      # the pairs played so far
                 state = p3.with_buffer(est_name, jax.tree.map(lambda a: a[it], timings[ia]), z, ys, t)
+                mult = jnp.asarray(multipliers[config.estimator_names.index(est_name)])
                 out[it, ia] = p3.time_call(jitted[cap], (state, rule_index, round_keys[t - 1], jnp.asarray(0),
-                                                         jnp.asarray(t - 1), inst), config.timing_repeats)
+                                                         jnp.asarray(t - 1), inst, mult), config.timing_repeats)
     return out
 
 
 def run(config: Config, seeds: int, progress) -> Results:
     keys = seed_keys(config.seed, seeds)
-    out, timings, played, contexts = run_vectorized(functools.partial(simulate, config=config), keys,
+    calibrated = config.onepass.radius_mode == "calibrated"
+    mult = calibration(config, progress) if calibrated else np.zeros(len(config.estimator_names))
+    out, timings, played, contexts = run_vectorized(functools.partial(simulate, config=config), keys, mult,
                                                     progress=progress, tag="e10")
     first = lambda tree: jax.tree.map(lambda a: a[0], tree)     # seed 0
-    secs = timing_pass(config, first(timings), first(played), contexts[0])
+    secs = timing_pass(config, first(timings), first(played), contexts[0], mult)
     progress.message("timing done")
     ck = np.asarray(config.checkpoints)
     tables, summary = [], {"dispatch_seconds": p3.dispatch_seconds(config.instance.dim)}
@@ -248,7 +286,8 @@ def run(config: Config, seeds: int, progress) -> Results:
                  "estimation_error": out[:, :, 2, ia].reshape(-1), "error_local": p3.nan_column(n),
                  "heldout_accuracy": p3.nan_column(n), "heldout_logloss": p3.nan_column(n),
                  "subopt": p3.nan_column(n), "subopt_pess": p3.nan_column(n),
-                 "regret_avg": out[:, :, 0, ia].reshape(-1), "regret_weak": out[:, :, 1, ia].reshape(-1)}
+                 "regret_avg": out[:, :, 0, ia].reshape(-1), "regret_weak": out[:, :, 1, ia].reshape(-1),
+                 "kappa_effective": out[:, :, 3, ia].reshape(-1)}
         sec = p3.nan_column(n)
         for it, t in enumerate(config.timed):
             sec[(table["seed"] == 0) & (table["t"] == t)] = secs[it, ia]
@@ -258,6 +297,11 @@ def run(config: Config, seeds: int, progress) -> Results:
         if config.objective != "kl":
             summary[f"{name}/regret_weak_T"] = float(out[:, -1, 1, ia].mean())
         summary[f"{name}/seconds_t_max"] = float(secs[-1, ia])
+        summary[f"{name}/kappa_effective_T"] = float(out[:, -1, 3, ia].mean())
+    summary["kappa_nominal"] = evaluation.kappa(config.reward_norm)
+    if calibrated:
+        for est_name, m in zip(config.estimator_names, mult):
+            summary[f"{est_name}/radius_multiplier"] = float(m)
     return Results(concat_tables(tables), summary)
 
 

@@ -62,12 +62,16 @@ UNUSED_INSTANCE_FIELDS = ("instance.coverage", "instance.temperature", "instance
 class Config:
     """Fields reachable with ``--set field=value``, those of the nested ``instance`` by their own names.
 
-    Canonical panel: ``instance`` (``bandits.InstanceConfig``: n_contexts, n_actions, dim, reward_norm (B),
-    kl_coef; its coverage, temperature, reward, hidden and skew_strength are refused: the panel is the linear
-    BT family with a uniform pi0). Margin panel: margin_gap_min/max/count (log-grid of reward gaps),
-    margin_kl_coef, margin_sample_sizes. TMPS panel (the canonical instance's features and theta*):
-    tmps_coverage (c), tmps_temperature (s), tmps_kl_coef, tmps_stage1 (stage-1 fraction). lam: the ridge of
-    every BT-MLE (no confidence set is built).
+    panels: which panels run (canonical, margin, tmps); instance: the canonical panel's
+    ``bandits.InstanceConfig`` (n_contexts, n_actions, dim, reward_norm (B), kl_coef; its coverage,
+    temperature, reward, hidden and skew_strength are refused: the panel is the linear BT family with a
+    uniform pi0); sample_sizes: the canonical and TMPS panels' numbers of comparisons ``n`` (increasing);
+    margin_gap_min: the smallest reward gap ``Delta`` of the margin panel's log-grid; margin_gap_max: the
+    largest gap of that grid; margin_gap_count: the number of gaps in that grid; margin_kl_coef: the margin
+    panel's ``eta``; margin_sample_sizes: the margin panel's numbers of comparisons; tmps_coverage: ``c``
+    of the TMPS panel's pi0; tmps_temperature: ``s`` of the TMPS panel's pi0; tmps_kl_coef: the TMPS
+    panel's ``eta``; tmps_stage1: the stage-1 fraction of each TMPS budget ``n`` (docs/theory.md §5.3);
+    lam: the ridge of every BT-MLE (no confidence set is built).
     """
 
     panels: tuple[str, ...] = PANELS

@@ -12,7 +12,10 @@ P1's hybrid bound (docs/theory.md §2.4) has the coverage term ``beta ||E_x[phi(
 data. The offline data's coverage is set by the instance's coverage knob (settings ``hard``:
 ``pi0`` covering ``pi*`` poorly; ``easy``: uniform ``pi0``).
 
-Columns: those of ``online-explore`` plus ``mode`` and ``comparisons`` (offline + online data). The budget
+Columns: those of ``online-explore`` plus ``mode`` and ``comparisons`` (offline + online data). The
+regrets charge the online queries only (the offline data are given, not queried: 0 for ``offline``);
+``log_det_gram`` / ``log_det_fisher`` measure the information of all the data, offline included, so the
+three modes compare at an equal number of comparisons. The budget
 sets the number of iterations of each mode and ``strategy`` (any online algorithm of
 ``algorithms.online.agents``) is the one algorithm run, so ``iterations`` and ``algorithms`` are refused.
 """
@@ -53,7 +56,7 @@ class Config(online_common.Config):
         if not 0 < self.offline_size < self.budget:
             v.fail("offline_fraction", self.offline_fraction, f"a fraction leaving both parts of budget = "
                    f"{self.budget} non-empty")
-        v.check_choice("strategy", self.strategy, agents.names())
+        agents.check_name("strategy", self.strategy)
         m = self.online.batch_size
         for mode, n in (("online", self.budget), ("hybrid", self.budget - self.offline_size)):
             if n % m:
@@ -93,13 +96,21 @@ def run(config: Config, seeds: int, progress) -> Results:
             summary[f"{setting}/{mode}/final_subopt"] = float(table["subopt"][last].mean())
             summary[f"{setting}/{mode}/final_subopt_kl"] = float(table["subopt_kl"][last].mean())
             summary[f"{setting}/{mode}/final_confidence_width"] = float(table["confidence_width"][last].mean())
+            for metric in online_common.REGRETS + ("log_det_gram", "log_det_fisher"):
+                value = float(np.mean(table[metric][last]))
+                if np.isfinite(value):
+                    summary[f"{setting}/{mode}/final_{metric}"] = value
+            used = sel & (table["iteration"] < table["iteration"][sel].max())
+            if np.any(used):   # the offline mode queries nothing
+                summary[f"{setting}/{mode}/identical_pairs"] = float(np.mean(table["identical_pairs"][used]))
     return Results(table, summary)
 
 
 def plot(table, config: Config, out_dir: Path) -> list[Path]:
     settings = list(dict.fromkeys(np.asarray(table["setting"]).tolist()))
-    fig, axes = plotting.figure(ncols=2, nrows=len(settings), size=(5.6, 4.2))
-    axes = np.asarray(axes).reshape(len(settings), 2)
+    info = online_common.info_metric(config)
+    fig, axes = plotting.figure(ncols=4, nrows=len(settings), size=(5.2, 4.2))
+    axes = np.asarray(axes).reshape(len(settings), 4)
     for row, setting in zip(axes, settings):
         for i, mode in enumerate(MODES):
             where = {"setting": setting, "mode": mode}
@@ -109,10 +120,20 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
                                 label=f"{mode} (MLE-Gibbs on {int(x[0])} pi0 comparisons)")
                 row[1].plot(x, plotting.pivot(table, "comparisons", "confidence_width", where=where)[1].mean(0),
                             "s", color=f"C{i}", label=mode)
+                row[3].plot(x, plotting.pivot(table, "comparisons", info, where=where)[1].mean(0),
+                            "s", color=f"C{i}", label=mode)
                 continue
             plotting.band_plot(row[0], x, y, mode, color=f"C{i}", loglog=True)
             x, w = plotting.pivot(table, "comparisons", "confidence_width", where=where)
             plotting.band_plot(row[1], x, w, mode, color=f"C{i}", loglog=True)
+            x, r = plotting.pivot(table, "comparisons", "query_regret_kl", where=where)
+            plotting.band_plot(row[2], x, r, mode, color=f"C{i}")
+            x, g = plotting.pivot(table, "comparisons", info, where=where)
+            plotting.band_plot(row[3], x, g, mode, color=f"C{i}")
+        row[2].set(title=f"{setting}: query regret of the online queries (P1 form)",
+                   xlabel="comparisons (offline + online)", ylabel=online_common.LABELS["query_regret_kl"])
+        row[3].set(title=f"{setting}: {online_common.TITLES[info]} (all data)",
+                   xlabel="comparisons (offline + online)", ylabel=online_common.LABELS[info])
         coverage, temperature = config.setting_values(setting)
         pi0 = "uniform pi0" if temperature == 0 else f"pi0: c={coverage:+.1f}, s={temperature:g}"
         row[0].set(title=f"{setting} ({pi0}): suboptimality", xlabel="comparisons (offline + online)",

@@ -68,9 +68,12 @@ nan_columns = ("chosen_reward", "rejected_reward", "dpo_loss_before", "dpo_loss_
 
 @dataclasses.dataclass(frozen=True)
 class PolicyConfig(ol.HFPolicyConfig):
-    """The policy backend (docs/llm_bridge.md §5.1): ``backend="jax"`` is the tiny LM named by ``lm`` (exact);
-    ``"hf"`` a local checkpoint (the fields of ``algorithms.lm.hf_loop.HFPolicyConfig``; sampled), evaluated on
-    ``n_eval`` fresh draws per prompt and iteration."""
+    """The policy backend (docs/llm_bridge.md §5.1).
+
+    backend: ``jax`` is the tiny LM named by ``lm`` (exact), ``hf`` a local checkpoint (the other fields, those
+    of ``algorithms.lm.hf_loop.HFPolicyConfig``; sampled); n_eval: fresh draws per prompt and iteration that
+    evaluate the hf backend.
+    """
 
     backend: str = "jax"
     n_eval: int = 8
@@ -91,8 +94,9 @@ class Config:
     """Fields reachable with ``--set field=value`` (module docstring), nested ones by their own names.
 
     lm: ``"tree"`` or ``"tiny"``; vocab_size, length: the fixed-length space ``V^L`` (all enumerated);
-    n_prompts; d_model, d_ff: the tiny transformer (1 layer, 2 heads); init_scale: TreeLM's logit sd;
-    kl_coef: ``eta``, the KL coefficient of J and of the DPO loss; reward_scale; loop: the loop's options
+    n_prompts: the number of prompts; d_model, d_ff: the tiny transformer (1 layer, 2 heads); init_scale:
+    TreeLM's logit sd; kl_coef: ``eta``, the KL coefficient of J and of the DPO loss; reward_scale: the gold
+    reward's scale (``r* = reward_scale sum_t w[x, y_t] / sqrt(L)``); loop: the loop's options
     (``algorithms.lm.iterative.IterativeOptions``: n_iterations, k, n_groups, n_steps, learning_rate, history,
     deterministic_labels; its selector and restart are the variants', so they are refused); variants: names in
     ``VARIANTS``; policy: the backend (``PolicyConfig``; ``policy.backend=hf`` and the checkpoint fields);

@@ -102,8 +102,12 @@ def text_bank() -> tuple[list[str], list[list[str]]]:
 
 @dataclasses.dataclass(frozen=True)
 class PolicyConfig:
-    """The checkpoint of ``features=checkpoint``: path (empty: the pinned SmolLM2 GGUF), gguf_file (a GGUF
-    file inside ``path``, empty: none), dtype (``algorithms.lm.hf_policy.DTYPES``), device, batch_size."""
+    """The checkpoint of ``features=checkpoint``.
+
+    path: a local checkpoint directory (empty: the pinned SmolLM2 GGUF); gguf_file: a GGUF file inside
+    ``path`` (empty: none); dtype: the torch dtype (``algorithms.lm.hf_policy.DTYPES``); device: a torch
+    device (``cpu``, ``cuda``); batch_size: rows per forward pass.
+    """
 
     path: str = ""
     gguf_file: str = ""
@@ -124,10 +128,15 @@ class Config:
     nested ``onepass`` (``algorithms.onepass.estimators.OnePassOptions``, as in E8; ``c_beta`` refused, and
     an option that none of ``algorithms`` reads) and settable by their own names.
 
-    features: tiny | minilm | checkpoint; policy: the checkpoint (``policy.path=...``); dim: the reduced
-    feature dimension; the tiny source's ``n_prompts, vocab_size, length, d_model, n_layers, pooling,
-    feature_seed``; reward_norm: ``B = ||theta*||``; rounds, checkpoints, heldout; algorithms (registered
-    estimators; built in: omd, mle, ogd, hvp); timing_rounds (none: the checkpoints), timing_repeats; seed: first seed.
+    features: the feature source, tiny | minilm | checkpoint; policy: the checkpoint (``policy.path=...``);
+    dim: the reduced feature dimension (top principal components); n_prompts: the tiny source's two-token
+    prompts; vocab_size: the tiny source's vocabulary ``V``; length: the tiny source's response length ``L``;
+    d_model: the tiny transformer's width; n_layers: the tiny transformer's layers; pooling: the tiny
+    features' pooling (mean | last); feature_seed: the tiny transformer's random init; reward_norm: ``B =
+    ||theta*||``; rounds: comparisons per seed; checkpoints: rounds at which metrics are taken;
+    heldout: held-out comparisons per checkpoint; algorithms: registered estimators (built in: omd, mle, ogd,
+    hvp); timing_rounds: rounds timed on seed 0 (none: the checkpoints); timing_repeats: repeats per timed
+    round (the median is kept); seed: the root seed.
     """
 
     onepass: estimators.OnePassOptions = estimators.OnePassOptions()
@@ -168,7 +177,7 @@ class Config:
         if self.timing_rounds is not None:
             v.check_increasing_ints("timing_rounds", self.timing_rounds, 1, self.rounds)
         v.check_int("timing_repeats", self.timing_repeats, 1)
-        check_unused(self, ("onepass.c_beta",), "lm-omd-features uses no bonus radius")
+        check_unused(self, [f"onepass.{f}" for f in estimators.RADIUS_FIELDS], "lm-omd-features uses no bonus radius")
         check_unused(self, [f"onepass.{f}" for f in estimators.unread_options(self.algorithms)],
                      f"none of the estimators run ({', '.join(self.algorithms)}) reads it")
 

@@ -52,9 +52,10 @@ nan_columns = ("n", "kl_coef", "tv_to_gibbs", "reward_bias", "acceptance_rate", 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-    """vocab_size, length: the space ``V^L``; n_prompts; init_scale: TreeLM logit sd of ``pi0``;
-    reward_scale; kl_coef: ``eta`` of RS/RSO; n_grid: candidates per batch (RSO) and ``n`` of best-of-n;
-    kl_grid: the Gibbs frontier's ``eta`` values."""
+    """vocab_size, length: the space ``V^L``; n_prompts: the number of prompts; init_scale: TreeLM logit sd
+    of ``pi0``; reward_scale: the gold reward's scale (``r ~ reward_scale N(0, 1)``); kl_coef: ``eta`` of
+    RS/RSO; n_grid: candidates per batch (RSO) and ``n`` of best-of-n; kl_grid: the Gibbs frontier's ``eta``
+    values."""
 
     vocab_size: int = 6
     length: int = 4

@@ -14,14 +14,21 @@ Per ``n``: the general-preference MLE (warm-started along the stream) and its co
 (``preference_model.mle_confidence_set`` with the nested ``confidence`` config), then the offline methods
 of ``algorithms.nash.methods`` (any registered one, a plugin's included, through ``--set
 algorithms=...``; by default ``nash_mle``, the equilibrium of the estimated game, ``p2_pessimistic``,
-P2's pessimistic max-min policy, and ``bt_gibbs``, reward-based RLHF), evaluated exactly. Diagnostics
-per row: ``beta``, the unilateral and diagonal coverage ``E_x max_b E_{a~pi*} Gamma`` and ``E_x E_{a,b~pi*}
-Gamma``, the pessimistic bound ``2 L_g beta x unilateral`` (``algorithms.nash.offline``; P2's guarantee
-for ``p2_pessimistic`` on the event ``theta* in C``, the same number on every row), and whether
-``theta*`` is in the set.
+P2's policy-level pessimistic max-min policy (``algorithms.nash.pessimism``), and ``bt_gibbs``,
+reward-based RLHF; ``p2_pessimistic_pointwise``, the pointwise-box variant, by ``--set algorithms=...``),
+evaluated exactly. Diagnostics per row: ``beta``, the pointwise unilateral and diagonal coverage ``E_x
+max_b E_{a~pi*} Gamma`` and ``E_x E_{a,b~pi*} Gamma``, the pointwise bound ``2 L_g beta x unilateral``
+(``algorithms.nash.offline``; the guarantee of the pointwise variant on the event ``theta* in C``), the
+policy-level coverage ``E_x max_b ||E_{a~pi*} psi(x,a,b)||_{Sigma^-1}`` and bound ``policy_bound = 2 L_g
+beta x policy_unilateral_coverage`` (P2's guarantee for ``p2_pessimistic``; exact for the logit payoff,
+first order for the probability payoff), whether ``theta*`` is in the set, and ``max_err_over_eta =
+max_{x,a,b} |G_theta_hat - G*| / eta``, the plug-in estimate's largest payoff error against ``eta``
+(pessimism can pay only where it is of order 1: ``algorithms.nash.offline``, "Why the plug-in ..."). These
+are the same number on every algorithm's row.
 
 Columns: ``algorithm, design, seed, n, nash_gap, win_rate_vs_ref, win_rate_vs_nash, kl_to_ref,
-unilateral_coverage, diagonal_coverage, bound, in_confidence_set, beta``.
+unilateral_coverage, diagonal_coverage, bound, policy_unilateral_coverage, policy_bound, in_confidence_set,
+beta, max_err_over_eta``.
 """
 from __future__ import annotations
 
@@ -37,6 +44,7 @@ import bandits as b
 from algorithms.core import confidence as conf
 from algorithms.nash import methods
 from algorithms.nash import offline as no
+from algorithms.nash import pessimism as ps
 from algorithms.nash import preference_model as gp
 from bandits import validation as v
 from bandits.nash import policy_metrics
@@ -105,6 +113,7 @@ def per_seed(key, sizes, config: Config):
     inst = b.make_instance(k_inst, icfg)
     star = b.nash_equilibrium(inst, config.payoff).log_pi
     theta_star = gp.true_parameter(inst)
+    g_star = b.payoff_matrices(inst, config.payoff)
     pairs = [design_policies(inst, star, d) for d in config.designs]
     firsts, seconds = jnp.stack([p[0] for p in pairs]), jnp.stack([p[1] for p in pairs])
     index = jnp.asarray([DESIGNS.index(d) for d in config.designs])
@@ -117,14 +126,19 @@ def per_seed(key, sizes, config: Config):
             data = b.with_size(stream, n)
             cs = gp.mle_confidence_set(inst, data, n, icfg.reward_norm, config.confidence, theta0=theta)
             gamma = gp.pair_uncertainty(inst, cs.chol)
+            policy_cov = ps.policy_unilateral_coverage(inst, cs.chol, star)
+            g_error = no.transform(gp.model_margins(inst, cs.center), config.payoff) - g_star
             policies = methods.run_methods(config.algorithms, inst, payoff=config.payoff, options=config.nash,
                                            lam=config.confidence.lam, data=data, confidence=cs,
                                            key_of=lambda name: jax.random.fold_in(k_design, n))
             diag = {"unilateral_coverage": no.unilateral_coverage(inst, gamma, star),
                     "diagonal_coverage": no.diagonal_coverage(inst, gamma, star),
                     "bound": no.pessimistic_bound(inst, gamma, cs.beta, star, config.payoff),
+                    "policy_unilateral_coverage": policy_cov,
+                    "policy_bound": 2.0 * ps.LIPSCHITZ[config.payoff] * cs.beta * policy_cov,
                     "in_confidence_set": conf.contains(cs, theta_star).astype(cs.center.dtype),
-                    "beta": cs.beta}
+                    "beta": cs.beta,
+                    "max_err_over_eta": jnp.max(jnp.abs(g_error)) / inst.kl_coef}
             per_alg = [{**policy_metrics(inst, policies[a], star, config.payoff), **diag}
                        for a in config.algorithms]
             return cs.center, {k: jnp.stack([r[k] for r in per_alg]) for k in per_alg[0]}
@@ -148,12 +162,15 @@ def run(config: Config, seeds: int, progress) -> Results:
         summary[f"{design}/unilateral_coverage_n_max"] = float(out["unilateral_coverage"][:, i, -1, 0].mean())
         summary[f"{design}/in_confidence_set_frac"] = float(out["in_confidence_set"][:, i, :, 0].mean())
         inside = out["in_confidence_set"][:, i, :, 0] == 1.0
+        summary[f"{design}/max_err_over_eta_n_max"] = float(out["max_err_over_eta"][:, i, -1, 0].mean())
         for j, alg in enumerate(config.algorithms):
-            # the bound is P2's statement for p2_pessimistic on the event theta* in C only; for the other
-            # methods the fraction is descriptive
-            holds = out["nash_gap"][:, i, :, j] <= out["bound"][:, i, :, j] + 1e-9
+            # the bounds are the guarantees of the pessimistic policies (pointwise: p2_pessimistic_pointwise,
+            # policy-level: p2_pessimistic) on the event theta* in C only; for the other methods the fractions
+            # are descriptive
             if inside.any():
-                summary[f"{design}/{alg}/bound_holds_when_inside_frac"] = float(holds[inside].mean())
+                for key in ("bound", "policy_bound"):
+                    holds = out["nash_gap"][:, i, :, j] <= out[key][:, i, :, j] + 1e-9
+                    summary[f"{design}/{alg}/{key}_holds_when_inside_frac"] = float(holds[inside].mean())
     return Results(table, summary)
 
 

@@ -8,13 +8,15 @@ and dynamics methods of ``algorithms.nash.methods`` (any registered one, a plugi
 
 - ``enhancer``, ``self_play``, ``uniform``: P2's online agent (``algorithms.nash.online``): the main
   agent is the equilibrium of the game estimated from *all* data so far; the three differ only in
-  how the second response of each comparison is chosen;
+  how the second response of each comparison is chosen (``enhancer``: P2's max-uncertainty plausible best
+  response; ``enhancer_optimistic``, by ``--set algorithms=...``: the optimistic best-response variant);
 - ``inpo``, ``nash_md``, ``sppo``, ``online_ipo``: sampled loss-based dynamics
   (``algorithms.nash.dynamics``) that use only the current round's comparisons; ``*_exact``: their
   exact updates on the true payoff (no queries: a reference).
 
 Columns: ``algorithm, seed, iteration, queries`` (``= (iteration + 1) batch``), ``nash_gap,
-win_rate_vs_ref, win_rate_vs_nash, kl_to_ref``.
+win_rate_vs_ref, win_rate_vs_nash, kl_to_ref, pair_kl`` (the online methods' ``E_x KL(pi2_t || pi1_t)``
+between the pairing policy chosen after round ``t`` and the main agent, NaN for the dynamics).
 """
 from __future__ import annotations
 
@@ -79,11 +81,13 @@ def per_seed(key, config: Config):
     k_inst, k_run = jax.random.split(key)
     inst = b.make_instance(k_inst, config.instance)
     star = b.nash_equilibrium(inst, config.payoff).log_pi
+    extras = {}
     trajectories = methods.run_methods(config.algorithms, inst, payoff=config.payoff, options=config.nash,
                                        lam=config.confidence.lam,
-                                       key_of=lambda name: methods.stream_key(k_run, name, STREAMS))
-    rows = [jax.vmap(lambda pi: policy_metrics(inst, pi, star, config.payoff))(trajectories[a])
-            for a in config.algorithms]
+                                       key_of=lambda name: methods.stream_key(k_run, name, STREAMS), extras=extras)
+    nan = jnp.full(config.nash.iterations, jnp.nan, inst.phi.dtype)
+    rows = [{**jax.vmap(lambda pi: policy_metrics(inst, pi, star, config.payoff))(trajectories[a]),
+             "pair_kl": extras.get(a, {}).get("pair_kl", nan)} for a in config.algorithms]
     return {k: jnp.stack([r[k] for r in rows]) for k in rows[0]}
 
 
@@ -98,6 +102,8 @@ def run(config: Config, seeds: int, progress) -> Results:
         gap = out["nash_gap"][:, i, :]
         summary[f"{alg}/nash_gap_final"] = float(gap[:, -1].mean())
         summary[f"{alg}/nash_gap_mean_over_rounds"] = float(gap.mean())
+        if not np.all(np.isnan(out["pair_kl"][:, i, :])):
+            summary[f"{alg}/pair_kl_mean_over_rounds"] = float(np.nanmean(out["pair_kl"][:, i, :]))
     if {"enhancer", "self_play"} <= set(config.algorithms):   # P2's claim: the enhancer's pairs beat self-play
         e, s = (config.algorithms.index(a) for a in ("enhancer", "self_play"))
         summary["enhancer_below_self_play_final_frac"] = float(

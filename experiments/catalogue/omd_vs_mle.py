@@ -23,7 +23,16 @@ warm-started, each round). At each checkpoint ``t``:
   inside the simulation scan the buffer is padded to ``rounds``. Timed only for seed 0 and the rounds
   in ``timing_rounds``; NaN on every other row. The cost of a trivial jitted call on the same inputs
   (dispatch floor) is in the summary (``dispatch_seconds``).
-``regret_avg`` / ``regret_weak`` do not apply here: NaN.
+``regret_avg`` / ``regret_weak`` do not apply here: NaN. ``kappa`` is the nominal ``1 / sigma'(2B)``;
+``kappa_effective`` the kappa the data see, ``1 / mean_{s <= t} sigma'(<theta*, z_s>)`` over the stream so far
+(``algorithms.onepass.radii.effective_kappa``; the summary adds ``1 / min_s sigma'`` over the whole stream).
+
+The pessimistic output's radius is each estimator's under ``radius_mode`` (``algorithms.onepass.radii``):
+``shared`` (default, the ``beta_t`` above for every estimator), ``theory`` (OMD's ``H_t``-norm radius without
+kappa, the ``V_t``-norm radius of the MLE, OGD and HVP times the nominal kappa) or ``calibrated`` (each
+estimator's own 95% quantile of ``max_t ||theta_t - theta*||_{A_t} / sqrt(d log(1 + t))`` over
+``calibration_seeds`` fresh streams of the same family, seeds ``2^31, 2^31 + 1, ...`` of the root seed; the
+multipliers are in the summary, ``.../radius_multiplier``).
 
 The estimators are ``algorithms`` of the registry ``algorithms.onepass.estimators`` (a plugin's included:
 ``--plugin my_estimator.py --set algorithms=omd,mle,my_estimator``), labelled with their registry labels.
@@ -44,7 +53,7 @@ import numpy as np
 
 import bandits as b
 from algorithms.core import confidence as conf
-from algorithms.onepass import estimators, evaluation
+from algorithms.onepass import estimators, evaluation, radii
 from algorithms.onepass.evaluation import METRICS
 from bandits import validation as v
 from experiments.catalogue import p3_common as p3
@@ -87,6 +96,10 @@ class Config(p3.P3Config):
         super().__post_init__()
 
     @property
+    def reads_radius_mode(self) -> bool:
+        return True
+
+    @property
     def estimator_names(self) -> tuple[str, ...]:
         return self.algorithms
 
@@ -109,9 +122,14 @@ def make_stream(key, reward_norm, config):
     return inst, z, stream.y.astype(z.dtype), z_held, p_held
 
 
-def simulate(key, reward_norm, config: Config):
-    """One seed, one ``B``: metrics ``[n_checkpoints, n_alg]`` and light state snapshots after rounds
-    ``t - 1`` for ``t`` in ``config.timed`` (for the timing pass)."""
+CALIBRATION_START = 2**31   # the calibration run's seeds: 2^31, 2^31 + 1, ... of the root seed
+
+
+def simulate(key, reward_norm, multipliers, config: Config):
+    """One seed, one ``B``: metrics ``[n_checkpoints, n_alg]`` (and ``kappa_effective``, the same for every
+    estimator), the worst slope's ``1 / min sigma'`` over the stream, and light state snapshots after rounds
+    ``t - 1`` for ``t`` in ``config.timed`` (for the timing pass). ``multipliers [n_alg]``: the calibrated
+    radius multipliers (read only with ``radius_mode='calibrated'``)."""
     inst, z, y, z_held, p_held = make_stream(key, reward_norm, config)
     nu = conf.reference_vector(inst, "pi0")
     d = config.instance.dim
@@ -136,15 +154,40 @@ def simulate(key, reward_norm, config: Config):
     (_, snaps, timing, _), _ = jax.lax.scan(body, (init, snaps, timing, jnp.asarray(0)), (z, y))
     thetas = jnp.stack([th for th, _ in snaps])        # [n_alg, n_ck, d]
     invs = jnp.stack([iv for _, iv in snaps])          # [n_alg, n_ck, d, d]
-    per = lambda th, iv, t: evaluation.estimate_metrics(inst, th, iv, t, z_held, p_held, nu, config.onepass,
-                                                        config.objective)
-    metrics = jax.vmap(jax.vmap(per, in_axes=(0, 0, 0)), in_axes=(0, 0, None))(thetas, invs, ck)
-    return {m: metrics[m].T for m in METRICS}, timing
+    if config.onepass.radius_mode == "shared":         # options.beta inside estimate_metrics, as before
+        per = lambda th, iv, t, beta: evaluation.estimate_metrics(inst, th, iv, t, z_held, p_held, nu, config.onepass,
+                                                                  config.objective)
+    else:
+        per = lambda th, iv, t, beta: evaluation.estimate_metrics(inst, th, iv, t, z_held, p_held, nu, config.onepass,
+                                                                  config.objective, beta=beta)
+    betas = jnp.stack([radii.estimator_radius(config.onepass, name, d, ck, reward_norm, multipliers[i])
+                       for i, name in enumerate(config.algorithms)])     # [n_alg, n_ck]
+    metrics = jax.vmap(jax.vmap(per, in_axes=(0, 0, 0, 0)), in_axes=(0, 0, None, 0))(thetas, invs, ck, betas)
+    out = {m: metrics[m].T for m in METRICS}
+    kappa_t = jax.vmap(lambda t: radii.effective_kappa(inst.theta_star, z, jnp.arange(config.rounds) < t)[0])(ck)
+    out["kappa_effective"] = jnp.broadcast_to(kappa_t[:, None], (len(config.checkpoints), len(config.algorithms)))
+    return out, radii.effective_kappa(inst.theta_star, z)[1], timing
 
 
-def one_seed(key, reward_norms, config: Config):
+def calibration(config: Config, progress) -> np.ndarray:
+    """The calibrated radius multipliers ``[n_B, n_alg]`` (module docstring): ``radii.normalised_errors`` of
+    every estimator on ``calibration_seeds`` fresh streams per ``B``, then their 95% quantile over seeds."""
+    def one(key, norms):
+        def per_norm(r):
+            inst, z, y, _, _ = make_stream(key, r, config)
+            return radii.normalised_errors(config.algorithms, config.instance.dim, config.onepass, z, y,
+                                           inst.theta_star, config.checkpoints, r)
+        return jax.vmap(per_norm)(norms)
+
+    keys = seed_keys(config.seed, config.onepass.calibration_seeds, start=CALIBRATION_START)
+    worst = run_vectorized(one, keys, np.asarray(config.reward_norms, float), progress=progress,
+                           tag="e8_calibration")
+    return np.asarray(radii.quantile_multiplier(worst))
+
+
+def one_seed(key, reward_norms, multipliers, config: Config):
     """All ``B`` of one seed (common random numbers): metrics ``[n_B, n_checkpoints, n_alg]``."""
-    return jax.vmap(lambda r: simulate(key, r, config))(reward_norms)
+    return jax.vmap(lambda r, m: simulate(key, r, m, config))(reward_norms, multipliers)
 
 
 def timing_pass(config: Config, timing, progress) -> np.ndarray:
@@ -177,8 +220,10 @@ def _update(state, z, y, reward_norm, config, name, capacity):
 def run(config: Config, seeds: int, progress) -> Results:
     keys = seed_keys(config.seed, seeds)
     norms = np.asarray(config.reward_norms, float)
-    out, timing = run_vectorized(functools.partial(one_seed, config=config), keys, norms, progress=progress,
-                                 tag="e8")
+    calibrated = config.onepass.radius_mode == "calibrated"
+    mult = calibration(config, progress) if calibrated else np.zeros((len(norms), len(config.algorithms)))
+    out, worst_kappa, timing = run_vectorized(functools.partial(one_seed, config=config), keys, norms, mult,
+                                              progress=progress, tag="e8")
     secs = timing_pass(config, jax.tree.map(lambda a: a[0], timing), progress)
     algs, ck = list(config.algorithms), list(config.checkpoints)
     tables, summary = [], {"dispatch_seconds": p3.dispatch_seconds(config.instance.dim)}
@@ -187,7 +232,8 @@ def run(config: Config, seeds: int, progress) -> Results:
             n = seeds * len(ck)
             table = {"algorithm": np.full(n, alg), "seed": np.repeat(np.arange(seeds), len(ck)),
                      "t": np.tile(np.asarray(ck), seeds), "reward_norm": np.full(n, bnorm),
-                     "kappa": np.full(n, evaluation.kappa(bnorm))}
+                     "kappa": np.full(n, evaluation.kappa(bnorm)),
+                     "kappa_effective": out["kappa_effective"][:, ib, :, ia].reshape(-1)}
             for m in METRICS:
                 table[m] = out[m][:, ib, :, ia].reshape(-1)
             table["regret_avg"] = p3.nan_column(n)
@@ -205,6 +251,11 @@ def run(config: Config, seeds: int, progress) -> Results:
             summary[f"{prefix}/subopt_pess_t_max"] = float(out["subopt_pess"][:, ib, -1, ia].mean())
             summary[f"{prefix}/seconds_t_min"] = float(secs[ib, 0, ia])
             summary[f"{prefix}/seconds_t_max"] = float(secs[ib, -1, ia])
+            if calibrated:
+                summary[f"{prefix}/radius_multiplier"] = float(mult[ib, ia])
+        summary[f"B={bnorm:g}/kappa_nominal"] = evaluation.kappa(bnorm)
+        summary[f"B={bnorm:g}/kappa_effective_t_max"] = float(out["kappa_effective"][:, ib, -1, 0].mean())
+        summary[f"B={bnorm:g}/kappa_effective_worst"] = float(np.asarray(worst_kappa)[:, ib].mean())
     return Results(concat_tables(tables), summary)
 
 

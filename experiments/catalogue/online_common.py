@@ -7,7 +7,11 @@ batch-size, hybrid and bonus-compare (docs/theory.md §2.4-2.5).
 - ``per_seed``: one seed, one setting, one algorithm of a group: the trace of ``algorithms.online.loop``;
 - ``run_algorithms``: every algorithm and setting over all seeds, one compiled program per agent
   (``experiments.engine.runner.run_vectorized``), as tidy tables;
-- ``final_summary``: the last iteration's mean per algorithm with its Student-t 95% half-width.
+- ``final_summary``: the last iteration's mean per algorithm with its Student-t 95% half-width;
+- ``metrics_summary``: per algorithm, the final cumulative regrets (``REGRETS``), the mean fraction of
+  identical pairs over the queries made and the final log-determinants (definitions in
+  ``algorithms.online.loop``);
+- ``metric_panel``: one panel of a metric against queries, one band per algorithm.
 
 Algorithm names resolve through the registry ``algorithms.online.agents`` (a strategy, an agent and the
 agent's options), so a plugin's algorithm runs here unchanged.
@@ -27,7 +31,7 @@ from algorithms.core import confidence as conf
 from algorithms.online import agents, strategies
 from algorithms.online.loop import REWARD_LEARNERS, OnlineOptions, run_online
 from bandits import validation as v
-from experiments.engine import stats
+from experiments.engine import plotting, stats
 from experiments.engine.config import check_unused
 from experiments.engine.results import tidy
 from experiments.engine.runner import run_vectorized
@@ -35,7 +39,37 @@ from experiments.engine.runner import run_vectorized
 QUICK_ALGORITHMS = ("enhancer", "pi0", "self_play", "optimism", "thompson", "max_min", "xpo")
 SETTINGS = ("hard", "easy")
 
-nan_columns = ("bound", "bound_holds", "in_confidence_set", "strategy_info", "bound_rate", "bound_rate_holds")
+nan_columns = ("bound", "bound_holds", "in_confidence_set", "strategy_info", "bound_rate", "bound_rate_holds",
+               "log_det_fisher")
+# the cumulative regrets of algorithms.online.loop (sums over the queries made, each an exact expectation)
+REGRETS = ("agent_regret_kl", "query_regret", "query_regret_kl", "avg_regret", "weak_regret")
+DIAGNOSTICS = ("identical_pairs", "log_det_gram", "log_det_fisher")
+# what a ranking may sort by, lower is better: the main agent's final suboptimality or a cumulative regret
+RANK_METRICS = ("subopt", "subopt_kl") + REGRETS
+LABELS = {
+    "subopt": "J(pi*) - J(pi_t)",
+    "subopt_kl": "subopt + eta KL(pi* || pi_t)",
+    "agent_regret_kl": "sum_s m subopt_kl(pi_s) (main agent)",
+    "query_regret": "sum m [J(pi*) - (J(pi1_s) + J(pi2_s))/2]",
+    "query_regret_kl": "sum m [subopt_kl(pi1_s) + subopt_kl(pi2_s)]/2",
+    "avg_regret": "sum m E[r*(a*) - (r*(a1) + r*(a2))/2]",
+    "weak_regret": "sum m E[r*(a*) - max(r*(a1), r*(a2))]",
+    "identical_pairs": "P(a1 = a2) of batch t",
+    "log_det_gram": "log det(lam I + sum z z^T)",
+    "log_det_fisher": "log det(lam I + sum sigma'(<theta*, z>) z z^T)",
+}
+TITLES = {
+    "subopt": "suboptimality of the main agent",
+    "subopt_kl": "KL-form suboptimality of the main agent",
+    "agent_regret_kl": "main agent's cumulative subopt_kl",
+    "query_regret": "query regret (KL-regularised J)",
+    "query_regret_kl": "query regret, P1 form (subopt_kl)",
+    "avg_regret": "average regret of the queries (unregularised)",
+    "weak_regret": "weak regret of the queries (unregularised)",
+    "identical_pairs": "fraction of identical pairs",
+    "log_det_gram": "log det of the Gram matrix",
+    "log_det_fisher": "log det of the Fisher info at theta*",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +94,7 @@ class Config:
         v.check_names("settings", self.settings, SETTINGS)
         v.check_float("hard_coverage", self.hard_coverage, low=-1.0, high=1.0)
         v.check_float("hard_temperature", self.hard_temperature, low=0.0)
-        v.check_names("algorithms", self.algorithms, agents.names(), empty=True)
+        agents.check_names("algorithms", self.algorithms, empty=True)
         # the loop itself allows T = 0 (an evaluation of pi0 only); a curve against queries needs T >= 1
         v.check_int("iterations", self.online.iterations, 1)
 
@@ -155,6 +189,41 @@ def rate_bound(config: Config, batch_size: int, confidence_width):
     """P1's online/hybrid rate ``sqrt(d / (gamma^2 m)) + confidence_width`` (constant 1; docs/theory.md §2.4)."""
     gamma = float(conf.sigmoid_slope_lower_bound(config.instance.reward_norm))
     return math.sqrt(config.instance.dim / (gamma**2 * batch_size)) + np.asarray(confidence_width, float)
+
+
+def info_metric(config: Config) -> str:
+    """The log-determinant figures draw: the Fisher information at theta* where it is defined (an exact
+    learner in a linear world), else the Gram matrix of the learner's features."""
+    return "log_det_fisher" if config.exact_confidence_set else "log_det_gram"
+
+
+def metrics_summary(table, prefix: str, group: str = "algorithm") -> dict:
+    """``{prefix}/{name}/...`` per group: ``final_<regret>`` (mean at the last iteration) for each of
+    ``REGRETS``, ``identical_pairs`` (mean over seeds and the iterations whose batch is used, ``t < T``)
+    and ``final_log_det_gram`` / ``final_log_det_fisher`` (the latter where defined)."""
+    out = {}
+    for metric in REGRETS:
+        for name, (mean, _) in final_summary(table, group, metric).items():
+            out[f"{prefix}/{name}/final_{metric}"] = mean
+    used = np.asarray(table["iteration"]) < np.asarray(table["iteration"]).max()
+    for name in dict.fromkeys(np.asarray(table[group]).tolist()):
+        sel = np.asarray(table[group]) == name
+        out[f"{prefix}/{name}/identical_pairs"] = float(np.mean(np.asarray(table["identical_pairs"])[sel & used]))
+    for metric in ("log_det_gram", "log_det_fisher"):
+        for name, (mean, _) in final_summary(table, group, metric).items():
+            if np.isfinite(mean):
+                out[f"{prefix}/{name}/final_{metric}"] = mean
+    return out
+
+
+def metric_panel(ax, table, metric: str, where: dict, algorithms, colors, *, x: str = "queries", styles=None,
+                 labels=None, title: str = "") -> None:
+    """``metric`` against ``x`` for each algorithm (mean and 95% band over seeds) on ``ax``."""
+    for alg in algorithms:
+        xs, ys = plotting.pivot(table, x, metric, where={**where, "algorithm": alg})
+        plotting.band_plot(ax, xs, ys, (labels or {}).get(alg, alg), color=colors[alg],
+                           linestyle=(styles or {}).get(alg, "-"))
+    ax.set(title=title or TITLES[metric], xlabel="queries m t" if x == "queries" else x, ylabel=LABELS[metric])
 
 
 def final_summary(table, group: str = "algorithm", metric: str = "subopt") -> dict:

@@ -34,7 +34,8 @@ class P3Config:
     instance: ``n_contexts, n_actions, dim, kl_coef`` and ``B = reward_norm`` of ``bandits.InstanceConfig``
     (the family ``theta* = B u`` is linear, BT, with a uniform ``pi0``: ``coverage``, ``temperature``,
     ``reward``, ``hidden`` and ``skew_strength`` are refused); onepass: the estimators' options and the bonus
-    radius multiplier ``c_beta`` (``algorithms.onepass.estimators.OnePassOptions``); objective: unregularized
+    radius (``c_beta``, ``radius_mode`` shared | theory | calibrated, ``calibration_seeds``; ``OnePassOptions`` of
+    ``algorithms.onepass.estimators``, radii in ``algorithms.onepass.radii``); objective: unregularized
     | kl (Gibbs at kl_coef; with ``unregularized`` kl_coef is refused unless a rule reads it); timing_rounds:
     rounds timed (none: the checkpoints); timing_repeats: timed calls per round; seed: first seed.
 
@@ -62,10 +63,19 @@ class P3Config:
         names = self.estimator_names
         check_unused(self, [f"onepass.{f}" for f in estimators.unread_options(names)],
                      f"none of the estimators run ({', '.join(names)}) reads it")
+        if not self.reads_radius_mode:
+            check_unused(self, ("onepass.radius_mode",), "this experiment uses the shared radius only")
+        if self.onepass.radius_mode != "calibrated":
+            check_unused(self, ("onepass.calibration_seeds",), "only radius_mode='calibrated' runs a calibration")
 
     @property
     def reads_kl_coef(self) -> bool:
         return self.objective == "kl"
+
+    @property
+    def reads_radius_mode(self) -> bool:
+        """Whether the experiment gives each estimator its radius of ``onepass.radius_mode`` (E8, E10)."""
+        return False
 
     @property
     def timed(self) -> tuple[int, ...]:

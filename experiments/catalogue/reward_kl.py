@@ -40,7 +40,10 @@ Columns: ``panel, algorithm, seed, kl_coef, budget`` (0 in the frontier panel), 
 ``acceptance_rate`` (expected fraction of the output stage's candidates accepted),
 ``overall_acceptance`` (product of the stage rates; the one-step rate for RSO),
 ``min_stage_acceptance`` and ``expected_accepted`` (expected accepted samples per prompt from the
-output stage: ``n_last * rate_last``).
+output stage: ``n_last * rate_last``). The summary adds, for a linear reward, the fraction of seeds with
+``theta*`` in the confidence set of the pessimistic policies (``frontier/in_confidence_set_frac``) and each
+linear pessimism difference at ``kl_min`` on that event (``..._at_kl_min_in_set``, when it occurs;
+``--set beta_mode=laplace`` gives a radius that covers, docs/theory.md §1.4).
 """
 from __future__ import annotations
 
@@ -259,7 +262,8 @@ def per_seed(key, kl_coefs, config: Config):
     front = jax.vmap(frontier)(kl_coefs)
     per_budget = [jax.vmap(lambda e: rs_panel(e, budget))(kl_coefs) for budget in config.rs_budgets]
     rs_out = {k: jnp.stack([p[k] for p in per_budget]) for k in METRICS}
-    return {"frontier": front, "rs": rs_out}
+    in_cs = nan if neural else conf.contains(cs, inst0.theta_star).astype(proxy.dtype)
+    return {"frontier": front, "rs": rs_out, "in_confidence_set": in_cs}
 
 
 def run(config: Config, seeds: int, progress) -> Results:
@@ -305,6 +309,8 @@ def summarize(out, config: Config) -> dict[str, float]:
         s[f"frontier/{a}/kl_to_ref_at_kl_min"] = float(f["kl_to_ref"][:, 0, i].mean())
         s[f"frontier/{a}/max_value_gap"] = float(f["value_gap"][:, :, i].max())
     s["frontier/min_value_gap_over_all"] = float(f["value_gap"].min())
+    if config.instance.reward == "linear":
+        s["frontier/in_confidence_set_frac"] = float(np.mean(np.asarray(out["in_confidence_set"])))
     for a in ("mle_gibbs", "neural_gibbs"):
         if a in idx:
             r = f["true_reward"][:, :, idx[a]]
@@ -324,6 +330,10 @@ def summarize(out, config: Config) -> dict[str, float]:
         s[f"frontier/{a}_beats_{tag}/value_grid_frac"] = float(np.mean(dv.mean(0) > 0))
         s[f"frontier/{a}_beats_{tag}/value_grid_frac_significant"] = float(np.mean(dv.mean(0) - stats.t_interval(dv)[1] > 0))
         s[f"frontier/{a}_minus_{tag}/true_reward_at_kl_min"] = float(dm[0])
+        in_set = np.asarray(out["in_confidence_set"]) == 1
+        if ref == "mle_gibbs" and np.any(in_set):
+            # pessimism's guarantee assumes theta* in C: the same difference on the seeds of that event
+            s[f"frontier/{a}_minus_{tag}/true_reward_at_kl_min_in_set"] = float(d[in_set, 0].mean())
         dom = _frontier_domination(f["kl_to_ref"][:, :, idx[a]].mean(0), f["true_reward"][:, :, idx[a]].mean(0),
                                    f["kl_to_ref"][:, :, idx[ref]].mean(0), r_ref.mean(0))
         if np.any(~np.isnan(dom)):

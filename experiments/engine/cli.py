@@ -1,15 +1,20 @@
 """Command-line interface: ``python -m experiments`` or the ``rlhf-bandits`` console script.
 
   list                                   experiment names and one-line descriptions
-  run NAME [--preset P] [--seeds N] [--set FIELD=VALUE ...] [--out DIR] [--chunk-size C] [--no-x64]
-           [--max-memory GB] [--plugin FILE.py|MODULE ...]
+  run NAME [--preset P] [--seeds N | --seed-range START:STOP] [--set FIELD=VALUE ...] [--out DIR]
+           [--chunk-size C] [--no-x64] [--max-memory GB] [--plugin FILE.py|MODULE ...] [--quiet]
                                          run, write DIR/NAME/{results.csv,manifest.json,figures}
+                                         (a seed range: DIR/NAME-seeds-START-STOP, for merge)
+  merge OUT DIR... [--plugin ...] [--trust-plugins] [--quiet]
+                                         seed-range runs covering seeds 0..N-1 into OUT/NAME, as one run
   plot DIR [--plugin FILE.py|MODULE ...] [--trust-plugins]
                                          re-draw figures from DIR's results.csv + manifest.json
   show NAME                              every config field: type, default per preset, documentation
   demo                                   one instance and its exact values
 
 A plugin is Python code: importing it runs it with your rights. ``plot`` imports none unless asked.
+Progress goes to stderr: on a terminal a bar per computation (seeds done, elapsed time, ETA), in a log or
+a pipe one line per chunk with the same times; ``--quiet`` leaves warnings and errors only.
 
 Exit codes: 0 success; 2 bad input (one line naming the field, the value and what is allowed); 3 a file or
 directory problem (path, permission, full disk, a corrupt results file); 4 a missing optional dependency;
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -95,21 +101,25 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
                    overrides: Sequence[str] = (), out: str | Path = "results", x64: bool = True,
                    chunk_size: int | None = None, stream: TextIO | None = None,
                    command: Sequence[str] | None = None, plugins: Sequence[str] = (),
-                   max_memory: int | None = None) -> Path:
+                   max_memory: int | None = None, seed_range: tuple[int, int] | None = None,
+                   quiet: bool = False) -> Path:
     """Run experiment ``name`` and write ``out/name/`` (results.csv, figures, then manifest.json).
 
     Configuration errors (unknown name, preset or field, bad value) raise ``ValueError`` before any
     computation. Finished seed chunks are kept until the run completes, so repeating an interrupted
     command resumes it; they are reused only by a run of the same identity (config, seeds, dtype, device
     count, the toolkit's source and each plugin's contents). ``plugins`` are imported first
-    (``load_plugins``); ``max_memory`` (bytes) caps each chunk's memory. Returns the run directory.
+    (``load_plugins``); ``max_memory`` (bytes) caps each chunk's memory. ``seed_range=(start, stop)``
+    computes seeds ``start..stop-1`` only and writes ``out/name-seeds-START-STOP/`` with their rows and
+    their saved outputs, for ``merge`` (``experiments.engine.seed_range``). Progress goes to ``stream``
+    (``progress.Display``: a bar on a terminal, lines otherwise, warnings only with ``quiet``). Returns the
+    run directory.
     """
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     from bandits import validation as v
-    from experiments.engine import registry, storage
+    from experiments.engine import registry, seed_range as ranges, storage
     from experiments.engine.config import apply_overrides, config_hash, config_to_dict
     from experiments.engine.results import as_results
     from experiments.engine.runner import Progress
@@ -122,13 +132,20 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
         raise
     except ValueError as err:
         raise registry.UsageError(str(err)) from err
-    n_seeds = registry.default_seeds(experiment, preset) if seeds is None else int(seeds)
+    if seed_range is not None and seeds is not None:
+        raise registry.UsageError(f"seeds={seeds} is not allowed with seed_range={seed_range[0]}:{seed_range[1]}: "
+                                  "give one of --seeds and --seed-range.")
+    if seed_range is not None:
+        check_seed_range(seed_range)
+        n_seeds = seed_range[1]
+    else:
+        n_seeds = registry.default_seeds(experiment, preset) if seeds is None else int(seeds)
     if not 1 <= n_seeds <= v.MAX_INT:
         raise registry.UsageError(f"seeds={n_seeds} is not allowed: seeds must be an integer in [1, {v.MAX_INT}].")
     seed = getattr(config, "seed", 0)
     if not (isinstance(seed, int) and 0 <= seed <= MAX_SEED):
         raise registry.UsageError(f"seed={seed!r} is not allowed: seed must be an integer in [0, {MAX_SEED}].")
-    run_dir = Path(out) / name
+    run_dir = Path(out) / (name if seed_range is None else f"{name}-seeds-{seed_range[0]}-{seed_range[1]}")
     run_dir.mkdir(parents=True, exist_ok=True)
     with storage.RunLock(run_dir), jax.enable_x64(x64):
         dtype = jnp.dtype(jnp.result_type(float)).name
@@ -138,40 +155,41 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
         env = storage.environment()
         code = storage.code_digest()
         plugin_sha = plugin_digests(plugins)
-        digest = config_hash(name, config, n_seeds, dtype, code, plugin_sha, jax.device_count())
+        digest = config_hash(name, config, n_seeds if seed_range is None else list(seed_range), dtype, code,
+                             plugin_sha, jax.device_count())
         chunks = run_dir / storage.CHUNKS
         store = storage.ChunkStore(chunks / digest)
-        progress = Progress(name, stream, store, chunk_size, max_memory)
+        progress = Progress(name, stream, store, chunk_size, max_memory, quiet)
+        hook = None
+        if seed_range is not None:
+            shutil.rmtree(run_dir / ranges.OUTPUTS, ignore_errors=True)   # rewritten by this run
+            hook = progress.seed_hook = ranges.RangeHook(*seed_range, seed, run_dir / ranges.OUTPUTS)
         others = [p for p in chunks.iterdir() if p.is_dir() and p.name != digest] if chunks.is_dir() else []
         if others:   # kept for their own resumption
             progress.message(f"found saved chunks of {len(others)} other run(s) (a different config, seeds, dtype, "
                              "device count, code or plugins): not reusing them")
         if store.count():
             progress.message(f"found {store.count()} saved chunk(s) of an interrupted run; resuming")
-        progress.message(f"preset {preset}, {n_seeds} seeds, {dtype}, "
+        which = (f"{n_seeds} seeds" if seed_range is None
+                 else f"seeds {seed_range[0]}-{seed_range[1] - 1} ({seed_range[1] - seed_range[0]} of the root stream)")
+        progress.message(f"preset {preset}, {which}, {dtype}, "
                          f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
         started = time.perf_counter()
         results = as_results(experiment.run(config, n_seeds, progress))
         wall = time.perf_counter() - started
-        table = results.table
-        non_finite = {k: int((~np.isfinite(v)).sum()) for k, v in table.items()
-                      if v.dtype.kind == "f" and not np.all(np.isfinite(v))}
-        # NaN in a column the experiment declares in `nan_columns` means "not applicable" (e.g. no bound
-        # for that algorithm); anything else non-finite is suspect.
-        nan_ok = set(getattr(experiment, "nan_columns", ()))
-        suspect = {k: int((~np.isfinite(table[k]) & ~(np.isnan(table[k]) & (k in nan_ok))).sum())
-                   for k in non_finite}
-        suspect = {k: c for k, c in suspect.items() if c}
-        if suspect:
-            progress.message(f"WARNING: non-finite values in results: {suspect}")
-        if set(non_finite) - set(suspect):
-            progress.message("NaN marks 'not applicable' in: " + ", ".join(sorted(set(non_finite) - set(suspect))))
-        csv_path, digest_csv = storage.write_results(run_dir, table)
-        plot_error = None
-        try:  # a plotting bug must not lose the results: they are recorded, `plot DIR` retries
-            figures = _relative(experiment.plot(table, config, run_dir), run_dir)
-        except Exception as err:
-            figures, plot_error = [], err
+        table, summary = results.table, results.summary
+        extra = {}
+        if hook is not None:
+            if not hook.seed_calls:
+                raise ranges.SeedRangeError(
+                    f"--seed-range is not supported by {name!r}: its seeds do not run through "
+                    "run_vectorized(fn, seed_keys(config.seed, seeds), ...), so every seed was computed; run it "
+                    "without --seed-range.")
+            table, summary = ranges.keep_rows(table, *seed_range), {}
+            extra = {"seed_range": list(seed_range), "chunk_size": chunk_size,
+                     "outputs": dict(sorted(hook.saved.items())),
+                     "summary_note": f"a seed range: `{PROG} merge` computes the summary over all seeds"}
+        non_finite = check_finite(table, experiment, progress)
         timings = progress.timings()
         manifest = {
             "experiment": name,
@@ -183,7 +201,8 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
             "config_type": f"{type(config).__module__}.{type(config).__qualname__}",
             "config": config_to_dict(config),
             "config_hash": digest,
-            "seeds": n_seeds,
+            "seeds": n_seeds if seed_range is None else seed_range[1] - seed_range[0],
+            **extra,
             "dtype": dtype,
             "x64": x64,
             **env,
@@ -194,14 +213,10 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
             "resumed_chunks": timings["resumed_chunks"],
             "command": shlex.join(command) if command is not None else None,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "summary": results.summary,
-            "results": {"file": storage.RESULTS, "rows": results.n_rows,
-                        "columns": storage.column_types(table), "sha256": digest_csv,
-                        "non_finite": non_finite},
-            "figures": figures,
-            "plot_error": None if plot_error is None else f"{type(plot_error).__name__}: {plot_error}",
+            "summary": summary,
         }
-        storage.write_manifest(run_dir, manifest)
+        csv_path, figures, plot_error = storage.write_run(
+            run_dir, table, manifest, lambda t, d: experiment.plot(t, config, d), non_finite)
         store.clear()
         if plot_error is not None:
             progress.message(f"results and manifest written to {run_dir}, but plotting failed; fix it and "
@@ -211,9 +226,36 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
             progress.message(f"resumed: reused {timings['resumed_chunks']} saved chunk(s)")
         # compile/run are the vectorized calls' (run_vectorized); an experiment without any (hf-smoke) has wall only
         split = (f" (compile {timings['compile_s']:.1f} s, run {timings['run_s']:.1f} s)" if timings["calls"] else "")
-        progress.message(f"wrote {csv_path} ({results.n_rows} rows), manifest.json, "
+        progress.message(f"wrote {csv_path} ({len(next(iter(table.values())))} rows), manifest.json, "
                          f"{len(figures)} figure file(s) in {wall:.1f} s{split}")
         return run_dir
+
+
+def check_seed_range(seed_range: tuple[int, int]) -> tuple[int, int]:
+    """``(start, stop)`` with ``0 <= start < stop <= MAX_INT`` (seed indices are 32-bit), else a ``UsageError``."""
+    from bandits import validation as v
+    from experiments.engine.registry import UsageError
+    start, stop = seed_range
+    if not (isinstance(start, int) and isinstance(stop, int) and 0 <= start < stop <= v.MAX_INT):
+        raise UsageError(f"seed_range={start}:{stop} is not allowed: need integers 0 <= START < STOP <= {v.MAX_INT}.")
+    return start, stop
+
+
+def check_finite(table, experiment, progress) -> dict[str, int]:
+    """Count non-finite values per float column and warn about those outside the experiment's
+    ``nan_columns`` (NaN there means "not applicable", e.g. no bound for that algorithm)."""
+    import numpy as np
+    non_finite = {k: int((~np.isfinite(v)).sum()) for k, v in table.items()
+                  if v.dtype.kind == "f" and not np.all(np.isfinite(v))}
+    nan_ok = set(getattr(experiment, "nan_columns", ()))
+    suspect = {k: int((~np.isfinite(table[k]) & ~(np.isnan(table[k]) & (k in nan_ok))).sum())
+               for k in non_finite}
+    suspect = {k: c for k, c in suspect.items() if c}
+    if suspect:
+        progress.warn(f"WARNING: non-finite values in results: {suspect}")
+    if set(non_finite) - set(suspect):
+        progress.message("NaN marks 'not applicable' in: " + ", ".join(sorted(set(non_finite) - set(suspect))))
+    return non_finite
 
 
 def _recorded_plugins(manifest: dict, run_dir: Path, plugins: Sequence[str], trust: bool) -> list[str]:
@@ -378,8 +420,19 @@ def _run(args) -> int:
     compile_cache.enable()
     max_memory = None if args.max_memory is None else int(args.max_memory * 1e9)
     run_dir = run_experiment(args.name, args.preset, args.seeds, args.overrides, args.out, args.x64,
-                             args.chunk_size, sys.stderr, [PROG, *args.argv], args.plugins, max_memory)
+                             args.chunk_size, sys.stderr, [PROG, *args.argv], args.plugins, max_memory,
+                             args.seed_range, args.quiet)
     print(run_dir)
+    return 0
+
+
+def _merge(args) -> int:
+    from experiments.engine import compile_cache
+    from experiments.engine.merge import merge_runs
+
+    compile_cache.enable()   # a call the merge computes again (module docstring of seed_range) compiles once
+    print(merge_runs(args.out, args.dirs, sys.stderr, args.plugins, args.trust_plugins, [PROG, *args.argv],
+                     args.quiet))
     return 0
 
 
@@ -408,6 +461,19 @@ def _seed(text: str) -> int:
     return value
 
 
+def _seed_range(text: str) -> tuple[int, int]:
+    from bandits.validation import MAX_INT
+    allowed = f"must be START:STOP with integers 0 <= START < STOP <= {MAX_INT}"
+    parts = text.split(":")
+    try:
+        start, stop = (int(p) for p in parts) if len(parts) == 2 else (None, None)
+    except ValueError:
+        start = stop = None
+    if start is None or not 0 <= start < stop <= MAX_INT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: {allowed}")
+    return start, stop
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (no usage block): ``PROG CMD: error: ... (see PROG CMD --help)``."""
 
@@ -425,8 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run an experiment and write results, manifest and figures")
     run.add_argument("name", help="experiment name (see `list`)")
     run.add_argument("--preset", default="quick", help="preset config (default: quick)")
-    run.add_argument("--seeds", type=_positive_int, default=None,
-                     help="number of seeds (default: the preset's)")
+    count = run.add_mutually_exclusive_group()
+    count.add_argument("--seeds", type=_positive_int, default=None,
+                       help="number of seeds (default: the preset's)")
+    count.add_argument("--seed-range", type=_seed_range, default=None, metavar="START:STOP",
+                       help="compute seeds START..STOP-1 of the root stream only (job arrays, preemptible machines); "
+                       "writes OUT/NAME-seeds-START-STOP with their rows and outputs; `merge` joins the ranges")
     run.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[],
                      metavar="FIELD=VALUE", help="override a config field, e.g. kl_coef=0.1 (a nested config's "
                      "field by its own name when unique, else dotted: instance.kl_coef=0.1); tuples as 1,2,3")
@@ -443,6 +513,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="import this first, for its registrations (e.g. a new exploration strategy); a "
                      "plugin is Python code and runs with your rights; repeatable; recorded in the manifest "
                      "with its SHA-256")
+    run.add_argument("--quiet", action="store_true",
+                     help="no progress on stderr (warnings and errors only); without it: a bar with elapsed time "
+                     "and ETA on a terminal, one line per chunk otherwise")
     run.set_defaults(func=_run)
 
     plot = sub.add_parser("plot", help="re-draw figures from results.csv + manifest.json")
@@ -453,6 +526,17 @@ def build_parser() -> argparse.ArgumentParser:
                       help="import the plugins the run recorded (paths resolved against the run directory, "
                       "contents checked against the recorded SHA-256); a plugin is code: only for runs you trust")
     plot.set_defaults(func=_plot)
+
+    merge = sub.add_parser("merge", help="merge seed-range runs (run --seed-range) into one run")
+    merge.add_argument("out", metavar="OUT", help="output root; the merged run goes to OUT/NAME")
+    merge.add_argument("dirs", nargs="+", metavar="DIR", help="run directories of `run --seed-range` covering "
+                       "seeds 0..N-1 once, of one experiment, config, code and dtype")
+    merge.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE.py|MODULE",
+                       help="import this plugin first (runs made with plugins need them)")
+    merge.add_argument("--trust-plugins", action="store_true",
+                       help="import the plugins the runs recorded (checked against the recorded SHA-256)")
+    merge.add_argument("--quiet", action="store_true", help="no progress on stderr (warnings and errors only)")
+    merge.set_defaults(func=_merge)
 
     show = sub.add_parser("show", help="every config field of an experiment: type, defaults, documentation")
     show.add_argument("name", help="experiment name (see `list`)")

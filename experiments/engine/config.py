@@ -88,21 +88,42 @@ def _resolve(path: str, config: Any) -> str:
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """One line of documentation per field, from the docstrings of ``cls`` and its nested configs: the
-    text after ``name:`` (``lam: ridge of the MLE; ...``) up to the next ``;`` or sentence end."""
+    """One line of documentation per field, from the docstrings of ``cls``, its bases and its nested configs.
+
+    A field's entry starts where its name is followed by a colon (``lam: the ridge of the MLE``; several
+    names share one entry as ``a, b: ...``) and runs to the next field's entry, or to the end of the
+    sentence when prose follows; ``;`` and ``.`` both separate entries.
+    """
     import re
 
     out: dict[str, str] = {}
-    for name, (_, tp) in _fields(cls).items():
+    fields = _fields(cls)
+    for name, (_, tp) in fields.items():
         if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             out.update({f"{name}.{k}": v for k, v in field_docs(tp).items()})
-    doc = " ".join((cls.__doc__ or "").split())
-    for name in _fields(cls):
-        found = re.search(rf"(?:^|[\s,(`]){re.escape(name)}`{{0,2}}(?:, [\w`]+)*: (.+?)"
-                          rf"(?:;\s+(?=[\w`]+(?:, [\w`]+)*: )|\.\s+(?=[A-Z`])|\.$|$)", doc)
-        if found and name not in out:
-            out[name] = found.group(1).strip()
+    name = "|".join(sorted(map(re.escape, fields), key=len, reverse=True))
+    if not name:
+        return out
+    entry = re.compile(rf"(?:^|(?<=[\s(]))((?:``)?(?:{name})(?:``)?(?:, (?:``)?(?:{name})(?:``)?)*): ")
+    for klass in cls.__mro__:
+        doc = " ".join((klass.__dict__.get("__doc__") or "").split())
+        found = list(entry.finditer(doc))
+        for i, match in enumerate(found):
+            text = doc[match.end():found[i + 1].start() if i + 1 < len(found) else len(doc)]
+            text = re.split(r"(?<=[.;])\s+(?=[A-Z])", text)[0].strip().rstrip(".;").strip()
+            for field in match.group(1).replace("`", "").split(", "):
+                if text and field not in out:
+                    out[field] = text
     return out
+
+
+# Fields every experiment may declare, documented once here (an experiment's own docstring wins).
+COMMON_FIELD_DOCS = {
+    "seed": "the root seed: seed i of a run draws from fold_in(key(seed), i), whatever the seed count, chunking "
+            "or devices (common random numbers across algorithms)",
+    "chunk_size": "seeds per compiled batch (a chunk that does not fit in memory is halved automatically); "
+                  "results do not depend on it",
+}
 
 
 def describe_fields(presets: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -124,7 +145,7 @@ def describe_fields(presets: Mapping[str, Any]) -> list[dict[str, Any]]:
                 value = getattr(value, part)
             values[preset] = value
         rows.append({"path": path, "name": short.get(path, path), "type": describe_type(tp), "defaults": values,
-                     "doc": docs.get(path) or docs.get(parts[-1], "")})
+                     "doc": docs.get(path) or docs.get(parts[-1]) or COMMON_FIELD_DOCS.get(path, "")})
     return rows
 
 

@@ -17,6 +17,10 @@ CLI's ``--max-memory``). A chunk that does not fit is made smaller (halving towa
 and recompiled; when even that does not fit, ``MemoryLimitError`` says how much one chunk needs. A
 different chunk size can change results in their last bits (XLA vectorizes the batch differently), so
 the size used is recorded with each call's timings.
+
+Seed ranges: a ``Progress.seed_hook`` sees every call first; ``seed_range.RangeHook`` computes only a
+range of the run's seeds (``--seed-range``) and ``seed_range.ReplayHook`` answers calls from saved
+outputs (``merge``).
 """
 from __future__ import annotations
 
@@ -31,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+from experiments.engine.progress import Display, clock
 
 __all__ = ["MemoryLimitError", "Progress", "available_memory", "run_vectorized", "seed_keys"]
 
@@ -80,21 +86,27 @@ def available_memory(devices: list) -> int | None:
 class Progress:
     """Run context handed to ``experiment.run`` and on to ``run_vectorized``.
 
-    Reports each chunk on ``stream`` (silent when ``None``), records per-call timings (``calls``,
-    ``timings()``) and, with a ``store`` (``storage.ChunkStore``), saves finished chunks and reuses
-    them when an interrupted run is repeated. ``chunk_size`` (e.g. from ``--chunk-size``) takes
-    precedence over the experiment's own choice: it changes memory use, never the results.
+    Reports each chunk on ``stream`` (silent when ``None`` or ``quiet``; a bar with elapsed time and ETA
+    when ``stream`` is a terminal or ``bars`` is true, else one line per chunk: ``progress.Display``),
+    records per-call timings (``calls``, ``timings()``) and, with a ``store`` (``storage.ChunkStore``),
+    saves finished chunks and reuses them when an interrupted run is repeated. ``chunk_size`` (e.g. from
+    ``--chunk-size``) takes precedence over the experiment's own choice: it changes memory use, never the
+    results.
     """
 
     def __init__(self, name: str = "", stream: TextIO | None = None, store: Any = None,
-                 chunk_size: int | None = None, max_memory: int | None = None):
+                 chunk_size: int | None = None, max_memory: int | None = None, quiet: bool = False,
+                 bars: bool | None = None):
         if chunk_size is not None and chunk_size < 1:
             raise ValueError(f"chunk_size={chunk_size} is not allowed: chunk_size must be >= 1.")
         if max_memory is not None and max_memory < 1:
             raise ValueError(f"max_memory={max_memory} is not allowed: max_memory must be a number of bytes >= 1.")
         self.name, self.stream, self.store, self.chunk_size = name, stream, store, chunk_size
         self.max_memory = max_memory
+        self.display = Display(stream, quiet, bars)
         self.calls: list[dict[str, Any]] = []
+        # ``seed_range.RangeHook`` / ``ReplayHook``: sees every call first (``--seed-range``, ``merge``)
+        self.seed_hook: Callable | None = None
 
     def memory_budget(self, devices: list) -> int | None:
         """Bytes one chunk may use: the devices' free memory, capped by ``max_memory``."""
@@ -104,10 +116,12 @@ class Progress:
         return self.max_memory if free is None else min(free, self.max_memory)
 
     def message(self, text: str) -> None:
-        """Print one progress line (experiments may announce their phases)."""
-        if self.stream is not None:
-            prefix = f"[{self.name}] " if self.name else ""
-            print(prefix + text, file=self.stream, flush=True)
+        """Print one progress line (experiments may announce their phases); silent with ``quiet``."""
+        self.display.line((f"[{self.name}] " if self.name else "") + text)
+
+    def warn(self, text: str) -> None:
+        """Print a warning, even with ``quiet``."""
+        self.display.warn((f"[{self.name}] " if self.name else "") + text)
 
     def timings(self) -> dict[str, Any]:
         """Totals and per-call details for the manifest (seconds)."""
@@ -204,6 +218,19 @@ def run_vectorized(fn: Callable[..., Any], keys: jax.Array, *args: Any, chunk_si
     progress = progress if progress is not None else Progress()
     tag = tag or f"call{len(progress.calls)}"
     store_tag = _chunk_tag(tag, fn, args)
+    if progress.seed_hook is not None:
+        batched = jax.vmap(fn, in_axes=(0,) + (None,) * len(args))
+        return progress.seed_hook(
+            lambda some, offset=0: _run_vectorized(fn, some, args, chunk_size, progress, tag, store_tag, devices,
+                                                   offset),
+            keys, tag, store_tag, lambda: jax.eval_shape(batched, keys[:1], *args))
+    return _run_vectorized(fn, keys, args, chunk_size, progress, tag, store_tag, devices)
+
+
+def _run_vectorized(fn: Callable, keys: jax.Array, args: tuple, chunk_size: int | None, progress: Progress,
+                    tag: str, store_tag: str, devices: list | None, offset: int = 0) -> Any:
+    """The body of ``run_vectorized``; ``offset`` is the index of ``keys[0]`` in the run (a seed range), for
+    the progress lines only."""
     devices = list(devices) if devices is not None else jax.local_devices()
     n = int(keys.shape[0])
     if n < 1:
@@ -231,6 +258,8 @@ def run_vectorized(fn: Callable[..., Any], keys: jax.Array, *args: Any, chunk_si
         compiled, shapes, size, record["peak_memory_bytes"] = cached
     else:
         t0 = time.perf_counter()
+        progress.message(f"{tag}: compiling the per-seed program for {size} seeds on {len(devices)} device(s) "
+                         "(XLA, once per shape; the first chunk waits for it)")
         jitted = jax.jit(batched, in_shardings=(seeds_sharding,) + (replicated,) * len(args),
                          out_shardings=seeds_sharding)
         while True:
@@ -259,28 +288,39 @@ def run_vectorized(fn: Callable[..., Any], keys: jax.Array, *args: Any, chunk_si
     n_chunks = math.ceil(n / size)
     record["chunk_size"], record["chunks"] = size, n_chunks
     parts = []
-    for i in range(n_chunks):
-        start, stop = i * size, min((i + 1) * size, n)
-        where = f"{tag}: chunk {i + 1}/{n_chunks} (seeds {start}-{stop - 1} of {n})"
-        saved = progress.store.load(store_tag, i, start, stop, shapes) if progress.store is not None else None
-        if saved is None and progress.store is not None and progress.store.rejected:
-            path, reason = progress.store.rejected.pop()
-            progress.message(f"{where}: saved chunk {path} is unusable ({reason}); recomputing it")
-        if saved is not None:
-            parts.append(saved)
-            record["resumed_chunks"] += 1
-            progress.message(f"{where} reused from an interrupted run")
-            continue
-        chunk = jax.device_put(_padded(keys[start:stop], size), seeds_sharding)
-        t0 = time.perf_counter()
-        out = _run_chunk(compiled, chunk, args)
-        seconds = time.perf_counter() - t0
-        record["run_s"] += seconds
-        out = jax.tree.map(lambda a: np.asarray(a)[: stop - start], out)
-        if progress.store is not None:
-            progress.store.save(store_tag, i, start, stop, out)
-        parts.append(out)
-        progress.message(f"{where} done in {seconds:.2f} s")
+    started, computed, done = time.perf_counter(), 0, 0
+    bars = progress.display.bars
+    with progress.display.bar(n, f"[{progress.name}] {tag}" if progress.name else tag) as advance:
+        for i in range(n_chunks):
+            start, stop = i * size, min((i + 1) * size, n)
+            where = (f"{tag}: chunk {i + 1}/{n_chunks} (seeds {offset + start}-{offset + stop - 1} of "
+                     + (f"{n})" if not offset else f"the range {offset}-{offset + n - 1})"))
+            saved = progress.store.load(store_tag, i, start, stop, shapes) if progress.store is not None else None
+            if saved is None and progress.store is not None and progress.store.rejected:
+                path, reason = progress.store.rejected.pop()
+                progress.message(f"{where}: saved chunk {path} is unusable ({reason}); recomputing it")
+            done += stop - start
+            if saved is not None:
+                parts.append(saved)
+                record["resumed_chunks"] += 1
+                progress.message(f"{where} reused from an interrupted run")
+                advance(stop - start)
+                continue
+            chunk = jax.device_put(_padded(keys[start:stop], size), seeds_sharding)
+            t0 = time.perf_counter()
+            out = _run_chunk(compiled, chunk, args)
+            seconds = time.perf_counter() - t0
+            record["run_s"] += seconds
+            computed += stop - start
+            out = jax.tree.map(lambda a: np.asarray(a)[: stop - start], out)
+            if progress.store is not None:
+                progress.store.save(store_tag, i, start, stop, out)
+            parts.append(out)
+            advance(stop - start)
+            if not bars:   # a log: the bar's elapsed time and ETA on each chunk's line
+                elapsed = time.perf_counter() - started
+                eta = f", ETA {clock(elapsed / computed * (n - done))}" if done < n else ""
+                progress.message(f"{where} done in {seconds:.2f} s ({clock(elapsed)} elapsed{eta})")
     if len(parts) == 1:
         return parts[0]
     return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)

@@ -34,7 +34,8 @@ import jax
 import numpy as np
 
 __all__ = ["ChunkStore", "RunBusyError", "RunLock", "atomic_write", "code_digest", "column_types", "environment",
-           "file_digest", "git_revision", "read_manifest", "read_results", "write_manifest", "write_results"]
+           "file_digest", "git_revision", "read_manifest", "read_results", "write_manifest", "write_results",
+           "write_run"]
 
 RESULTS = "results.csv"
 MANIFEST = "manifest.json"
@@ -186,6 +187,29 @@ def write_manifest(out_dir: str | os.PathLike, manifest: Mapping[str, Any]) -> P
     """Write ``out_dir/manifest.json`` atomically."""
     text = json.dumps(manifest, indent=2, sort_keys=False, default=_json_default) + "\n"
     return atomic_write_text(Path(out_dir) / MANIFEST, text)
+
+
+def write_run(run_dir: str | os.PathLike, table: Mapping[str, np.ndarray], manifest: dict[str, Any],
+              plot: Callable[[Mapping[str, np.ndarray], Path], Any], non_finite: Mapping[str, int]
+              ) -> tuple[Path, list[str], BaseException | None]:
+    """Write a finished run: ``results.csv``, the figures (``plot(table, run_dir)``), then ``manifest.json``
+    (``manifest`` plus ``results`` and ``figures``), each atomically. A plotting error does not lose the
+    results: it is recorded in the manifest and returned (``rlhf-bandits plot DIR`` retries)."""
+    run_dir = Path(run_dir)
+    csv_path, digest = write_results(run_dir, table)
+    plot_error = None
+    try:
+        figures = [str(Path(p).relative_to(run_dir)) if Path(p).is_relative_to(run_dir) else str(p)
+                   for p in (plot(table, run_dir) or [])]
+    except Exception as err:
+        figures, plot_error = [], err
+    manifest = {**manifest,
+                "results": {"file": RESULTS, "rows": len(next(iter(table.values()))),
+                            "columns": column_types(table), "sha256": digest, "non_finite": dict(non_finite)},
+                "figures": figures,
+                "plot_error": None if plot_error is None else f"{type(plot_error).__name__}: {plot_error}"}
+    write_manifest(run_dir, manifest)
+    return csv_path, figures, plot_error
 
 
 def _json_default(value: Any) -> Any:
