@@ -3,9 +3,9 @@
 Knows nothing about learning (docs/design.md §1). See docs/theory.md §1, §3.1, §8.1 for the mathematics.
 """
 from bandits import _xla_workarounds  # noqa: F401  (before JAX's CPU backend starts)
-from bandits.data import (PreferenceData, comparison_uniforms, inverse_cdf, concatenate, feature_differences,
-                          preference_probability, sample_joint_preference_data, sample_labels,
-                          sample_preference_data, with_size)
+from bandits.data import (COMPARE_ALL_MAX, PreferenceData, comparison_uniforms, concatenate, feature_differences,
+                          inverse_cdf, preference_probability, sample_joint_preference_data, sample_labels,
+                          sample_preference_data, search_rows, with_size)
 from bandits.evaluation import (context_mean, expected_kl, expected_reward, kl_to_reference,
                                 optimal_policy, optimal_value, preference_matrices, suboptimality,
                                 suboptimality_kl, value, win_rate)

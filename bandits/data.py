@@ -1,10 +1,15 @@
 """Preference data: fixed-shape arrays sampled from a pair of policies (docs/theory.md §1.4; docs/design.md §2-3).
 
 Comparison ``i`` is drawn as ``x ~ d0``, ``a1 ~ pi1(.|x)``, ``a2 ~ pi2(.|x)``, ``y ~ Bernoulli(P(x,a1,a2))``,
-from its own key ``fold_in(key, i)``, which gives four uniforms ``(u_x, u_1, u_2, u_y)``; each draw is
-the inverse CDF of its law at its uniform (``x = min{j : F_d0(j) > u_x}``, likewise the actions,
-``y = 1[u_y < P]``). Four uniforms per comparison, instead of one Gumbel per context and per action
-of a Gumbel-max categorical, is what keeps sampling cheap beside the estimators. Hence:
+from four uniforms ``(u_x, u_1, u_2, u_y)`` that are a function of the key and of ``i`` alone
+(``comparison_uniforms``: counter-based, Threefry-2x32 of the counter ``(i, j)``, Salmon et al., SC 2011);
+each draw is the inverse CDF of its law at its uniform (``x = min{j : F_d0(j) > u_x}``, likewise the
+actions, ``y = 1[u_y < P]``), found by binary search. Four uniforms per comparison, instead of one Gumbel
+per context and per action of a Gumbel-max categorical, is what keeps sampling cheap beside the
+estimators; drawing them in bulk by counter, instead of from a key derived per comparison, and
+searching the CDFs by bisection, instead of comparing ``u`` with every entry, is what keeps it cheap
+at 16384 comparisons over 128 contexts (benchmarks/RESULTS.md, the profile of the offline sweep).
+Hence:
 
 - nested prefixes: the first ``n`` comparisons of a stream of length ``N >= n`` are exactly the data
   set of size ``n`` drawn with the same key, so growing sample sizes come from one stream;
@@ -20,10 +25,14 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.extend.random import threefry_2x32
 from jax.scipy.special import logsumexp
 
 from bandits.instance import Instance
 from bandits.preferences import labels_from_probability
+
+# Rows up to this length are searched by comparing every entry, longer ones by bisection (search_rows).
+COMPARE_ALL_MAX = 64
 
 
 class PreferenceData(NamedTuple):
@@ -39,9 +48,35 @@ class PreferenceData(NamedTuple):
 
 
 def comparison_uniforms(key: jax.Array, index: jax.Array, dtype=jnp.float32) -> jax.Array:
-    """The uniforms ``(u_x, u_1, u_2, u_y)`` of comparison ``index`` (shape ``index.shape + (4,)``)."""
-    draw = lambda i: jax.random.uniform(jax.random.fold_in(key, i), (4,), dtype)
-    return jax.vmap(draw)(jnp.ravel(index)).reshape(jnp.shape(index) + (4,))
+    """The uniforms ``(u_x, u_1, u_2, u_y)`` of comparison ``index`` (shape ``index.shape + (4,)``), in ``[0, 1)``.
+
+    Counter-based: word pair ``j`` of comparison ``i`` is ``Threefry2x32_k(i, j)`` (``k`` the key's two
+    32-bit words), so the uniforms of comparison ``i`` depend on ``(key, i)`` only and any set of indices
+    is drawn in one bulk hash, in any order, with no key derived per comparison. A float64 uniform takes
+    the top 52 bits of a 64-bit word made of one pair, ``u = (w >> 12) 2^-52``; a float32 one the top 23
+    bits of a 32-bit word, ``u = (w >> 9) 2^-23`` (the mantissa construction of ``jax.random.uniform``).
+    Keys of another PRNG implementation than Threefry fall back to ``fold_in(key, i)`` per comparison.
+    """
+    shape = jnp.shape(index)
+    flat = jnp.ravel(index).astype(jnp.uint32)
+    data = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    if data.shape != (2,):
+        draw = lambda i: jax.random.uniform(jax.random.fold_in(key, i), (4,), dtype)
+        return jax.vmap(draw)(flat).reshape(shape + (4,))
+    wide = jnp.dtype(dtype).itemsize == 8
+    pairs = 4 if wide else 2
+    counter = jnp.arange(pairs, dtype=jnp.uint32)
+    x0 = jnp.repeat(flat, pairs)
+    x1 = jnp.tile(counter, flat.shape[0])
+    out = threefry_2x32(data.astype(jnp.uint32), jnp.concatenate([x0, x1]))
+    y0, y1 = out[:x0.shape[0]], out[x0.shape[0]:]
+    if wide:
+        word = (y0.astype(jnp.uint64) << 32) | y1.astype(jnp.uint64)
+        u = (word >> 12).astype(jnp.float64) * 2.0 ** -52
+    else:
+        words = jnp.stack([y0, y1], axis=-1).reshape(-1)
+        u = (words >> 9).astype(jnp.float32) * jnp.float32(2.0 ** -23)
+    return u.astype(dtype).reshape(shape + (4,))
 
 
 def inverse_cdf(probs: jax.Array, u: jax.Array) -> jax.Array:
@@ -61,14 +96,35 @@ def normalized_cdf(probs: jax.Array) -> jax.Array:
 
 
 def search_cdf(cdf: jax.Array, u: jax.Array) -> jax.Array:
-    """``inverse_cdf`` from precomputed rows ``cdf [..., K]`` (``normalized_cdf``), broadcast against ``u``.
-
-    The samplers compute one CDF per context and gather its rows: the same numbers as ``inverse_cdf``
-    on the gathered probabilities, without a cumulative sum per comparison.
-    """
+    """``inverse_cdf`` from precomputed rows ``cdf [..., K]`` (``normalized_cdf``), broadcast against ``u``."""
     cdf = jnp.broadcast_to(cdf, jnp.shape(u) + cdf.shape[-1:])
-    index = jnp.sum(cdf <= u[..., None], axis=-1)
-    return jnp.minimum(index, cdf.shape[-1] - 1).astype(jnp.int32)
+    return search_rows(cdf.reshape(-1, cdf.shape[-1]), jnp.arange(jnp.size(u)), jnp.ravel(u)).reshape(jnp.shape(u))
+
+
+def search_rows(table: jax.Array, rows: jax.Array, u: jax.Array) -> jax.Array:
+    """``min(#{k : table[rows_i, k] <= u_i}, K - 1)`` for non-decreasing rows of ``table [R, K]``, as int32.
+
+    A row of at most ``COMPARE_ALL_MAX`` entries is gathered and compared entry by entry (vectorised, the
+    faster on CPU for short rows); a longer one is bisected on the invariant
+    ``table[r, lo - 1] <= u < table[r, hi]`` (``lo = 0``, ``hi = K`` at the start), ``ceil(log2(K + 1))``
+    halvings of one gather each, ``O(log K)`` work per draw instead of ``O(K)``. Both give the same
+    index. The samplers call it with one CDF per context (``rows = x``), or one row (``rows = 0``).
+    """
+    k = table.shape[-1]
+    if k <= COMPARE_ALL_MAX:
+        count = jnp.sum(table[rows] <= u[..., None], axis=-1)
+        return jnp.minimum(count, k - 1).astype(jnp.int32)
+    flat = table.reshape(-1)
+    base = jnp.asarray(rows, jnp.int32) * k
+    lo = jnp.zeros(jnp.shape(u), jnp.int32)
+    hi = jnp.full(jnp.shape(u), k, jnp.int32)
+    for _ in range(k.bit_length()):
+        mid = (lo + hi) // 2
+        right = flat[base + jnp.minimum(mid, k - 1)] <= u
+        active = lo < hi
+        lo = jnp.where(active & right, mid + 1, lo)
+        hi = jnp.where(active & ~right, mid, hi)
+    return jnp.minimum(lo, k - 1).astype(jnp.int32)
 
 
 def preference_probability(instance: Instance, x, a1, a2) -> jax.Array:
@@ -90,9 +146,9 @@ def sample_preference_data(key: jax.Array, instance: Instance, log_pi1: jax.Arra
     ``log_pi1``, ``log_pi2``: ``[n_x, K]`` log-probabilities (rows need not be exactly normalised).
     """
     u = comparison_uniforms(key, start + jnp.arange(n), instance.phi.dtype)
-    x = search_cdf(normalized_cdf(instance.d0), u[:, 0])
-    a1 = search_cdf(normalized_cdf(jnp.exp(log_pi1))[x], u[:, 1])
-    a2 = search_cdf(normalized_cdf(jnp.exp(log_pi2))[x], u[:, 2])
+    x = search_rows(normalized_cdf(instance.d0)[None], jnp.zeros((n,), jnp.int32), u[:, 0])
+    a1 = search_rows(normalized_cdf(jnp.exp(log_pi1)), x, u[:, 1])
+    a2 = search_rows(normalized_cdf(jnp.exp(log_pi2)), x, u[:, 2])
     y = sample_labels(u[:, 3], instance, x, a1, a2, deterministic)
     return PreferenceData(x, a1, a2, y, jnp.ones((n,), bool))
 
@@ -107,10 +163,11 @@ def sample_joint_preference_data(key: jax.Array, instance: Instance, log_joint: 
     random numbers hold across the two samplers).
     """
     u = comparison_uniforms(key, start + jnp.arange(n), instance.phi.dtype)
-    x = search_cdf(normalized_cdf(instance.d0), u[:, 0])
+    x = search_rows(normalized_cdf(instance.d0)[None], jnp.zeros((n,), jnp.int32), u[:, 0])
     joint = jnp.exp(log_joint - logsumexp(log_joint, axis=(1, 2), keepdims=True))
-    a1 = search_cdf(normalized_cdf(jnp.sum(joint, axis=2))[x], u[:, 1])
-    a2 = search_cdf(normalized_cdf(joint)[x, a1], u[:, 2])
+    n_x, k = joint.shape[0], joint.shape[-1]
+    a1 = search_rows(normalized_cdf(jnp.sum(joint, axis=2)), x, u[:, 1])
+    a2 = search_rows(normalized_cdf(joint).reshape(n_x * k, k), x * k + a1, u[:, 2])
     y = sample_labels(u[:, 3], instance, x, a1, a2, deterministic)
     return PreferenceData(x, a1, a2, y, jnp.ones((n,), bool))
 

@@ -2,7 +2,8 @@
 
 An ``Instance`` holds everything exact evaluation needs on a finite world:
 
-- ``phi [n_x, K, d]`` features (default: Gaussian, normalised to unit norm);
+- ``phi [n_x, K, d]`` features (default: Gaussian, normalised to unit norm; ``InstanceConfig`` can make
+  them anisotropic and leave few good actions per context, see ``random_features`` and ``few_good_actions``);
 - ``log_pi0 [n_x, K]`` the reference policy;
 - ``d0 [n_x]`` context weights (uniform by default);
 - ``reward [n_x, K]`` the true reward table ``r*(x, a)``;
@@ -68,7 +69,16 @@ class InstanceConfig:
     n_contexts: number of contexts ``n_x`` (>= 1); n_actions: ``K`` (>= 2); dim: ``d`` (>= 1);
     reward_norm: ``B = ||theta*||`` (> 0; for neural rewards, the reward spread ``std = B / sqrt(d)``);
     kl_coef: ``eta > 0``; coverage: ``c in [-1, 1]``; temperature: ``s >= 0`` (0: uniform pi0);
-    reward: 'linear' | 'neural'; hidden: MLP width; skew_strength: spectral norm of ``S`` (0: BT).
+    reward: 'linear' | 'neural'; hidden: MLP width; skew_strength: spectral norm of ``S`` (0: BT);
+    feature_anisotropy: the condition number ``kappa_phi >= 1`` of the feature covariance, whose eigenvalues
+    decay geometrically, ``E[phi phi^T] = diag(lambda) / d`` with ``lambda_i = kappa_phi^(-(i-1)/(d-1))``
+    (1: isotropic unit features, ``random_features``); good_actions: ``G`` in ``[0, K-1]``, the number of
+    good actions per context (0: off), which beat every other action of their context by at least ``B``
+    (linear rewards only, ``few_good_actions``).
+
+    The last two are the regime knobs of issue 16 (where P1's argument for the enhancer should bite: few
+    good actions, directions of the feature space that random queries rarely excite); their defaults give
+    the instances of before bit for bit.
     """
 
     n_contexts: int = 128
@@ -81,6 +91,8 @@ class InstanceConfig:
     reward: str = "linear"
     hidden: int = 32
     skew_strength: float = 0.0
+    feature_anisotropy: float = 1.0
+    good_actions: int = 0
 
     def __post_init__(self):
         v.check_int("n_contexts", self.n_contexts, 1)
@@ -93,12 +105,56 @@ class InstanceConfig:
         v.check_choice("reward", self.reward, REWARD_KINDS)
         v.check_int("hidden", self.hidden, 1)
         v.check_float("skew_strength", self.skew_strength, low=0.0)
+        v.check_float("feature_anisotropy", self.feature_anisotropy, low=1.0)
+        v.check_int("good_actions", self.good_actions, 0, self.n_actions - 1)
+        if self.good_actions and self.reward != "linear":
+            v.fail("good_actions", self.good_actions, "0 when reward='neural' (good actions are placed along "
+                   "theta*, which a neural reward does not have)")
 
 
-def random_features(key: jax.Array, n_x: int, n_actions: int, d: int, dtype=None) -> jax.Array:
-    """Gaussian features normalised to unit norm, shape ``[n_x, K, d]``."""
+def feature_spectrum(d: int, anisotropy: float = 1.0) -> np.ndarray:
+    """``lambda_i = anisotropy^(-(i-1)/(d-1))``, ``i = 1..d`` (all 1 when ``d = 1``): from 1 down to
+    ``1 / anisotropy`` in geometric steps, so ``anisotropy`` is the condition number ``lambda_1 / lambda_d``."""
+    if d == 1:
+        return np.ones(1)
+    return float(anisotropy) ** (-np.arange(d) / (d - 1))
+
+
+def random_features(key: jax.Array, n_x: int, n_actions: int, d: int, dtype=None,
+                    anisotropy: float = 1.0) -> jax.Array:
+    """Features ``phi = Lambda^(1/2) g / ||g||``, shape ``[n_x, K, d]``, with ``g`` standard Gaussian and
+    ``Lambda = diag(feature_spectrum(d, anisotropy))``.
+
+    ``g / ||g||`` is uniform on the unit sphere, so ``E[phi phi^T] = Lambda / d`` exactly (mean zero), with
+    condition number ``anisotropy``; ``lambda_i <= 1`` keeps ``||phi|| <= 1`` (so ``|r*| <= B`` for a
+    linear reward, docs/theory.md §8.1), with equality for ``anisotropy = 1``, the default unit features.
+    The eigenvectors are the coordinate axes: ``theta*``, ``u_perp`` and the ridge are rotation invariant,
+    so that costs no generality.
+    """
     g = jax.random.normal(key, (n_x, n_actions, d), dtype=dtype)
-    return g / jnp.linalg.norm(g, axis=-1, keepdims=True)
+    phi = g / jnp.linalg.norm(g, axis=-1, keepdims=True)
+    if anisotropy == 1.0:   # the isotropic features exactly as before the knob existed
+        return phi
+    return phi * jnp.asarray(np.sqrt(feature_spectrum(d, anisotropy)).reshape(1, 1, d), phi.dtype)
+
+
+def few_good_actions(phi: jax.Array, theta: jax.Array, good: int) -> jax.Array:
+    """Features with exactly ``good`` good actions per context: ``phi' = (phi + s u) / 2``, ``u = theta /
+    ||theta||``, ``s = +1`` on the ``good`` actions of largest ``<theta, phi>`` in each context and ``-1``
+    on the others.
+
+    Then ``r' = <theta, phi'> = (r + s B)/2`` with ``B = ||theta||``: the good actions' rewards lie in
+    ``[0, B]``, the others' in ``[-B, 0]``, the order of the rewards is kept and every good action beats every
+    other action of its context by at least ``B`` (``B`` plus half the original gap). ``||phi'|| <=
+    (||phi|| + 1)/2 <= 1``, so ``|r'| <= B`` still holds; ``theta`` is not changed. With a small ``kl_coef``
+    ``pi*`` sits on the good actions, which uniform queries find with probability ``good / K`` each: the
+    regime where P1's exploration argument should matter (issue 16).
+    """
+    reward = phi @ theta
+    rank = jnp.argsort(jnp.argsort(-reward, axis=-1), axis=-1)   # 0 for the best action of a context
+    sign = jnp.where(rank < good, 1.0, -1.0).astype(phi.dtype)
+    u = (theta / jnp.linalg.norm(theta)).reshape((1,) * (phi.ndim - 1) + theta.shape)
+    return 0.5 * (phi + sign[..., None] * u)
 
 
 def make_instance(key: jax.Array, config: InstanceConfig, dtype=None, *, coverage=None,
@@ -106,7 +162,8 @@ def make_instance(key: jax.Array, config: InstanceConfig, dtype=None, *, coverag
     """One random instance of ``config`` (pure in ``key``; ``vmap`` over keys for many seeds).
 
     Sub-keys: features, reward, reference direction, skew block -- so, e.g., changing ``coverage``
-    keeps the same features and ``theta*``. ``coverage``, ``temperature`` and ``kl_coef`` may be
+    keeps the same features and ``theta*``, and ``feature_anisotropy`` and ``good_actions`` (both static)
+    transform the same draws. ``coverage``, ``temperature`` and ``kl_coef`` may be
     given as (possibly traced) arrays overriding the config's values, so that a sweep over them
     compiles once; concrete overrides are validated like the config fields.
     """
@@ -115,10 +172,13 @@ def make_instance(key: jax.Array, config: InstanceConfig, dtype=None, *, coverag
     temperature = _override("temperature", temperature, config.temperature, low=0.0)
     kl_coef = _override("kl_coef", kl_coef, config.kl_coef, low=0.0, low_open=True)
     k_phi, k_reward, k_ref, k_skew = jax.random.split(key, 4)
-    phi = random_features(k_phi, config.n_contexts, config.n_actions, config.dim, dtype)
+    phi = random_features(k_phi, config.n_contexts, config.n_actions, config.dim, dtype,
+                          anisotropy=config.feature_anisotropy)
     if config.reward == "linear":
         params = init_linear_reward(k_reward, config.dim, config.reward_norm, dtype)
         direction = params.theta
+        if config.good_actions:
+            phi = few_good_actions(phi, params.theta, config.good_actions)
     else:
         params = init_mlp_reward(k_reward, phi, config.hidden, config.reward_norm)
         direction = random_unit_vector(k_reward, config.dim, dtype)

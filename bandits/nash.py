@@ -12,9 +12,17 @@ resp. ``0``), the symmetric Nash equilibrium has value ``c / 2``, and for any ``
 
 The equilibrium itself is computed by symmetric KL-regularized extragradient in log space
 (Cen, Wei & Chi 2021; docs/theory.md §3.3, §9.1 item 11), stopped on the exact gap.
+
+P2's instance family (``GameConfig``, ``make_game_instance``): two knobs on top of
+``bandits.InstanceConfig`` (docs/theory.md §8.1) for the regime where P2's mechanisms (pessimism, the
+enhancer) can matter: features close to one-hot, so the pair features ``psi(x, a, b)`` of the general
+preference model are close to one-hot over action pairs and the model barely generalises from compared to
+uncompared pairs, and a reference policy ``pi0`` that avoids the equilibrium's actions (poor unilateral
+coverage of data drawn from ``pi0``). Their defaults give ``make_instance``'s instance exactly.
 """
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from typing import NamedTuple
 
@@ -23,9 +31,11 @@ import jax.numpy as jnp
 
 from bandits import validation as v
 from bandits.evaluation import context_mean, kl_to_reference, win_rate
-from bandits.instance import Instance
-from bandits.policy import kl_divergence
+from bandits.instance import Instance, InstanceConfig, make_instance
+from bandits.policy import kl_divergence, uniform_policy
 from bandits.preferences import margin_matrix
+from bandits.reference import orthogonal_unit_vector, reference_policy
+from bandits.rewards import reward_table
 
 PAYOFFS = ("identity", "logit")
 
@@ -138,3 +148,77 @@ def policy_metrics(instance: Instance, log_pi: jax.Array, log_star: jax.Array, p
             "win_rate_vs_ref": win_rate(instance, log_pi, instance.log_pi0),
             "win_rate_vs_nash": win_rate(instance, log_pi, log_star),
             "kl_to_ref": kl_to_reference(instance, log_pi)}
+
+
+@dataclasses.dataclass(frozen=True)
+class GameConfig:
+    """P2's instance knobs on top of ``InstanceConfig`` (``make_game_instance``; defaults: none applied).
+
+    one_hot: the weight ``rho in [0, 1]`` of the one-hot part of the features, ``phi_rho(x, a) =
+    ((1 - rho) phi(x, a) + rho e_{a mod d}) / ||(1 - rho) phi(x, a) + rho e_{a mod d}||`` (``phi`` the
+    Gaussian unit features; ``rho = 1`` with ``d >= K``: exactly one-hot, every context alike);
+    avoid_nash: the tilt ``tau >= 0`` of ``pi0`` away from the equilibrium, ``log pi0(x, .) =
+    log_softmax(log pi0_c,s(x, .) - tau pi_u(x, .) / max_a pi_u(x, a))`` (``pi0_c,s`` the coverage knob's
+    reference, ``pi_u`` the equilibrium of the probability-payoff game with a uniform reference at the
+    instance's ``kl_coef``): the equilibrium's most played action loses ``tau`` nats of reference mass
+    against any action that ``pi_u`` leaves out.
+    Both need a linear reward. Why these two: P2's offline guarantee scales with the unilateral coverage of
+    ``pi*`` by the data (Ye et al. 2024, §3.2; docs/theory.md §3.2), which near one-hot pair features leave
+    to the compared pairs alone and a ``pi0`` that avoids ``pi*`` makes poor.
+    """
+
+    one_hot: float = 0.0
+    avoid_nash: float = 0.0
+
+    def __post_init__(self):
+        v.check_float("one_hot", self.one_hot, low=0.0, high=1.0)
+        v.check_float("avoid_nash", self.avoid_nash, low=0.0)
+
+    @property
+    def is_default(self) -> bool:
+        return self.one_hot == 0.0 and self.avoid_nash == 0.0
+
+
+def one_hot_features(phi: jax.Array, rho: float) -> jax.Array:
+    """``phi_rho(x, a)`` of ``GameConfig.one_hot``, unit rows, shape of ``phi [n_x, K, d]``."""
+    k, d = phi.shape[-2], phi.shape[-1]
+    basis = jax.nn.one_hot(jnp.arange(k) % d, d, dtype=phi.dtype).reshape((1,) * (phi.ndim - 2) + (k, d))
+    mixed = (1.0 - rho) * phi + rho * basis
+    return mixed / jnp.linalg.norm(mixed, axis=-1, keepdims=True)
+
+
+def avoid_equilibrium(instance: Instance, tau: float) -> Instance:
+    """The instance with ``pi0`` tilted by ``tau`` away from ``pi_u`` (``GameConfig.avoid_nash``); the
+    oracle is unchanged. ``pi_u`` does not depend on ``pi0``, so the tilt is one solve."""
+    uniform = uniform_policy(instance.n_contexts, instance.n_actions, instance.log_pi0.dtype)
+    pi_u = jnp.exp(nash_equilibrium(instance._replace(log_pi0=uniform), "identity").log_pi)
+    tilt = tau * pi_u / jnp.max(pi_u, axis=-1, keepdims=True)
+    return instance._replace(log_pi0=jax.nn.log_softmax(instance.log_pi0 - tilt, axis=-1))
+
+
+def _with_features(key: jax.Array, config: InstanceConfig, instance: Instance, phi: jax.Array) -> Instance:
+    """``instance`` (``make_instance(key, config)``, linear reward) rebuilt on features ``phi``: the same
+    ``theta*``, skew block and reference direction (``make_instance``'s sub-keys), hence ``r = phi theta*``
+    and ``pi0`` from the coverage knob on the new features."""
+    k_ref = jax.random.split(key, 4)[2]
+    reward = reward_table(instance.params, phi)
+    xi = phi @ orthogonal_unit_vector(k_ref, instance.params.theta)
+    log_pi0 = reference_policy(reward / config.reward_norm, xi, config.coverage, config.temperature)
+    return instance._replace(phi=phi, reward=reward, log_pi0=log_pi0)
+
+
+def make_game_instance(key: jax.Array, config: InstanceConfig, game: GameConfig = GameConfig(),
+                       dtype=None) -> Instance:
+    """One instance of P2's family: ``make_instance(key, config)`` (exactly, with ``game``'s defaults), its
+    features made close to one-hot (``one_hot``; reward and ``pi0`` recomputed on them) and then ``pi0``
+    tilted away from the equilibrium (``avoid_nash``). Pure in ``key``, ``vmap``-able over keys."""
+    instance = make_instance(key, config, dtype)
+    if game.is_default:
+        return instance
+    if config.reward != "linear":
+        v.fail("reward", config.reward, "'linear' when one_hot or avoid_nash is set (GameConfig)")
+    if game.one_hot > 0.0:
+        instance = _with_features(key, config, instance, one_hot_features(instance.phi, game.one_hot))
+    if game.avoid_nash > 0.0:
+        instance = avoid_equilibrium(instance, game.avoid_nash)
+    return instance

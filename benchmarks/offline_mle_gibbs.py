@@ -1,4 +1,4 @@
-"""Benchmark (docs/design.md §8, issue 3 "Speed"): the offline-rate MLE-Gibbs sweep, ours vs NumPy/SciPy.
+"""Benchmark (docs/design.md §8, issues 3 and 15): the offline-rate MLE-Gibbs sweep, ours vs NumPy/SciPy.
 
 Workload: S seeds (default 1024) x 9 sample sizes n = 64..16384 (doubling); d=8, K=32, n_x=128, B=2,
 kl_coef=1, lam=1, uniform pi0, float64. Per seed: instance, one pi0-vs-pi0 comparison stream of
@@ -6,18 +6,26 @@ kl_coef=1, lam=1, uniform pi0, float64. Per seed: instance, one pi0-vs-pi0 compa
 suboptimality J(pi*) - J(pi_hat).
 
 Implementations
-  ours  the JAX engine: ``run_vectorized`` of a per-seed function doing the MLE-Gibbs path of
-        ``experiments/offline_rate.per_seed`` (generation of instance and stream INCLUDED in its time).
-  B1    NumPy + SciPy, one seed and one n at a time: ``scipy.optimize.minimize(method="L-BFGS-B")``
-        with analytic gradient, warm-started across n; exact evaluation in NumPy.
-  B3    NumPy vectorised over seeds: batched damped Newton (``np.linalg.cholesky`` + solves on
-        [S, d, d] stacks, Armijo backtracking over the same 12 candidates tried in order, Newton-decrement
-        tolerance 1e-20 as ours).
-B1 and B3 fit the SAME instances and data, generated once by our JAX code and converted to NumPy;
-that generation is NOT in B1/B3's timed region (it is timed separately and reported).
+  ours            the JAX engine: ``run_vectorized`` of a per-seed function doing the MLE-Gibbs path of
+                  ``experiments/offline_rate.per_seed`` (generation of instance and stream INCLUDED in its time).
+  B1-own          NumPy + SciPy, one seed at a time, as a researcher writes it (issue 15): the seed's instance
+                  and stream drawn with NumPy (``default_rng([0, seed])``, ``np_seed``), then one n at a time
+                  ``scipy.optimize.minimize(method="L-BFGS-B")`` with analytic gradient, warm-started across n,
+                  exact evaluation in NumPy. Generation INCLUDED in its time.
+  B3-own          NumPy vectorised over seeds: the same per-seed NumPy draws stacked, then batched damped
+                  Newton (``np.linalg.cholesky`` + solves on [S, d, d] stacks, Armijo backtracking over the
+                  same 12 candidates tried in order, Newton-decrement tolerance 1e-20 as ours). Generation
+                  INCLUDED in its time.
+  B1-same-data,   the same two fits on the SAME instances and data as ours, generated once by our JAX code
+  B3-same-data    and converted to NumPy; that generation is NOT in their timed regions (it is timed
+                  separately and reported). They give the seed-by-seed agreement check.
+Agreement: ours vs B1-same-data / B3-same-data seed by seed (relative difference, ``--rtol``); B1-own vs
+B3-own seed by seed (same NumPy seeds); ours vs B1-own and B3-own statistically (other random streams):
+mean suboptimality per n, two-sample 95% intervals (``statistical_check``).
 
 Usage (see benchmarks/README.md):
   PYTHONPATH=. python benchmarks/offline_mle_gibbs.py                 # everything, writes JSON
+  PYTHONPATH=. python benchmarks/offline_mle_gibbs.py --quick         # end-to-end check (8 seeds, 1 repeat)
   PYTHONPATH=. python benchmarks/offline_mle_gibbs.py --part ours     # one part (used internally)
 """
 from __future__ import annotations
@@ -26,6 +34,7 @@ import argparse
 import dataclasses
 import functools
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -174,24 +183,83 @@ def _nll_grad(theta, z, y, s, lam):
     return f, g
 
 
-def run_b1(data, seed_ids, gtol: float):
+def b1_fit_seed(z_all, y_all, phi, log_pi0, reward, gtol: float):
+    """One seed: L-BFGS-B on each nested prefix ``z_all[:n], y_all[:n]`` in turn, warm-started at the previous
+    n's optimum, and the exact suboptimality of each fit's Gibbs policy. Returns subopt [9], theta [9, d],
+    L-BFGS iterations [9]."""
     from scipy.optimize import minimize
-    subopt = np.zeros((len(seed_ids), len(SAMPLE_SIZES)))
-    thetas = np.zeros((len(seed_ids), len(SAMPLE_SIZES), D))
-    nit = np.zeros((len(seed_ids), len(SAMPLE_SIZES)), int)
+    subopt = np.zeros(len(SAMPLE_SIZES))
+    thetas = np.zeros((len(SAMPLE_SIZES), D))
+    nit = np.zeros(len(SAMPLE_SIZES), int)
+    theta = np.zeros(D)
+    for j, n in enumerate(SAMPLE_SIZES):
+        z, y = z_all[:n], y_all[:n]
+        res = minimize(_nll_grad, theta, args=(z, y, 2.0 * y - 1.0, LAM), jac=True, method="L-BFGS-B",
+                       options={"gtol": gtol, "ftol": 1e-15, "maxiter": 1000, "maxcor": 10})
+        theta = res.x
+        thetas[j], nit[j] = theta, res.nit
+        subopt[j] = np_subopt(phi, log_pi0, reward, theta)
+    return subopt, thetas, nit
+
+
+def _import_scipy():
+    """Import SciPy's pieces before timing (a researcher's session has them loaded)."""
+    import scipy.optimize
+    import scipy.special  # noqa: F401
+
+
+def run_b1(data, seed_ids, gtol: float):
+    """B1-same-data: ``b1_fit_seed`` on ours' data (``generate_numpy_data``) of seeds ``seed_ids``."""
+    _import_scipy()
+    parts = []
     t0 = time.perf_counter()
-    for i, s_id in enumerate(seed_ids):
-        z_all, y_all = data["z"][s_id], data["y"][s_id]
-        phi, log_pi0, reward = data["phi"][s_id], data["log_pi0"][s_id], data["reward"][s_id]
-        theta = np.zeros(D)
-        for j, n in enumerate(SAMPLE_SIZES):
-            z, y = z_all[:n], y_all[:n]
-            res = minimize(_nll_grad, theta, args=(z, y, 2.0 * y - 1.0, LAM), jac=True, method="L-BFGS-B",
-                           options={"gtol": gtol, "ftol": 1e-15, "maxiter": 1000, "maxcor": 10})
-            theta = res.x
-            thetas[i, j], nit[i, j] = theta, res.nit
-            subopt[i, j] = np_subopt(phi, log_pi0, reward, theta)
-    return subopt, thetas, nit, time.perf_counter() - t0
+    for s_id in seed_ids:
+        parts.append(b1_fit_seed(data["z"][s_id], data["y"][s_id], data["phi"][s_id], data["log_pi0"][s_id],
+                                 data["reward"][s_id], gtol))
+    seconds = time.perf_counter() - t0
+    return (*(np.stack(a) for a in zip(*parts)), seconds)
+
+
+def np_seed(seed: int, root: int = 0, n_max: int = SAMPLE_SIZES[-1]) -> dict:
+    """One seed's instance and pi0-vs-pi0 stream drawn with NumPy (``default_rng([root, seed])``), with the law
+    of ``bandits.make_instance`` and ``bandits.sample_preference_data`` at this benchmark's sizes
+    (docs/theory.md §1, §8.1):
+
+        phi(x, a) = g / ||g||, g ~ N(0, I_d)   (uniform on the unit sphere, [n_x, K, d])
+        theta* = B u / ||u||, u ~ N(0, I_d)    (norm B, uniform direction);  r*(x, a) = <theta*, phi(x, a)>
+        pi0 = d0 = uniform (coverage 0, temperature 0: pi0's direction xi does not enter), no skew
+        x ~ U[n_x], a1, a2 ~ U[K] (pi0 vs pi0), y ~ Bernoulli(sigmoid(r*(x, a1) - r*(x, a2)))
+
+    and ``z = phi(x, a1) - phi(x, a2)``. The draws differ from ours' (NumPy's PCG64, not Threefry), the law does not.
+    """
+    from scipy.special import expit
+    rng = np.random.default_rng([root, seed])
+    g = rng.standard_normal((NX, K, D))
+    phi = g / np.linalg.norm(g, axis=-1, keepdims=True)
+    u = rng.standard_normal(D)
+    theta_star = B_NORM * u / np.linalg.norm(u)
+    reward = phi @ theta_star
+    x = rng.integers(NX, size=n_max)
+    a1 = rng.integers(K, size=n_max)
+    a2 = rng.integers(K, size=n_max)
+    y = (rng.random(n_max) < expit(reward[x, a1] - reward[x, a2])).astype(np.float64)
+    return {"phi": phi, "log_pi0": np.full((NX, K), -math.log(K)), "reward": reward,
+            "z": phi[x, a1] - phi[x, a2], "y": y}
+
+
+def run_b1_own(seed_ids, gtol: float):
+    """B1-own: per seed, ``np_seed`` then ``b1_fit_seed``, both in the timed region. Returns subopt [S, 9],
+    theta [S, 9, d], L-BFGS iterations [S, 9], seconds, of which generation seconds."""
+    _import_scipy()
+    parts, t_gen = [], 0.0
+    t0 = time.perf_counter()
+    for s_id in seed_ids:
+        t1 = time.perf_counter()
+        seed = np_seed(int(s_id))
+        t_gen += time.perf_counter() - t1
+        parts.append(b1_fit_seed(seed["z"], seed["y"], seed["phi"], seed["log_pi0"], seed["reward"], gtol))
+    seconds = time.perf_counter() - t0
+    return (*(np.stack(a) for a in zip(*parts)), seconds, t_gen)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,6 +321,23 @@ def run_b3(data):
     return subopt, thetas, iters, time.perf_counter() - t0
 
 
+def run_b3_own(seed_ids):
+    """B3-own: ``np_seed`` of every seed (per-seed generators, so seed i's data are B1-own's), stacked into
+    [S, ...] arrays, then ``run_b3``, all in the timed region. Returns subopt [S, 9], theta [S, 9, d], Newton
+    iterations [S, 9], seconds, of which generation seconds."""
+    _import_scipy()
+    S, n_max = len(seed_ids), SAMPLE_SIZES[-1]
+    t0 = time.perf_counter()
+    data = {"phi": np.empty((S, NX, K, D)), "log_pi0": np.empty((S, NX, K)), "reward": np.empty((S, NX, K)),
+            "z": np.empty((S, n_max, D)), "y": np.empty((S, n_max))}
+    for i, s_id in enumerate(seed_ids):
+        for name, value in np_seed(int(s_id)).items():
+            data[name][i] = value
+    t_gen = time.perf_counter() - t0
+    subopt, thetas, iters, _ = run_b3(data)
+    return subopt, thetas, iters, time.perf_counter() - t0, t_gen
+
+
 # ----------------------------------------------------------------------------------------------
 # machine limits
 # ----------------------------------------------------------------------------------------------
@@ -290,30 +375,36 @@ def measure_peak(repeats=5):
             "copy_bandwidth_Bps": bw}
 
 
-def measure_rng_only(seeds: int, chunk: int, repeats=3):
-    """Time of JAX generating exactly the random draws of the sweep, and nothing else.
+def rng_only_per_seed(key):
+    """Exactly the random draws of ``ours_per_seed`` for one seed, drawn the way the engine draws them,
+    reduced to one number so that nothing is dead code.
 
-    Per seed: the key splits of make_instance and of the stream, the Gaussian features [n_x, K, d],
-    theta* and the reference direction [d] each, and per comparison the four uniforms that
-    ``bandits.data`` draws from ``fold_in(key, i)`` (context, two actions, label). Reduced to one
-    number per seed so nothing is dead code.
+    The key splits of ``ours_per_seed`` and ``make_instance``; the instance's Gaussians (features [n_x, K, d],
+    theta* [d], the reference direction [d]; a zero skew block draws nothing); the stream's 4 uniforms per
+    comparison for all 16384 comparisons, in float64, from ``bandits.comparison_uniforms`` (counter-based
+    Threefry, one bulk hash), the function ``sample_preference_data`` calls.
     """
     jax = _jax()
     import jax.numpy as jnp
+    from bandits import comparison_uniforms
+
+    k_inst, k_data = jax.random.split(key)
+    k_phi, k_rew, k_ref, _ = jax.random.split(k_inst, 4)
+    total = jnp.sum(jax.random.normal(k_phi, (NX, K, D), jnp.float64))
+    total += jnp.sum(jax.random.normal(k_rew, (D,), jnp.float64))
+    total += jnp.sum(jax.random.normal(k_ref, (D,), jnp.float64))
+    return total + jnp.sum(comparison_uniforms(k_data, jnp.arange(SAMPLE_SIZES[-1]), jnp.float64))
+
+
+def measure_rng_only(seeds: int, chunk: int, repeats=3):
+    """Time of JAX generating exactly the random draws of the sweep (``rng_only_per_seed``), and nothing
+    else: jitted and vmapped over the same chunks of seed keys as ours, on this process's devices (one),
+    compile excluded, median of ``repeats``."""
+    jax = _jax()
     from experiments.engine.runner import seed_keys
 
-    def one(key):
-        k_inst, k_data = jax.random.split(key)
-        k_phi, k_rew, k_ref, _ = jax.random.split(k_inst, 4)
-        total = jnp.sum(jax.random.normal(k_phi, (NX, K, D)))
-        total += jnp.sum(jax.random.normal(k_rew, (D,))) + jnp.sum(jax.random.normal(k_ref, (D,)))
-
-        def comp(i):
-            return jnp.sum(jax.random.uniform(jax.random.fold_in(k_data, i), (4,)))
-        return total + jnp.sum(jax.vmap(comp)(jnp.arange(SAMPLE_SIZES[-1])))
-
     keys = seed_keys(0, seeds)
-    f = jax.jit(jax.vmap(one)).lower(keys[:chunk]).compile()
+    f = jax.jit(jax.vmap(rng_only_per_seed)).lower(keys[:chunk]).compile()
     jax.block_until_ready(f(keys[:chunk]))
     ts = []
     for _ in range(repeats):
@@ -345,6 +436,51 @@ def work_model(iterations_sum, seeds):
 
 
 # ----------------------------------------------------------------------------------------------
+# statistics (also used by online_loop.py)
+# ----------------------------------------------------------------------------------------------
+
+def mean_ci(values):
+    """Mean, standard error ``sd / sqrt(n)`` and 95% half-width ``1.96 se`` (NaN spread for one value)."""
+    values = np.asarray(values, float)
+    se = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return float(values.mean()), float(se), float(1.96 * se)
+
+
+def statistical_check(name_a, a, name_b, b, z: float = 1.96) -> dict:
+    """Two-sample check of two independent samples (different RNG streams): consistent when
+    ``|mean_a - mean_b| <= z sqrt(se_a^2 + se_b^2)`` (z = 1.96: a 5% test)."""
+    ma, sa, ha = mean_ci(a)
+    mb, sb, hb = mean_ci(b)
+    combined = z * math.sqrt(sa ** 2 + sb ** 2)
+    return {"a": name_a, "b": name_b, "mean_a": ma, "ci95_a": ha, "n_a": len(a), "mean_b": mb, "ci95_b": hb,
+            "n_b": len(b), "diff": ma - mb, "z": z, "combined_ci": combined,
+            "intervals_overlap": bool(abs(ma - mb) <= ha + hb), "consistent": bool(abs(ma - mb) <= combined)}
+
+
+def curve_check(name_a, subopt_a, name_b, subopt_b) -> dict:
+    """``statistical_check`` of the mean suboptimality at each n (columns of ``[S, 9]`` arrays) at 5%, and the
+    family of the 9 at 5% overall (Bonferroni: each at ``z = Phi^-1(1 - 0.05 / 18) = 2.77``)."""
+    per_n = [dict(statistical_check(name_a, subopt_a[:, j], name_b, subopt_b[:, j]), n=n)
+             for j, n in enumerate(SAMPLE_SIZES)]
+    z_family = statistics.NormalDist().inv_cdf(1.0 - 0.05 / (2 * len(SAMPLE_SIZES)))
+    family = [statistical_check(name_a, subopt_a[:, j], name_b, subopt_b[:, j], z_family)["consistent"]
+              for j in range(len(SAMPLE_SIZES))]
+    return {"a": name_a, "b": name_b, "per_n": per_n, "consistent_count": sum(c["consistent"] for c in per_n),
+            "all_consistent": all(c["consistent"] for c in per_n), "family_z": z_family,
+            "family_consistent": all(family)}
+
+
+def _print_curve_check(check):
+    print(f"  {check['a']} vs {check['b']}: mean subopt +- 95% CI per n; {check['consistent_count']}/"
+          f"{len(check['per_n'])} consistent at 5%, family of all n at 5% (Bonferroni, z = "
+          f"{check['family_z']:.2f}): {'consistent' if check['family_consistent'] else 'NOT consistent'}")
+    for c in check["per_n"]:
+        print(f"    n={c['n']:>5}: {c['mean_a']:.5g} +- {c['ci95_a']:.2g} (S={c['n_a']})  vs  {c['mean_b']:.5g} "
+              f"+- {c['ci95_b']:.2g} (S={c['n_b']}): diff {c['diff']:+.3g}, combined +-{c['combined_ci']:.2g} "
+              f"-> {'consistent' if c['consistent'] else 'NOT consistent'}")
+
+
+# ----------------------------------------------------------------------------------------------
 # driver
 # ----------------------------------------------------------------------------------------------
 
@@ -362,19 +498,53 @@ def _uptime():
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
-def main():
-    ap = argparse.ArgumentParser()
+def _rel(a, b):
+    """Largest relative difference ``|a - b| / |b|``."""
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-300)))
+
+
+def _b1_subsets(spec: str, seeds: int, rng) -> list:
+    sizes = [seeds] if spec == "all" else [min(int(s), seeds) for s in spec.split(",")]
+    return [np.sort(rng.choice(seeds, size=size, replace=False)) for size in sizes]
+
+
+def _b1_record(ids, seconds, seeds, nit, gen_s=None):
+    rec = {"size": len(ids), "seconds": seconds, "per_seed_s": seconds / len(ids),
+           "extrapolated_s": seconds / len(ids) * seeds, "nit_mean": nit.mean(0).tolist()}
+    if gen_s is not None:
+        rec["generation_s"] = gen_s
+    return rec
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--part", default="all", choices=["all", "ours"])
-    ap.add_argument("--seeds", type=int, default=1024)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--b1-subsets", default="64,128", help="sizes of random seed subsets timed for B1; "
-                    "'all' runs every seed")
+    ap.add_argument("--quick", action="store_true", help="end-to-end check in a few minutes (timings "
+                    "meaningless): --seeds 8 --repeats 1 --chunk-size 8 --b1-subsets 4,8, 2 peak repeats "
+                    "(explicit flags still win)")
+    ap.add_argument("--seeds", type=int, default=None, help="default 1024 (8 with --quick)")
+    ap.add_argument("--repeats", type=int, default=None, help="steady-state calls of ours, runs of B3 and "
+                    "of RNG-only (median); default 3 (1 with --quick)")
+    ap.add_argument("--devices", default="1,2", help="ours' runs: one fresh subprocess per entry with "
+                    "JAX_NUM_CPU_DEVICES=N (seed axis sharded); the first is the reference of the checks")
+    ap.add_argument("--baselines", default="same,own", help="which NumPy baselines run: 'same' (B1/B3 on "
+                    "ours' data), 'own' (B1/B3 generating their own data with NumPy), or both")
+    ap.add_argument("--b1-subsets", default=None, help="sizes of random seed subsets timed for B1, "
+                    "extrapolated linearly to all seeds; 'all' runs every seed; default 64,128 (4,8 with --quick)")
     ap.add_argument("--b1-gtol", type=float, default=1e-10)
-    ap.add_argument("--rtol", type=float, default=1e-6)
+    ap.add_argument("--rtol", type=float, default=1e-6, help="seed-by-seed agreement tolerance (relative)")
+    ap.add_argument("--skip-limits", action="store_true", help="skip the machine-limit measurements")
     ap.add_argument("--out", default="/tmp/rlhf_bench")
-    ap.add_argument("--chunk-size", type=int, default=64, help="seeds per compiled call (memory: the "
-                    "engine's data sampling needs ~40 MB per seed); same chunks for generation and RNG-only")
-    args = ap.parse_args()
+    ap.add_argument("--chunk-size", type=int, default=None, help="seeds per compiled call (memory: the "
+                    "engine's data sampling needs ~40 MB per seed); same chunks for generation and RNG-only; "
+                    "default 64 (8 with --quick)")
+    args = ap.parse_args(argv)
+    preset = ({"seeds": 8, "repeats": 1, "b1_subsets": "4,8", "chunk_size": 8} if args.quick else
+              {"seeds": 1024, "repeats": 3, "b1_subsets": "64,128", "chunk_size": 64})
+    for name, value in preset.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    args.chunk_size = min(args.chunk_size, args.seeds)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -383,76 +553,148 @@ def main():
         (out / f"ours_{res['devices']}dev.json").write_text(json.dumps(res, indent=1))
         return
 
-    report = {"seeds": args.seeds, "uptime_before": _uptime()}
+    devices = [int(x) for x in args.devices.split(",") if x.strip()]
+    baselines = {x.strip() for x in args.baselines.split(",") if x.strip()}
+    if not devices or any(n < 1 for n in devices):
+        ap.error(f"--devices {args.devices!r} is not allowed: give device counts >= 1, e.g. 1,2")
+    if not baselines or not baselines <= {"same", "own"}:
+        ap.error(f"--baselines {args.baselines!r} is not allowed: give 'same', 'own' or 'same,own'")
+
+    from benchmarks.online_loop import machine_description   # not at the top: online_loop imports this module
+    report = {"seeds": args.seeds, "quick": args.quick, "repeats": args.repeats, "chunk_size": args.chunk_size,
+              "machine": machine_description(), "uptime_before": _uptime()}
     print("uptime:", report["uptime_before"], flush=True)
     # ours, fresh processes (the first call includes tracing + compilation)
-    report["ours_1dev"] = _subprocess_part("ours", args.seeds, args.repeats, out, 1, args.chunk_size)
-    print("ours 1 device:", json.dumps(report["ours_1dev"]), flush=True)
-    report["uptime_after_ours"] = _uptime()
-    report["ours_2dev"] = _subprocess_part("ours", args.seeds, args.repeats, out, 2, args.chunk_size)
-    print("ours 2 devices:", json.dumps(report["ours_2dev"]), flush=True)
+    ours_runs = {}
+    for n_dev in devices:
+        report[f"ours_{n_dev}dev"] = _subprocess_part("ours", args.seeds, args.repeats, out, n_dev, args.chunk_size)
+        report[f"uptime_after_ours_{n_dev}dev"] = _uptime()
+        ours_runs[n_dev] = dict(np.load(out / f"ours_{n_dev}dev.npz"))
+        print(f"ours {n_dev} device(s):", json.dumps(report[f"ours_{n_dev}dev"]), flush=True)
+    ref = devices[0]
+    ours = ours_runs[ref]
+    agree = {f"ours_{ref}dev_vs_{n}dev_maxabs": float(np.max(np.abs(ours_runs[n]["subopt"] - ours["subopt"])))
+             for n in devices[1:]}
+    curves = {"n": list(SAMPLE_SIZES), f"ours_{ref}dev": ours["subopt"].mean(0).tolist()}
+    subsets = _b1_subsets(args.b1_subsets, args.seeds, np.random.default_rng(1))
+    rel_keys = []
 
-    data, gen = generate_numpy_data(args.seeds, args.chunk_size)
-    report["generation_jax"] = gen
-    print("generation (JAX, for B1/B3):", gen, flush=True)
-    ours = dict(np.load(out / "ours_1dev.npz"))
-    ours2 = dict(np.load(out / "ours_2dev.npz"))
+    if "same" in baselines:
+        data, gen = generate_numpy_data(args.seeds, args.chunk_size)
+        report["generation_jax"] = gen
+        print("generation (JAX, for B1/B3-same-data):", gen, flush=True)
+        b3_times = []
+        for _ in range(args.repeats):
+            b3_sub, b3_theta, b3_it, t = run_b3(data)
+            b3_times.append(t)
+            print(f"B3-same-data run: {t:.2f} s", flush=True)
+        report["b3_same_data"] = {"runs_s": b3_times, "median_s": statistics.median(b3_times),
+                                  "iterations_sum": b3_it.sum(0).tolist()}
+        b1 = []
+        for ids in subsets:
+            sub, th, nit, t = run_b1(data, ids, args.b1_gtol)
+            b1.append((ids, sub, th, _b1_record(ids, t, args.seeds, nit)))
+            print(f"B1-same-data {len(ids)} seeds: {t:.2f} s -> {t / len(ids) * args.seeds:.1f} s for "
+                  f"{args.seeds}", flush=True)
+        report["b1_same_data"] = [r for *_, r in b1]
+        del data
+        agree.update({"ours_vs_b3_same_data_rel": _rel(b3_sub, ours["subopt"]),
+                      "ours_vs_b3_same_data_theta_maxabs": float(np.max(np.abs(b3_theta - ours["theta"]))),
+                      "ours_vs_b3_same_data_iterations_equal_frac": float(np.mean(b3_it == ours["iterations"]))})
+        rel_keys.append("ours_vs_b3_same_data_rel")
+        for ids, sub, th, _ in b1:
+            agree[f"ours_vs_b1_same_data[{len(ids)}]_rel"] = _rel(sub, ours["subopt"][ids])
+            agree[f"ours_vs_b1_same_data[{len(ids)}]_theta_maxabs"] = float(np.max(np.abs(th - ours["theta"][ids])))
+            rel_keys.append(f"ours_vs_b1_same_data[{len(ids)}]_rel")
+        curves["b3_same_data"] = b3_sub.mean(0).tolist()
+        curves[f"b1_same_data[{len(b1[0][0])}]"] = b1[0][1].mean(0).tolist()
+        curves[f"ours_{ref}dev_on_b1_same_data[{len(b1[0][0])}]_seeds"] = ours["subopt"][b1[0][0]].mean(0).tolist()
 
-    # B3, median of repeats
-    b3_times = []
-    for _ in range(args.repeats):
-        b3_sub, b3_theta, b3_it, t = run_b3(data)
-        b3_times.append(t)
-        print(f"B3 run: {t:.2f} s", flush=True)
-    report["b3"] = {"runs_s": b3_times, "median_s": statistics.median(b3_times),
-                    "iterations_sum": b3_it.sum(0).tolist()}
+    if "own" in baselines:
+        b3_times, b3_gen = [], []
+        for _ in range(args.repeats):
+            b3o_sub, b3o_theta, b3o_it, t, t_gen = run_b3_own(np.arange(args.seeds))
+            b3_times.append(t)
+            b3_gen.append(t_gen)
+            print(f"B3-own run: {t:.2f} s (of which NumPy generation {t_gen:.2f} s)", flush=True)
+        report["b3_own"] = {"runs_s": b3_times, "generation_s": b3_gen, "median_s": statistics.median(b3_times),
+                            "iterations_sum": b3o_it.sum(0).tolist()}
+        b1o = []
+        for ids in subsets:
+            sub, th, nit, t, t_gen = run_b1_own(ids, args.b1_gtol)
+            b1o.append((ids, sub, th, _b1_record(ids, t, args.seeds, nit, t_gen)))
+            print(f"B1-own {len(ids)} seeds: {t:.2f} s (of which NumPy generation {t_gen:.2f} s) -> "
+                  f"{t / len(ids) * args.seeds:.1f} s for {args.seeds}", flush=True)
+        report["b1_own"] = [r for *_, r in b1o]
+        ids_main, b1o_sub = b1o[-1][0], b1o[-1][1]
+        key = f"b1_own[{len(ids_main)}]_vs_b3_own_rel"
+        agree[key] = _rel(b1o_sub, b3o_sub[ids_main])
+        agree[f"b1_own[{len(ids_main)}]_vs_b3_own_theta_maxabs"] = float(np.max(np.abs(b1o[-1][2] - b3o_theta[ids_main])))
+        rel_keys.append(key)
+        checks = [curve_check(f"ours_{ref}dev", ours["subopt"], f"B1-own[{len(ids_main)}]", b1o_sub),
+                  curve_check(f"ours_{ref}dev", ours["subopt"], "B3-own", b3o_sub)]
+        agree["statistical"] = checks
+        agree["statistical_pass"] = all(c["family_consistent"] for c in checks)
+        curves["b3_own"] = b3o_sub.mean(0).tolist()
+        curves[f"b1_own[{len(ids_main)}]"] = b1o_sub.mean(0).tolist()
 
-    # B1: random subsets (or all), extrapolated linearly in the number of seeds
-    rng = np.random.default_rng(1)
-    subsets = [args.seeds] if args.b1_subsets == "all" else [int(s) for s in args.b1_subsets.split(",")]
-    b1 = []
-    for size in subsets:
-        ids = np.sort(rng.choice(args.seeds, size=size, replace=False))
-        sub, th, nit, t = run_b1(data, ids, args.b1_gtol)
-        b1.append({"size": size, "seconds": t, "per_seed_s": t / size,
-                   "extrapolated_s": t / size * args.seeds, "ids": ids, "subopt": sub, "theta": th,
-                   "nit_mean": nit.mean(0).tolist()})
-        print(f"B1 {size} seeds: {t:.2f} s -> {t / size * args.seeds:.1f} s for {args.seeds}", flush=True)
-    report["b1"] = [{k: v for k, v in r.items() if k not in ("ids", "subopt", "theta")} for r in b1]
-
-    # agreement, seed by seed
-    def rel(a, b_):
-        return float(np.max(np.abs(a - b_) / np.maximum(np.abs(b_), 1e-300)))
-    agree = {"ours_vs_b3_rel": rel(b3_sub, ours["subopt"]),
-             "ours_1dev_vs_2dev_maxabs": float(np.max(np.abs(ours["subopt"] - ours2["subopt"]))),
-             "ours_vs_b3_theta_maxabs": float(np.max(np.abs(b3_theta - ours["theta"]))),
-             "ours_vs_b3_iterations_equal_frac": float(np.mean(b3_it == ours["iterations"]))}
-    for r in b1:
-        agree[f"ours_vs_b1[{r['size']}]_rel"] = rel(r["subopt"], ours["subopt"][r["ids"]])
-        agree[f"ours_vs_b1[{r['size']}]_theta_maxabs"] = float(np.max(np.abs(r["theta"] - ours["theta"][r["ids"]])))
     agree["rtol"] = args.rtol
-    agree["pass"] = all(v <= args.rtol for k, v in agree.items() if k.endswith("_rel"))
+    agree["seed_by_seed_pass"] = all(agree[k] <= args.rtol for k in rel_keys)
+    agree["pass"] = agree["seed_by_seed_pass"] and agree.get("statistical_pass", True)
     report["agreement"] = agree
-    report["mean_subopt_curve"] = {"ours": ours["subopt"].mean(0).tolist(), "b3": b3_sub.mean(0).tolist(),
-                                   "b1_first_subset_ours": ours["subopt"][b1[0]["ids"]].mean(0).tolist(),
-                                   "b1_first_subset": b1[0]["subopt"].mean(0).tolist()}
-    print("agreement:", agree, flush=True)
-    del data
+    report["mean_subopt_curve"] = curves
+    print("agreement, seed by seed (max relative subopt difference; rtol", args.rtol, "):",
+          {k: f"{agree[k]:.2g}" for k in rel_keys}, "->", "pass" if agree["seed_by_seed_pass"] else "FAIL",
+          flush=True)
+    if "statistical" in agree:
+        print("agreement, statistical (different RNG streams: two-sample check):")
+        for check in agree["statistical"]:
+            _print_curve_check(check)
+    report["uptime_after_baselines"] = _uptime()
+    report["speedups"] = speedups(report, devices)
+    for name, s in report["speedups"].items():
+        print(f"speed-up, {name}: steady state {s['steady']:.2f}x, end to end (compile + first run) "
+              f"{s['end_to_end']:.2f}x", flush=True)
 
-    # machine limits
-    peak = measure_peak()
-    rng_only = measure_rng_only(args.seeds, args.chunk_size)
-    flops, bytes_ = work_model(report["ours_1dev"]["iterations_sum"], args.seeds)
-    peak_flops = max(peak["numpy_matmul_flops"], peak["jax_matmul_flops"])
-    t_limit_parts = {"flops_s": flops / peak_flops, "bytes_s": bytes_ / peak["copy_bandwidth_Bps"],
-                     "rng_s": rng_only["rng_only_s"]}
-    report["limits"] = {**peak, **rng_only, "flops": flops, "bytes": bytes_, **t_limit_parts,
-                        "t_limit_s": max(t_limit_parts.values())}
+    if not args.skip_limits:
+        peak = measure_peak(repeats=2 if args.quick else 5)
+        rng_only = measure_rng_only(args.seeds, args.chunk_size, repeats=args.repeats)
+        flops, bytes_ = work_model(report[f"ours_{ref}dev"]["iterations_sum"], args.seeds)
+        peak_flops = max(peak["numpy_matmul_flops"], peak["jax_matmul_flops"])
+        t_limit_parts = {"flops_s": flops / peak_flops, "bytes_s": bytes_ / peak["copy_bandwidth_Bps"],
+                         "rng_s": rng_only["rng_only_s"]}
+        report["limits"] = {**peak, **rng_only, "flops": flops, "bytes": bytes_, **t_limit_parts,
+                            "t_limit_s": max(t_limit_parts.values()),
+                            "limit_fraction": max(t_limit_parts.values())
+                            / report[f"ours_{ref}dev"]["steady_run_median_s"]}
+        print("limits:", report["limits"], flush=True)
     report["uptime_after"] = _uptime()
-    print("limits:", report["limits"], flush=True)
     print("uptime:", report["uptime_after"], flush=True)
-    (out / "report.json").write_text(json.dumps(report, indent=1))
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
     print("wrote", out / "report.json")
+
+
+def speedups(report: dict, devices) -> dict:
+    """Baseline time / ours' time for each baseline that ran and each device count of ours: steady state
+    (ours' median steady run) and end to end (ours' compile + first run). B1's time is its largest subset's,
+    extrapolated to all seeds; B3's its median."""
+    base = {}
+    if "b1_own" in report:
+        base["B1-own"] = report["b1_own"][-1]["extrapolated_s"]
+        base["B3-own"] = report["b3_own"]["median_s"]
+    if "b1_same_data" in report:
+        base["B1-same-data"] = report["b1_same_data"][-1]["extrapolated_s"]
+        base["B3-same-data"] = report["b3_same_data"]["median_s"]
+        base["B1-same-data + generation"] = base["B1-same-data"] + report["generation_jax"]["run_s"]
+        base["B3-same-data + generation"] = base["B3-same-data"] + report["generation_jax"]["run_s"]
+    out = {}
+    for n_dev in devices:
+        ours = report[f"ours_{n_dev}dev"]
+        first = ours["first_call"]["compile_s"] + ours["first_call"]["run_s"]
+        for name, seconds in base.items():
+            out[f"{name} / ours_{n_dev}dev"] = {"baseline_s": seconds, "steady": seconds / ours["steady_run_median_s"],
+                                                "end_to_end": seconds / first}
+    return out
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ BT-MLE learner (m=32, lam=1, beta = c_beta sqrt(d) with c_beta=1, at most 30 New
     Sigma_t = lam I + sum z z^T, its Cholesky factor L, Gamma(x, a) = ||phi(x, a) - nu||_{Sigma_t^{-1}}
     pi_t = Gibbs(<theta_t, phi>),  explorer = Gibbs(<theta_t, phi> + beta Gamma)      (optimism)
     m comparisons: x ~ d0, a1 ~ pi_t(.|x), a2 ~ explorer(.|x) by inverse CDF, y ~ BT(r*(a1) - r*(a2))
-    exact metrics of pi_t: subopt, subopt_kl, regret_kl, kl_to_ref, kl_to_ref_explorer,
+    exact metrics of pi_t: subopt, subopt_kl, agent_regret_kl, kl_to_ref, kl_to_ref_explorer,
     confidence_width, bound, in_confidence_set (definitions in ``algorithms.online.loop``)
 
 Implementations
@@ -62,7 +62,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.offline_mle_gibbs import _logsumexp, _nll_grad, _uptime, measure_peak
+from benchmarks.offline_mle_gibbs import _logsumexp, _nll_grad, _uptime, measure_peak, statistical_check
 
 STEPS = 2.0 ** -np.arange(12)   # ours' backtracking candidates (algorithms.core.newton)
 TOL = 1e-20                     # ours' float64 Newton-decrement tolerance
@@ -124,20 +124,20 @@ def rng_only_per_seed(key, sz: Sizes):
     """Exactly the random draws of ``online_common.per_seed`` for one seed, reduced to one number.
 
     The key splits of per_seed, make_instance and run_online; the Gaussians of the instance (features
-    [n_x, K, d], theta* [d], the reference direction [d], the skew block [d, d], drawn although its
-    strength is 0); per comparison of the (T + 1) m online ones, ``fold_in`` + 4 uniforms
-    (``bandits.comparison_uniforms``, the function the loop calls). ``optimism`` draws nothing else.
+    [n_x, K, d], theta* [d], the reference direction [d]; a zero skew block draws nothing); the 4 uniforms
+    of each of the (T + 1) m online comparisons, in float64, from ``bandits.comparison_uniforms``
+    (counter-based Threefry, one bulk hash; the function the loop's samplers call). ``optimism`` draws
+    nothing else.
     """
     import jax
     import jax.numpy as jnp
     from bandits import comparison_uniforms
 
     k_inst, k_run, _ = jax.random.split(key, 3)
-    k_phi, k_rew, k_ref, k_skew = jax.random.split(k_inst, 4)
+    k_phi, k_rew, k_ref, _ = jax.random.split(k_inst, 4)
     total = jnp.sum(jax.random.normal(k_phi, (sz.n_contexts, sz.n_actions, sz.dim), jnp.float64))
     total += jnp.sum(jax.random.normal(k_rew, (sz.dim,), jnp.float64))
     total += jnp.sum(jax.random.normal(k_ref, (sz.dim,), jnp.float64))
-    total += jnp.sum(jax.random.normal(k_skew, (sz.dim, sz.dim), jnp.float64))
     k_data, _, _ = jax.random.split(k_run, 3)
     return total + jnp.sum(comparison_uniforms(k_data, jnp.arange(sz.capacity), jnp.float64))
 
@@ -294,7 +294,7 @@ def np_metrics(inst, const, theta, gram, chol, log_pi, log_explorer, sz: Sizes) 
             "in_confidence_set": in_cs.astype(float)}
 
 
-METRICS = ("subopt", "subopt_kl", "regret_kl", "kl_to_ref", "kl_to_ref_explorer", "confidence_width", "bound",
+METRICS = ("subopt", "subopt_kl", "agent_regret_kl", "kl_to_ref", "kl_to_ref_explorer", "confidence_width", "bound",
            "in_confidence_set")
 
 
@@ -333,7 +333,7 @@ def b1_seed(sz: Sizes, seed: int, gtol: float) -> tuple[dict, list]:
         z_buf[n:n + m] = phi[x, a1] - phi[x, a2]
         y_buf[n:n + m] = y_new
         rec = np_metrics(inst, const, theta, gram, chol, log_pi, log_explorer, sz)
-        rec["regret_kl"] = regret
+        rec["agent_regret_kl"] = regret
         regret += m * rec["subopt_kl"]
         for k in METRICS:
             trace[k][t] = rec[k]
@@ -442,7 +442,7 @@ def run_b3(sz: Sizes, seed_ids):
         z_buf[:, n:n + m] = phi[rows, x, a1] - phi[rows, x, a2]
         y_buf[:, n:n + m] = y_new
         rec = np_metrics(inst, const, theta, gram, chol, log_pi, log_explorer, sz)
-        rec["regret_kl"] = regret.copy()
+        rec["agent_regret_kl"] = regret.copy()
         regret += m * rec["subopt_kl"]
         for k in METRICS:
             trace[k][:, t] = rec[k]
@@ -485,22 +485,6 @@ def work_model(sz: Sizes, newton_iters, seeds: int):
 # ----------------------------------------------------------------------------------------------
 # statistics, machine description, driver
 # ----------------------------------------------------------------------------------------------
-
-def mean_ci(values):
-    values = np.asarray(values, float)
-    se = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-    return float(values.mean()), float(se), float(1.96 * se)
-
-
-def statistical_check(name_a, a, name_b, b) -> dict:
-    """Two-sample check at 5%: |mean_a - mean_b| <= 1.96 sqrt(se_a^2 + se_b^2) (different RNG streams)."""
-    ma, sa, ha = mean_ci(a)
-    mb, sb, hb = mean_ci(b)
-    combined = 1.96 * math.sqrt(sa ** 2 + sb ** 2)
-    return {"a": name_a, "b": name_b, "mean_a": ma, "ci95_a": ha, "n_a": len(a), "mean_b": mb, "ci95_b": hb,
-            "n_b": len(b), "diff": ma - mb, "combined_ci95": combined,
-            "intervals_overlap": bool(abs(ma - mb) <= ha + hb), "consistent": bool(abs(ma - mb) <= combined)}
-
 
 def machine_description() -> dict:
     def run(cmd):
@@ -746,7 +730,9 @@ def main(argv=None):
               statistical_check(f"ours_{ref_dev}", ours["subopt_kl"][:, -1], "B3 (subopt_kl)",
                                 b3_trace["subopt_kl"][:, -1]),
               statistical_check(f"ours_{ref_dev}", ours["kl_to_ref"][:, -1], "B3 (kl_to_ref)",
-                                b3_trace["kl_to_ref"][:, -1])]
+                                b3_trace["kl_to_ref"][:, -1]),
+              statistical_check(f"ours_{ref_dev}", ours["agent_regret_kl"][:, -1], "B3 (agent_regret_kl)",
+                                b3_trace["agent_regret_kl"][:, -1])]
     pos = np.searchsorted(b3_ids, b1_main["ids"])
     agreement = {"final_subopt": checks[:2], "other_final_metrics": checks[2:],
                  "b1_vs_b3_same_seeds_max_abs": {k: float(np.max(np.abs(b1_main["trace"][k] - b3_trace[k][pos])))
@@ -763,7 +749,7 @@ def main(argv=None):
     print("agreement (mean final value, 95% CI; different RNG streams, so a two-sample check at 5%):")
     for c in checks:
         print(f"  {c['a']} {c['mean_a']:.5g} +- {c['ci95_a']:.2g} (n={c['n_a']})  vs  {c['b']} {c['mean_b']:.5g} "
-              f"+- {c['ci95_b']:.2g} (n={c['n_b']}): diff {c['diff']:+.3g}, combined +-{c['combined_ci95']:.2g} "
+              f"+- {c['ci95_b']:.2g} (n={c['n_b']}): diff {c['diff']:+.3g}, combined +-{c['combined_ci']:.2g} "
               f"-> {'consistent' if c['consistent'] else 'NOT consistent'}")
     print("  B1 vs B3 on the same NumPy seeds, max abs difference:",
           {k: f"{v:.2g}" for k, v in agreement["b1_vs_b3_same_seeds_max_abs"].items()})

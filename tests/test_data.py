@@ -134,3 +134,68 @@ def test_inverse_cdf_coupling_keeps_actions_of_equal_policies():
     tv = 0.5 * np.abs(np.exp(np.asarray(l1)) - np.exp(np.asarray(l1b))).sum(-1).max()
     # under the monotone coupling P(a != a') <= (K - 1) * max TV; independent draws would differ ~70%
     assert np.mean(np.asarray(d1.a1 != d2.a1)) <= 3 * tv + 0.02
+
+
+@given(st.integers(0, 2**31 - 1), st.sampled_from([1, 3, 64, 65, 130]), st.booleans())
+def test_search_rows_matches_numpy_searchsorted_on_both_paths(seed, k, ties):
+    """``search_rows`` (compare-all for short rows, bisection for rows longer than COMPARE_ALL_MAX) is
+    ``min(searchsorted(row, u, side='right'), K - 1)`` per draw, ties and exact hits included."""
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.ones(k), size=4)
+    if ties and k > 1:
+        p[:, rng.integers(k, size=max(1, k // 3))] = 0.0
+        p /= np.maximum(p.sum(-1, keepdims=True), 1e-300)
+        p[p.sum(-1) == 0, 0] = 1.0
+    table = np.cumsum(p, -1) / np.cumsum(p, -1)[:, -1:]
+    rows = rng.integers(4, size=300)
+    u = rng.uniform(size=300)
+    u[:20] = table[rows[:20], rng.integers(k, size=20)]    # exact hits of table entries
+    u[20] = 0.0
+    got = np.asarray(b.search_rows(jnp.asarray(table), jnp.asarray(rows), jnp.asarray(u)))
+    want = np.array([min(np.searchsorted(table[r], v, side="right"), k - 1) for r, v in zip(rows, u)])
+    np.testing.assert_array_equal(got, want)
+    assert (k > b.COMPARE_ALL_MAX) == (k in (65, 130))
+
+
+def _threefry2x32_numpy(key, x0, x1):
+    """Threefry-2x32, 20 rounds (Salmon et al., SC 2011, Random123's constants), written out in NumPy."""
+    m = np.uint64(0xFFFFFFFF)
+    rot = lambda v, r: ((v << np.uint64(r)) | (v >> np.uint64(32 - r))) & m
+    ks = [np.uint64(key[0]), np.uint64(key[1]), np.uint64(key[0]) ^ np.uint64(key[1]) ^ np.uint64(0x1BD11BDA)]
+    r = [[13, 15, 26, 6], [17, 29, 16, 24]]
+    a = (x0.astype(np.uint64) + ks[0]) & m
+    c = (x1.astype(np.uint64) + ks[1]) & m
+    for block in range(5):
+        for rr in r[block % 2]:
+            a = (a + c) & m
+            c = rot(c, rr) ^ a
+        a = (a + ks[(block + 1) % 3]) & m
+        c = (c + ks[(block + 2) % 3] + np.uint64(block + 1)) & m
+    return a.astype(np.uint32), c.astype(np.uint32)
+
+
+def test_comparison_uniforms_are_threefry_of_the_counter():
+    """Word pair j of comparison i is Threefry2x32_key(i, j): checked against a NumPy Threefry, float64
+    and float32; the uniforms lie in [0, 1) and depend on (key, i) only (any index order, any offset)."""
+    key = jax.random.key(11)
+    words = np.asarray(jax.random.key_data(key))
+    index = np.array([0, 1, 7, 1000, 2**31 + 5])
+    for dtype, pairs in ((jnp.float64, 4), (jnp.float32, 2)):
+        got = np.asarray(b.comparison_uniforms(key, jnp.asarray(index, jnp.uint32), dtype))
+        i = np.repeat(index, pairs)
+        j = np.tile(np.arange(pairs), len(index))
+        y0, y1 = _threefry2x32_numpy(words, i, j)
+        if pairs == 4:
+            w = (y0.astype(np.uint64) << np.uint64(32)) | y1.astype(np.uint64)
+            want = (w >> np.uint64(12)).astype(np.float64) * 2.0 ** -52
+        else:
+            w = np.stack([y0, y1], -1).reshape(-1)
+            want = (w >> np.uint32(9)).astype(np.float32) * np.float32(2.0 ** -23)
+        np.testing.assert_array_equal(got.reshape(-1), want)
+    u = np.asarray(b.comparison_uniforms(key, jnp.arange(4000), jnp.float64))
+    assert u.min() >= 0.0 and u.max() < 1.0
+    np.testing.assert_array_equal(u[[3, 2999]], np.asarray(b.comparison_uniforms(key, jnp.array([3, 2999]),
+                                                                                  jnp.float64)))
+    for col in range(4):
+        assert stats.kstest(u[:, col], "uniform").pvalue > 1e-3
+    assert np.abs(np.corrcoef(u.T) - np.eye(4)).max() < 0.08

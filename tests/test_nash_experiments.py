@@ -29,7 +29,8 @@ NAMES = sorted(TINY)
 @pytest.mark.parametrize("name", NAMES)
 def test_experiment_runs_through_registry(name, tmp_path):
     exp = registry.get(name)
-    assert set(exp.presets) == {"quick", "paper"}
+    assert set(exp.presets) == {"quick", "paper"} | ({"p2_regime"} if name in ("nash-offline", "nash-online") else set())
+    assert set(exp.seeds) == set(exp.presets)
     config = replace(exp.presets["quick"], **TINY[name])
     res = exp.run(config, 2, Progress())
     t = res.table

@@ -283,3 +283,64 @@ def test_regime_presets_pair_the_simple_strategies_with_and_without_distinct():
     want = {f"{a}{s}" for a in ("enhancer", "uniform", "pi_uniform", "pi0", "self_play") for s in ("", "+distinct")}
     assert set(explore.algorithm_names) == set(plain.algorithm_names) == want
     assert min(bonus_compare.seeds["regime_explore"], bonus_compare.seeds["regime_plain"]) >= 256
+
+
+# --- factored pairs and the data-dependent radius -----------------------------------------------------
+
+def test_a_factored_pair_is_priced_marginalised_and_sampled_as_its_joint_table():
+    """``independent`` keeps its factors; costs, marginals and identical mass from them equal those of the
+    bare ``[n_x, K, K]`` table (1e-12), and sampling from the factors draws the same contexts and, up to
+    rounding at CDF boundaries, the same actions as sampling from the table."""
+    rng = np.random.default_rng(8)
+    lp1, lp2 = (jnp.log(jnp.asarray(rng.dirichlet(np.ones(K), size=N_X))) for _ in range(2))
+    pair = strategies.independent(lp1, lp2)
+    table = strategies.Pair(pair.log_joint, pair.info)
+    assert pair.factored and not table.factored
+    got, want = _costs(INST, lp1, pair), _costs(INST, lp1, table)
+    for name in online.Regrets._fields:
+        np.testing.assert_allclose(float(getattr(got, name)), float(getattr(want, name)), rtol=1e-12, atol=1e-15)
+    for f in (strategies.first_marginal, strategies.second_marginal, strategies.pair_identical_mass):
+        np.testing.assert_allclose(np.asarray(f(pair)), np.asarray(f(table)), rtol=1e-12, atol=1e-15)
+    n = 4000
+    from_factors = b.sample_preference_data(jax.random.key(3), INST, lp1, lp2, n)
+    from_table = b.sample_joint_preference_data(jax.random.key(3), INST, pair.log_joint, n)
+    np.testing.assert_array_equal(from_factors.x, from_table.x)
+    np.testing.assert_array_equal(from_factors.a1, from_table.a1)
+    assert np.mean(np.asarray(from_factors.a2 == from_table.a2)) > 0.999
+
+
+def test_the_loop_reads_the_laplace_radius_from_its_data():
+    """``beta_mode=laplace`` in the loop: before any data (Sigma = H = lam I) the radius is
+    ``sqrt(chi2_{d, 1-delta}) + B sqrt(lam) d^(1/64)`` (scipy's quantile; ``d^(1/64)``: the eigenvalue bound
+    ``tr(A^32)^(1/32)`` of ``A = I / lam`` is ``d^(1/32) / lam``), so round 0's width is that over sqrt_d's ``sqrt(d)``
+    times sqrt_d's width; afterwards it follows the data (finite, positive, different from sqrt_d's)."""
+    from scipy import stats as sps
+    from algorithms.core import confidence as conf
+    key, inst = jax.random.key(4), _instance(3)
+    laplace = conf.ConfidenceConfig(beta_mode="laplace")
+    tr_l = _loop(key, inst, "optimism", confidence=laplace)
+    tr_s = _loop(key, inst, "optimism", confidence=conf.ConfidenceConfig(beta_mode="sqrt_d"))
+    beta0 = np.sqrt(sps.chi2.ppf(1 - laplace.delta, CFG.dim)) + CFG.reward_norm * np.sqrt(laplace.lam) * CFG.dim ** (1 / 64)
+    np.testing.assert_allclose(float(tr_l.confidence_width[0]),
+                               float(tr_s.confidence_width[0]) * beta0 / np.sqrt(CFG.dim), rtol=1e-8)
+    width = np.asarray(tr_l.confidence_width)
+    assert np.all(np.isfinite(width)) and np.all(width > 0)
+    assert not np.allclose(width[1:], np.asarray(tr_s.confidence_width)[1:])
+
+
+def test_select_mixes_factored_and_joint_strategies_in_one_program():
+    """``strategies.select`` runs ``branches[index]`` for a traced index; when a joint-law branch is among them,
+    every branch's pair is a bare table with the law the branch itself returns, so the loop's metrics equal
+    those of the branch run alone (its factored self-play sampled from the table: the same draws up to
+    rounding at CDF boundaries)."""
+    key, inst = jax.random.key(2), _instance(5)
+    tr_self = _loop(key, inst, "self_play")
+    names = ("self_play", "uniform+distinct")
+    group = [strategies.get(n) for n in names]
+    for i, name in enumerate(names):
+        mixed = jax.jit(lambda k, j: _loop(k, inst, strategies.select(j, group)))(key, i)
+        alone = _loop(key, inst, name)
+        for field in ("subopt", "query_regret", "identical_pairs", "log_det_gram"):
+            np.testing.assert_allclose(np.asarray(getattr(mixed, field)), np.asarray(getattr(alone, field)),
+                                       rtol=1e-9, atol=1e-12, err_msg=f"{name} {field}")
+    assert float(tr_self.identical_pairs[-1]) > 0.0

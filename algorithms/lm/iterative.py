@@ -78,7 +78,8 @@ class LMSpec:
 class IterativeOptions:
     """Static options of the loop (module docstring).
 
-    n_iterations: ``T``; k: draws per group; n_groups: groups (= pairs) per prompt and iteration; n_steps:
+    n_iterations: ``T >= 1``, the sample-label-train rounds (P1's iterative DPO, docs/theory.md §2.5
+    item 1); k: draws per group; n_groups: groups (= pairs) per prompt and iteration; n_steps:
     Adam steps per iteration; learning_rate: Adam's step size; selector: the pair selector, one of
     ``SELECTORS``; restart: train from ``pi0`` each
     iteration instead of ``pi_{t-1}`` (the sampler is always ``pi_{t-1}``); history: train on all pairs so

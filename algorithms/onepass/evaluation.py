@@ -9,7 +9,11 @@
   (``algorithms.onepass.estimators``): ``estimation_error = ||theta_t - theta*||_2``, ``error_local =
   ||theta_t - theta*||_{A_t}``, the held-out pair, and the suboptimality of the plug-in (``subopt``) and of
   P3's pessimistic output (``subopt_pess``, radius ``beta_t`` of ``OnePassOptions.beta``) under an
-  ``objective`` of ``algorithms.onepass.policies``.
+  ``objective`` of ``algorithms.onepass.policies``;
+- ``population_metrics`` (``POPULATION_METRICS``): quantities that can still differ when the accuracy sits at
+  its Bayes ceiling, exact over the finite logging law (``logging_pair_weights``): the error in the norm of
+  ``Sigma = E[z z^T]`` (``difference_covariance``), the excess log-loss over ``theta*`` (a mean KL), and the
+  accuracy with its ceiling, the accuracy of ``theta*``.
 """
 from __future__ import annotations
 
@@ -72,3 +76,66 @@ def estimate_metrics(inst: b.Instance, theta, inverse, t, z_held, p_held, nu, op
             "subopt": policies.output_suboptimality(inst, inst.phi @ theta, objective),
             "subopt_pess": policies.output_suboptimality(
                 inst, policies.pessimistic_reward(inst, theta, inverse, beta, nu), objective)}
+
+
+# Quantities of an estimate that can differ below the Bayes ceiling of the accuracy (E9; issue 17 item 6).
+POPULATION_METRICS = ("estimation_error_sigma", "excess_logloss", "accuracy", "bayes_accuracy")
+
+
+def logging_pair_weights(inst: b.Instance) -> jax.Array:
+    """``w[x, a, a'] = d0(x) pi0(a|x) pi0(a'|x)`` ``[n_x, K, K]``: the law of one comparison of P3's logging
+    process ``(pi0, pi0)``, identical pairs ``a = a'`` included (they carry ``z = 0``)."""
+    pi0 = jnp.exp(inst.log_pi0)
+    pi0 = pi0 / jnp.sum(pi0, axis=-1, keepdims=True)
+    return inst.d0[:, None, None] * pi0[:, :, None] * pi0[:, None, :]
+
+
+def pair_margins(inst: b.Instance, scores: jax.Array) -> jax.Array:
+    """``u[x, a, a'] = s(x, a) - s(x, a')`` for a score table ``s [n_x, K]`` (``phi @ theta`` gives
+    ``<theta, z>`` of every comparison without forming ``z``)."""
+    return scores[:, :, None] - scores[:, None, :]
+
+
+def difference_covariance(inst: b.Instance) -> jax.Array:
+    """``Sigma = E[z z^T]`` over ``logging_pair_weights``, exactly: with ``a, a'`` independent draws of
+    ``pi0(.|x)``, ``E[z z^T | x] = 2 (E[phi phi^T | x] - m_x m_x^T)``, ``m_x = E[phi | x]``, so
+    ``Sigma = 2 sum_x d0(x) Cov_{pi0(.|x)}(phi(x, .))`` ``[d, d]``. It is the design of one random
+    comparison and, up to the curvature ``sigma'``, the Hessian of the expected log-loss."""
+    pi0 = jnp.exp(inst.log_pi0)
+    pi0 = pi0 / jnp.sum(pi0, axis=-1, keepdims=True)
+    mean = jnp.einsum("xa,xad->xd", pi0, inst.phi)
+    second = jnp.einsum("xa,xad,xae->xde", pi0, inst.phi, inst.phi)
+    cov = second - mean[:, :, None] * mean[:, None, :]
+    return 2.0 * jnp.einsum("x,xde->de", inst.d0, cov)
+
+
+def population_metrics(inst: b.Instance, theta, sigma=None) -> dict:
+    """``POPULATION_METRICS`` of ``theta``, exact over the finite logging law ``w = logging_pair_weights``
+    (BT instances: the true preference is ``p = sigma(r*(x,a) - r*(x,a'))``, ``r* = inst.reward``; with
+    ``u = <theta, z>``, ``u* = r*(x,a) - r*(x,a')``):
+
+    - ``estimation_error_sigma = ||theta - theta*||_Sigma = sqrt(e^T Sigma e)``, ``Sigma = E[z z^T]``
+      (``difference_covariance``; pass it as ``sigma`` to compute it once);
+    - ``excess_logloss = E[l(theta)] - E[l(theta*)] = sum w KL(Bern(p) || Bern(sigma(u)))``, with
+      ``l`` the BT cross-entropy of ``heldout_metrics``: per pair ``p (softplus(-u) - softplus(-u*)) +
+      (1 - p) (softplus(u) - softplus(u*))``, which is ``>= 0`` and zero at ``u = u*``; the sum is
+      clipped at 0 (rounding near ``theta*``);
+    - ``accuracy = sum w (p 1{u > 0} + (1 - p) 1{u < 0} + 1{u = 0} / 2)``, the expected agreement with
+      the BT label (``heldout_metrics``' formula on the whole law instead of a sample);
+    - ``bayes_accuracy``: ``accuracy`` of ``theta*`` (of ``u*``), the ceiling no estimate exceeds.
+    """
+    w = logging_pair_weights(inst)
+    u = pair_margins(inst, inst.phi @ theta)
+    u_star = pair_margins(inst, inst.reward)
+    p = jax.nn.sigmoid(u_star)
+
+    def accuracy(m):
+        return jnp.sum(w * jnp.where(m > 0, p, jnp.where(m < 0, 1.0 - p, 0.5)))
+
+    kl = p * (jax.nn.softplus(-u) - jax.nn.softplus(-u_star)) + (1.0 - p) * (jax.nn.softplus(u)
+                                                                             - jax.nn.softplus(u_star))
+    sigma = difference_covariance(inst) if sigma is None else sigma
+    err = theta - inst.theta_star
+    return {"estimation_error_sigma": jnp.sqrt(jnp.maximum(err @ sigma @ err, 0.0)),
+            "excess_logloss": jnp.maximum(jnp.sum(w * kl), 0.0),
+            "accuracy": accuracy(u), "bayes_accuracy": accuracy(u_star)}

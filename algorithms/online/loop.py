@@ -71,7 +71,9 @@ marginals (the laws of the first and second queried action; ``strategies.first_m
 
 Randomness: the online comparisons of batch ``t`` are indices ``t m .. t m + m - 1`` of one stream
 (``bandits.data``), so strategies run on one seed share contexts and label uniforms (common random
-numbers); strategies get their own key per iteration, and so do agents.
+numbers); strategies get their own key per iteration, and so do agents. An independent pair
+(``strategies.independent``) is sampled from its factors (``sample_preference_data``), a joint law from
+the table (``sample_joint_preference_data``): the same draws up to rounding at the CDF boundaries.
 """
 from __future__ import annotations
 
@@ -97,6 +99,7 @@ from bandits import (
     optimal_policy,
     public_view,
     sample_joint_preference_data,
+    sample_preference_data,
     suboptimality,
     suboptimality_kl,
 )
@@ -270,21 +273,31 @@ class Regrets(NamedTuple):
     weak_regret: jax.Array       # E_x E_{P_s} [r*(x, a*) - max(r*(x, a1), r*(x, a2))]
 
 
-def query_costs(instance: Instance, log_pi: jax.Array, log_joint: jax.Array) -> Regrets:
-    """The expected cost of one query drawn from the pair law ``log_joint [n_x, K, K]`` while the main agent
-    is ``log_pi``, exactly (finite sums; module docstring): ``Regrets`` of one query."""
-    pair = strategies.Pair(log_joint, jnp.asarray(jnp.nan, log_joint.dtype))
+def query_costs(instance: Instance, log_pi: jax.Array, pair) -> Regrets:
+    """The expected cost of one query drawn from the pair law (a ``strategies.Pair``, or its ``log_joint
+    [n_x, K, K]``) while the main agent is ``log_pi``, exactly (finite sums; module docstring): ``Regrets``
+    of one query. A factored pair is priced from its factors: ``E[r(a1) + r(a2)] / 2`` from the marginals,
+    ``E max(r(a1), r(a2)) = sum_{a,b} pi1(a) pi2(b) max(r_a, r_b)``."""
+    if not isinstance(pair, strategies.Pair):
+        pair = strategies.Pair(pair, jnp.asarray(jnp.nan, pair.dtype))
     log_pi1, log_pi2 = strategies.first_marginal(pair), strategies.second_marginal(pair)
-    best = jnp.max(instance.reward, axis=-1)
-    joint = jnp.exp(log_joint)
-    mean_reward = 0.5 * (instance.reward[:, :, None] + instance.reward[:, None, :])
-    best_of_two = jnp.maximum(instance.reward[:, :, None], instance.reward[:, None, :])
+    reward = instance.reward
+    best = jnp.max(reward, axis=-1)
+    best_of_two = jnp.maximum(reward[:, :, None], reward[:, None, :])
+    if pair.factored:
+        pi1, pi2 = jnp.exp(log_pi1), jnp.exp(log_pi2)
+        mean_of_two = 0.5 * (jnp.sum(pi1 * reward, -1) + jnp.sum(pi2 * reward, -1))
+        max_of_two = jnp.einsum("xa,xab,xb->x", pi1, best_of_two, pi2)
+    else:
+        joint = jnp.exp(pair.log_joint)
+        mean_of_two = jnp.sum(joint * 0.5 * (reward[:, :, None] + reward[:, None, :]), axis=(1, 2))
+        max_of_two = jnp.sum(joint * best_of_two, axis=(1, 2))
     return Regrets(
         agent_regret_kl=suboptimality_kl(instance, log_pi),
         query_regret=0.5 * (suboptimality(instance, log_pi1) + suboptimality(instance, log_pi2)),
         query_regret_kl=0.5 * (suboptimality_kl(instance, log_pi1) + suboptimality_kl(instance, log_pi2)),
-        avg_regret=context_mean(instance, best - jnp.sum(joint * mean_reward, axis=(1, 2))),
-        weak_regret=context_mean(instance, best - jnp.sum(joint * best_of_two, axis=(1, 2))))
+        avg_regret=context_mean(instance, best - mean_of_two),
+        weak_regret=context_mean(instance, best - max_of_two))
 
 
 def log_det(chol: jax.Array) -> jax.Array:
@@ -367,7 +380,8 @@ def run_online(key: jax.Array, instance: Instance, strategy: strategies.Strategy
         fit, learner_state = learner.fit(state.reward_learner, public, buf, lam, options)
         world, theta, z = fit
         gram = conf.gram_matrix(z, buf.mask, lam)
-        beta = confidence.radius(world.phi.shape[-1], jnp.sum(buf.mask), reward_norm)
+        beta = confidence.radius(world.phi.shape[-1], jnp.sum(buf.mask), reward_norm, z=z, mask=buf.mask, theta=theta,
+                                 gram=gram)
         cs = conf.confidence_set(theta, gram, beta.astype(dtype))
         nu = conf.reference_vector(world, confidence.reference_vector)
         uncertainty = conf.pointwise_uncertainty(world, cs.chol, nu)
@@ -384,16 +398,19 @@ def run_online(key: jax.Array, instance: Instance, strategy: strategies.Strategy
             reward_hat=reward_hat, uncertainty=uncertainty, hessian=bt_hessian(theta, z, buf.mask, lam),
             iteration=t, key=jax.random.fold_in(k_strategy, t), options=options.strategy_options)
         pair = strategy(view)
-        batch = sample_joint_preference_data(k_data, instance, pair.log_joint, m, start=t * m)
+        if pair.factored:
+            batch = sample_preference_data(k_data, instance, pair.log_pi1, pair.log_pi2, m, start=t * m)
+        else:
+            batch = sample_joint_preference_data(k_data, instance, pair.log_joint, m, start=t * m)
 
-        costs = query_costs(instance, log_pi, pair.log_joint)
+        costs = query_costs(instance, log_pi, pair)
         coverage = conf.expected_feature(world, pi_star) - conf.expected_feature(world, instance.log_pi0)
         nan = jnp.asarray(jnp.nan, dtype)
         fisher = (log_det(spd_solve.cholesky(bt_hessian(theta_star, z, buf.mask, lam))) if exact else nan)
         record = OnlineTrace(
             queries=(t * m).astype(dtype), subopt=suboptimality(instance, log_pi), subopt_kl=costs.agent_regret_kl,
             **state.regret._asdict(),
-            identical_pairs=context_mean(instance, strategies.identical_mass(pair.log_joint)),
+            identical_pairs=context_mean(instance, strategies.pair_identical_mass(pair)),
             log_det_gram=log_det(cs.chol), log_det_fisher=fisher, kl_to_ref=kl_to_reference(instance, log_pi),
             kl_to_ref_explorer=kl_to_reference(instance, strategies.second_marginal(pair)),
             confidence_width=beta * conf.dual_norm(cs.chol, coverage),

@@ -41,6 +41,7 @@ draws of ``pi1_t`` and ``pi2_t``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -111,26 +112,66 @@ class StrategyView(NamedTuple):
 
 
 class Pair(NamedTuple):
-    log_joint: jax.Array      # [n_x, K, K] log P(a1, a2 | x)
-    info: jax.Array           # scalar diagnostic (the enhancer: 1 if Pi_t had a non-trivial member), else NaN
+    """A strategy's pair law. ``log_joint [n_x, K, K]``: ``log P(a1, a2 | x)``; ``info``: a scalar diagnostic
+    (the enhancer: 1 if ``Pi_t`` had a non-trivial member), else NaN. An independent pair also carries its
+    factors ``log_pi1, log_pi2 [n_x, K]`` (``P = pi1 x pi2``): the loop then samples, marginalises and
+    prices the pair from them in ``O(n_x K)`` per context (``O(n_x K^2)`` for the weak regret), and the
+    ``[n_x, K, K]`` table is never built; ``None`` for a law that is not a product."""
+
+    log_joint: jax.Array
+    info: jax.Array
+    log_pi1: jax.Array | None = None
+    log_pi2: jax.Array | None = None
+
+    @property
+    def factored(self) -> bool:
+        return self.log_pi1 is not None and self.log_pi2 is not None
 
 
 Strategy = Callable[[StrategyView], Pair]
 
 
 def independent(log_pi1: jax.Array, log_pi2: jax.Array, info=jnp.nan) -> Pair:
-    """``a1 ~ pi1(.|x)`` and ``a2 ~ pi2(.|x)`` independently."""
-    return Pair(log_pi1[:, :, None] + log_pi2[:, None, :], jnp.asarray(info, log_pi1.dtype))
+    """``a1 ~ pi1(.|x)`` and ``a2 ~ pi2(.|x)`` independently (the factors are kept, ``Pair``)."""
+    return Pair(log_pi1[:, :, None] + log_pi2[:, None, :], jnp.asarray(info, log_pi1.dtype), log_pi1, log_pi2)
 
 
 def first_marginal(pair: Pair) -> jax.Array:
     """``log P(a1 | x) = log sum_b P(a1, b | x)``, ``[n_x, K]`` (the first queried action's law)."""
+    if pair.factored:
+        return pair.log_pi1 + jax.scipy.special.logsumexp(pair.log_pi2, axis=-1, keepdims=True)
     return jax.scipy.special.logsumexp(pair.log_joint, axis=2)
 
 
 def second_marginal(pair: Pair) -> jax.Array:
     """``log P(a2 | x) = log sum_a P(a, a2 | x)``, ``[n_x, K]`` (the explorer's policy)."""
+    if pair.factored:
+        return pair.log_pi2 + jax.scipy.special.logsumexp(pair.log_pi1, axis=-1, keepdims=True)
     return jax.scipy.special.logsumexp(pair.log_joint, axis=1)
+
+
+def as_table(pair: Pair) -> Pair:
+    """The pair without its factors: the same law as a bare ``[n_x, K, K]`` table."""
+    return Pair(pair.log_joint, pair.info)
+
+
+def select(index, branches: list[Strategy]) -> Strategy:
+    """The strategy ``branches[index]`` for a traced ``index`` (``lax.switch``: one compiled program, only the
+    chosen branch runs). ``lax.switch`` needs one output structure: if some branch returns a joint table,
+    every branch's pair is handed on as a table (``as_table``); if all are factored, the factors are kept."""
+    def chosen(view: StrategyView) -> Pair:
+        shapes = [jax.eval_shape(lambda f=f: f(view)) for f in branches]
+        chosen_branches = branches if all(p.factored for p in shapes) else [
+            lambda v, f=f: as_table(f(v)) for f in branches]
+        return jax.lax.switch(index, [functools.partial(f, view) for f in chosen_branches])
+    return chosen
+
+
+def pair_identical_mass(pair: Pair) -> jax.Array:
+    """``identical_mass`` of a pair, ``sum_a pi1(a | x) pi2(a | x)`` for a factored one, ``[n_x]``."""
+    if pair.factored:
+        return jnp.sum(jnp.exp(pair.log_pi1 + pair.log_pi2), axis=-1)
+    return identical_mass(pair.log_joint)
 
 
 def identical_mass(log_joint: jax.Array) -> jax.Array:

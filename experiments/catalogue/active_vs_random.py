@@ -24,6 +24,49 @@ selection index, ``lax.switch`` to the selection; only the chosen one runs); the
 same code. The summary's ``total_seconds`` integrates those per-round times over rounds 1..budget (trapezoid on the
 timed rounds, flat before the first): the analogue of P3's train-time column.
 ``regret_avg`` / ``regret_weak`` do not apply: NaN.
+
+Quantities below the Bayes ceiling (issue 17 item 6). At ``B = 2`` the held-out accuracy of every cell sits at
+the accuracy of ``theta*`` itself (about 0.671 at the default sizes), so it cannot separate the selections;
+these columns can (``algorithms.onepass.evaluation.population_metrics``, exact over the finite logging law
+``d0(x) pi0(a|x) pi0(a'|x)`` of the pool, no sampling):
+
+- ``estimation_error_sigma = ||theta_t - theta*||_Sigma``, ``Sigma = E[z z^T]`` (beside ``estimation_error``,
+  the 2-norm): the error in the norm the logging law weighs, the one the excess log-loss sees to second order;
+- ``excess_logloss = E[l(theta_t)] - E[l(theta*)]``, the mean KL from the BT label law, ``>= 0``, zero at ``theta*``;
+- ``accuracy`` and ``bayes_accuracy`` (the accuracy of ``theta*``, the ceiling) exactly, and
+  ``heldout_bayes_accuracy``, the accuracy of ``theta*`` on the same sampled held-out rows as ``heldout_accuracy``;
+- ``grad_evals``: the cost in P3's model (below), cumulative over rounds ``1..t``: the number of evaluations of one
+  comparison's loss derivative (gradient, curvature ``sigma'`` or Hessian-vector product: ``O(d)`` each for a
+  linear head) at one parameter. Per round: ``omd`` 2 (gradient and curvature at ``theta_t``, look-ahead
+  curvature at ``theta_{t+1}``; its ``O(d^2)`` rank-one updates are not counted), ``ogd`` 1, ``hvp`` 4 (gradient and
+  the 3 CG Hessian-vector products of the registry's ``hvp``), ``mle`` ``iterations_t * t`` (each warm-started
+  Newton iteration of the refit passes over the ``t`` rows; its line-search values and ``O(d^2)`` per-row Hessian
+  work are not counted, so a lower bound); NaN for other (plugin) estimators. Deterministic given the data: a
+  count, not a clock.
+
+P3's cost model, in our words (docs/theory.md §4.7-4.8). P3's reward model is a head on frozen LLM embeddings
+(``d = 4096``); the baseline fits it by first-order training for several epochs over every labelled comparison,
+the one-pass method touches each new comparison once (a gradient and a few Hessian-vector products). With ``E``
+epochs over ``n`` labels, the baseline costs about ``E n`` per-sample gradients for one final fit (``E t`` again
+whenever it is refitted after ``t`` labels, ``E t (t + 1) / 2`` if refitted after every label), the one-pass
+method ``n (1 + k)`` with ``k`` Hessian-vector products per label; each costs ``O(d)``, which dominates at
+``d = 4096``. So "faster" is a constant factor of about ``E / (1 + k)`` in gradient count for one fit (P3's
+table: about a third of the MLE's train time), not a statistical statement. Here the MLE is refitted by Newton
+every round (``O(iterations t d^2)``) and OMD keeps ``d x d`` matrices (``O(d^2)`` per round), so wall-clock
+(``seconds``) reflects neither side of P3's model; ``grad_evals`` is the column in its units. No multi-epoch SGD
+estimator is registered; the MLE is its converged limit.
+
+Regime preset ``e9_regime``: ``d = 64``, 64 contexts x 16 actions, anisotropic features (``feature_condition =
+100``: ``phi = D g / ||D g||``, ``D = diag(100^{-j / (2 (d - 1))})``, ``p3_common.anisotropic_instance``),
+``B = 6`` (at ``d = 64`` the margins ``<theta*, z>`` shrink like ``B sqrt(2 / d)``: ``B = 2`` leaves a Bayes accuracy
+of about 0.565, ``B = 6`` about 0.67, the quick preset's ceiling and near P3's reported accuracies),
+estimators ``mle``, ``omd``, ``hvp``, budgets ``2d, 4d, 6d, 8d`` as the checkpoints of one run of budget ``8d``
+(every selection is sequential, so the first ``t`` labels of a run are the run of budget ``t``; ``active_batch``
+too, its batches being fixed in advance). The summary gives, per selection other than ``random``, estimator,
+budget ``t`` and metric ``m`` of ``PAIRED``, ``{selection}-{est}/minus_random/{m}/t{t}``: the mean over seeds of
+``m(selection-est) - m(random-est)`` paired by seed (same instance, pool and labels) with its 95% Student-t
+interval (``_low``, ``_high``); and ``bayes_accuracy``, ``heldout_bayes_accuracy``, ``sigma_condition`` (the
+condition number of ``Sigma``), means over seeds, beside each cell's ``heldout_accuracy_budget``.
 """
 from __future__ import annotations
 
@@ -51,7 +94,12 @@ SELECTIONS = ("random", "active", "active_batch")
 EST = ("mle", "omd")
 
 # NaN means "not applicable" in these columns (module docstring).
-nan_columns = ("regret_avg", "regret_weak", "seconds")
+nan_columns = ("regret_avg", "regret_weak", "seconds", "grad_evals")
+
+COLUMNS = METRICS + evaluation.POPULATION_METRICS + ("grad_evals",)
+PAIRED = ("estimation_error", "estimation_error_sigma", "excess_logloss", "accuracy", "heldout_accuracy")
+# Loss-derivative evaluations of one comparison per round (module docstring); the MLE's come from its state.
+ROUND_EVALS = {"omd": 2.0, "ogd": 1.0, "hvp": 4.0}
 
 description = "E9: random vs active (APO / top-25% batch) selection x MLE vs OMD at an equal label budget"
 
@@ -63,7 +111,9 @@ class Config(p3.P3Config):
 
     pool: candidate comparisons; budget: labels; batch: the top-fraction batch size; checkpoints: label
     counts at which metrics are taken; heldout: held-out comparisons; selections: random | active |
-    active_batch; estimators: registered estimators (built in: omd, mle, ogd, hvp; default mle, omd).
+    active_batch; estimators: registered estimators (built in: omd, mle, ogd, hvp; default mle, omd);
+    feature_condition: ``>= 1``, the eigenvalue ratio of the anisotropic features (1: P3's isotropic ones;
+    ``p3_common.anisotropic_instance``).
     """
 
     pool: int = 8192
@@ -73,9 +123,11 @@ class Config(p3.P3Config):
     heldout: int = 2048
     selections: tuple[str, ...] = SELECTIONS
     estimators: tuple[str, ...] = EST
+    feature_condition: float = 1.0
 
     def __post_init__(self):
         v.check_int("budget", self.budget, 1)
+        v.check_float("feature_condition", self.feature_condition, low=1.0)
         v.check_int("batch", self.batch, 4)
         v.check_int("pool", self.pool, self.budget)
         v.check_names("selections", self.selections, SELECTIONS)
@@ -110,8 +162,27 @@ presets = {
     "quick": replace(Config(), n_contexts=64, pool=1536, budget=256, checkpoints=(16, 32, 64, 128, 256),
                      heldout=1024, timing_rounds=(16, 256), timing_repeats=5),
     "paper": Config(),
+    "e9_regime": replace(Config(), n_contexts=64, n_actions=16, dim=64, reward_norm=6.0, feature_condition=100.0,
+                         pool=4096,
+                         budget=512, batch=32, checkpoints=(128, 256, 384, 512), heldout=2048,
+                         estimators=("mle", "omd", "hvp"), timing_rounds=(128, 512), timing_repeats=3),
 }
-seeds = {"quick": 8, "paper": 32}
+seeds = {"quick": 8, "paper": 32, "e9_regime": 16}
+
+
+def make_instance(key, config: Config) -> b.Instance:
+    """P3's instance ``theta* = B u`` of ``key``, with anisotropic features unless ``feature_condition = 1``."""
+    inst = evaluation.scaled_instance(key, config.instance, config.reward_norm)
+    if config.feature_condition != 1.0:
+        inst = p3.anisotropic_instance(inst, config.feature_condition)
+    return inst
+
+
+def round_grad_evals(est_name: str, state) -> jax.Array:
+    """``grad_evals`` of the round that produced ``state`` (module docstring)."""
+    if est_name == "mle":
+        return (state.iterations * state.count).astype(jnp.result_type(float))
+    return jnp.asarray(ROUND_EVALS.get(est_name, jnp.nan), jnp.result_type(float))
 
 
 def choose(selection, est, state, available, t, pool_z, batch_rows, config):
@@ -143,11 +214,12 @@ def simulate(key, config: Config):
     ``t - 1`` (``t`` in ``config.timed``) and the pool rows chosen. The selections of one estimator run
     one after the other (``lax.map``) through one compiled scan."""
     k_inst, k_pool, k_held = jax.random.split(key, 3)
-    inst = evaluation.scaled_instance(k_inst, config.instance, config.reward_norm)
+    inst = make_instance(k_inst, config)
     data = b.sample_preference_data(k_pool, inst, inst.log_pi0, inst.log_pi0, config.pool)
     pool_z = b.feature_differences(inst, data)
     pool_y = data.y.astype(pool_z.dtype)
     z_held, p_held = evaluation.heldout_set(k_held, inst, config.heldout)
+    sigma = evaluation.difference_covariance(inst)
     nu = conf.reference_vector(inst, "pi0")
     ck = jnp.asarray(config.checkpoints)
     tk = jnp.asarray([t - 1 for t in config.timed])
@@ -161,30 +233,40 @@ def simulate(key, config: Config):
 
         def one_selection(index, est=est, init=init, timing0=timing0):
             def body(carry, _):
-                state, available, rows, snaps, timing, t = carry
+                state, available, rows, snaps, timing, t, evals = carry
                 idx, rows = choose_any(config.selections, index, est, state, available, t, pool_z, rows, config)
                 state = est.update(state, pool_z[idx], pool_y[idx])
+                evals = evals + round_grad_evals(est_name, state)
                 available = available.at[idx].set(False)
                 pos = p3.snapshot_index(t + 1, ck)
                 snaps = (snaps[0].at[pos].set(est.theta(state), mode="drop"),
-                         snaps[1].at[pos].set(est.inverse_design(state), mode="drop"))
+                         snaps[1].at[pos].set(est.inverse_design(state), mode="drop"),
+                         snaps[2].at[pos].set(evals, mode="drop"))
                 tpos = p3.snapshot_index(t + 1, tk)
                 timing = p3.record(est.name, timing, tpos, state)
-                return (state, available, rows, snaps, timing, t + 1), idx
+                return (state, available, rows, snaps, timing, t + 1, evals), idx
 
-            snaps = (jnp.zeros((len(ck), d), pool_z.dtype), jnp.zeros((len(ck), d, d), pool_z.dtype))
+            snaps = (jnp.zeros((len(ck), d), pool_z.dtype), jnp.zeros((len(ck), d, d), pool_z.dtype),
+                     jnp.zeros(len(ck), pool_z.dtype))
             carry0 = (init, jnp.ones(config.pool, bool), jnp.zeros(config.batch // 4, jnp.int32), snaps, timing0,
-                      jnp.asarray(0))
-            (_, _, _, snaps, timing, _), chosen = jax.lax.scan(body, carry0, None, length=config.budget)
-            per = lambda th, iv, t: evaluation.estimate_metrics(inst, th, iv, t, z_held, p_held, nu, config.onepass,
-                                                                config.objective)
-            return jax.vmap(per)(snaps[0], snaps[1], ck), timing, chosen
+                      jnp.asarray(0), jnp.zeros((), pool_z.dtype))
+            (_, _, _, snaps, timing, _, _), chosen = jax.lax.scan(body, carry0, None, length=config.budget)
+
+            def per(th, iv, t, evals):
+                got = evaluation.estimate_metrics(inst, th, iv, t, z_held, p_held, nu, config.onepass,
+                                                  config.objective)
+                return {**got, **evaluation.population_metrics(inst, th, sigma), "grad_evals": evals}
+
+            return jax.vmap(per)(snaps[0], snaps[1], ck, snaps[2]), timing, chosen
 
         got, timing, chosen = jax.lax.map(one_selection, jnp.arange(n_sel, dtype=jnp.int32))
         for j, selection in enumerate(config.selections):
-            metrics[(selection, est_name)] = {m: got[m][j] for m in METRICS}
+            metrics[(selection, est_name)] = {m: got[m][j] for m in COLUMNS}
             timings[(selection, est_name)] = (jax.tree.map(lambda a, j=j: a[j], timing), chosen[j])
-    stacked = {m: jnp.stack([metrics[n][m] for n in config.names], axis=-1) for m in METRICS}
+    stacked = {m: jnp.stack([metrics[n][m] for n in config.names], axis=-1) for m in COLUMNS}
+    eig = jnp.linalg.eigvalsh(sigma)
+    stacked["heldout_bayes_accuracy"] = evaluation.heldout_metrics(inst.theta_star, z_held, p_held)[0]
+    stacked["sigma_condition"] = jnp.where(eig[0] > 0, eig[-1] / eig[0], jnp.inf)
     return stacked, tuple(timings[n] for n in config.names)
 
 
@@ -201,7 +283,7 @@ def timing_pass(config: Config, timings) -> np.ndarray:
     (and per timed ``t`` for one that stores its data, the MLE, whose buffer has exactly ``t`` rows)."""
     key = seed_keys(config.seed, 1)[0]
     k_inst, k_pool, _ = jax.random.split(key, 3)
-    inst = evaluation.scaled_instance(k_inst, config.instance, config.reward_norm)
+    inst = make_instance(k_inst, config)
     data = b.sample_preference_data(k_pool, inst, inst.log_pi0, inst.log_pi0, config.pool)
     pool_z = b.feature_differences(inst, data)
     pool_y = data.y.astype(pool_z.dtype)
@@ -238,8 +320,9 @@ def run(config: Config, seeds: int, progress) -> Results:
         table = {"algorithm": np.full(n, name), "selection": np.full(n, selection),
                  "estimator": np.full(n, est_name), "seed": np.repeat(np.arange(seeds), len(ck)),
                  "t": np.tile(ck, seeds)}
-        for m in METRICS:
+        for m in COLUMNS:
             table[m] = out[m][:, :, ia].reshape(-1)
+        table["heldout_bayes_accuracy"] = np.repeat(np.asarray(out["heldout_bayes_accuracy"]), len(ck))
         table["regret_avg"] = p3.nan_column(n)
         table["regret_weak"] = p3.nan_column(n)
         sec = p3.nan_column(n)
@@ -255,13 +338,39 @@ def run(config: Config, seeds: int, progress) -> Results:
                                                                / np.sqrt(seeds)) if seeds > 1 else float("nan")
         summary[f"{name}/estimation_error_budget"] = float(out["estimation_error"][:, -1, ia].mean())
         summary[f"{name}/subopt_pess_budget"] = float(out["subopt_pess"][:, -1, ia].mean())
+        summary[f"{name}/excess_logloss_budget"] = float(out["excess_logloss"][:, -1, ia].mean())
+        summary[f"{name}/grad_evals_budget"] = float(out["grad_evals"][:, -1, ia].mean())
+    summary["bayes_accuracy"] = float(out["bayes_accuracy"][:, -1, 0].mean())
+    summary["heldout_bayes_accuracy"] = float(np.mean(out["heldout_bayes_accuracy"]))
+    summary["sigma_condition"] = float(np.mean(out["sigma_condition"]))
+    summary.update(paired_differences(out, config))
     return Results(concat_tables(tables), summary)
+
+
+def paired_differences(out, config: Config) -> dict:
+    """``{selection}-{est}/minus_random/{m}/t{t}`` (with ``_low``, ``_high``) for every selection other than
+    ``random``, estimator, checkpoint ``t`` and metric of ``PAIRED``: per-seed differences against
+    ``random-{est}``, mean and 95% Student-t interval (module docstring); empty without ``random``."""
+    entries = {}
+    if "random" not in config.selections:
+        return entries
+    for est_name in config.estimators:
+        base = config.names.index(("random", est_name))
+        for selection in config.selections:
+            if selection == "random":
+                continue
+            ia = config.names.index((selection, est_name))
+            for ic, t in enumerate(config.checkpoints):
+                for m in PAIRED:
+                    entries.update(p3.paired_entries(f"{selection}-{est_name}/minus_random/{m}/t{t}",
+                                                     out[m][:, ic, ia], out[m][:, ic, base]))
+    return entries
 
 
 def plot(table, config: Config, out_dir: Path) -> list[Path]:
     names = list(dict.fromkeys(np.asarray(table["algorithm"]).tolist()))
     panels = [("heldout_accuracy", "held-out accuracy", False), ("estimation_error", "||theta - theta*||_2", True),
-              ("subopt_pess", "pessimistic SubOpt", True)]
+              ("excess_logloss", "excess log-loss over theta*", True), ("subopt_pess", "pessimistic SubOpt", True)]
     fig, axes = plotting.figure(ncols=len(panels), size=(4.6, 3.6))
     styles = {"random": "--", "active": "-", "active_batch": ":"}
     for ax, (metric, label, loglog) in zip(np.atleast_1d(axes), panels):
@@ -274,6 +383,9 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
                 loglog_ok = loglog
             plotting.band_plot(ax, x, y, name, color=estimators.get(est).color, linestyle=styles[sel],
                                loglog=loglog_ok)
+        if metric == "heldout_accuracy" and "heldout_bayes_accuracy" in table:
+            ax.axhline(float(np.mean(table["heldout_bayes_accuracy"])), color="k", linestyle=":", linewidth=1,
+                       label="Bayes ceiling (theta*)")
         plotting.set_logx(ax)
         ax.set(title=label, xlabel="labels used", ylabel=label)
         ax.legend(fontsize="xx-small")

@@ -33,6 +33,16 @@ nan_columns = online_common.nan_columns
 
 @dataclasses.dataclass(frozen=True)
 class Config(online_common.Config):
+    """The fields of ``online_common.Config`` (documented there) and E4's own.
+
+    ``total_queries``: the fixed budget ``m T`` of comparisons of every run (an integer ``>= 1``),
+    the same for each batch size so the runs compare at equal cost (P1's batching claim, docs/theory.md
+    §2.4). ``batch_sizes``: the batch sizes ``m`` compared, a non-empty tuple of divisors of
+    ``total_queries``, each run for ``T = total_queries / m`` iterations (hence ``batch_size`` and
+    ``iterations`` are refused). ``algorithms``: the online algorithms run at every ``m`` (names of
+    ``algorithms.online.agents``, optionally ``+distinct``; empty: every built-in algorithm), by default
+    P1's enhancer, ``pi0`` (pairs ``(pi_t, pi0)``) and ``optimism``."""
+
     total_queries: int = 4096
     batch_sizes: tuple[int, ...] = (16, 64, 256)
     algorithms: tuple[str, ...] = ("enhancer", "pi0", "optimism")

@@ -13,11 +13,14 @@ interval: under common random numbers the paired interval is much narrower than 
 unregularised; definitions in ``algorithms.online.loop``). The summary records the metric under
 ``rank_by`` and, besides the ranked metric's statistics, every algorithm's final regrets and diagnostics.
 
-Presets ``regime_explore`` and ``regime_plain`` (issue 16): the enhancer, ``uniform``, ``pi_uniform``, ``pi0`` and
-``self_play``, each with and without ``+distinct``, where P1's argument for the enhancer should bite (K = 256,
-kl_coef = 0.02, a ``pi0`` covering ``pi*`` poorly) and where it should not (K = 8, kl_coef = 1, uniform ``pi0``);
-256 seeds each. The instance generator has no knob for anisotropic features or for the number of good actions
-(``bandits.InstanceConfig``), so those two conditions of the issue are not varied.
+Presets ``regime_explore`` and ``regime_plain`` (issue 16 item 6): the enhancer, ``uniform``, ``pi_uniform``, ``pi0``
+and ``self_play``, each with and without ``+distinct``, paired by seed with the enhancer, where P1's argument for
+the enhancer should bite and where it should not; 256 seeds each. ``regime_explore``: K = 256 actions of which
+``good_actions = 4`` per context beat all others by at least ``B`` (``bandits.instance.few_good_actions``),
+anisotropic features (``feature_anisotropy = 100``: the feature covariance's eigenvalues fall geometrically from 1
+to 1/100, ``bandits.instance.random_features``), kl_coef = 0.02 (``pi*`` far from ``pi0``) and a ``pi0`` that
+covers ``pi*`` poorly (coverage -0.9, temperature 10: it puts its mass on the bad actions).
+``regime_plain``: K = 8, isotropic unit features with no planted good actions, kl_coef = 1, uniform ``pi0``.
 
 Columns: those of ``online-explore``.
 """
@@ -43,7 +46,8 @@ nan_columns = online_common.nan_columns
 
 @dataclasses.dataclass(frozen=True)
 class Config(online_common.Config):
-    """``rank_by``: the metric the ranking sorts by (module docstring); named ``metric`` before issue 16,
+    """``baseline``: the algorithm every paired difference is taken against (default P1's enhancer);
+    ``rank_by``: the metric the ranking sorts by (module docstring); named ``metric`` before issue 16,
     whose value ``regret_kl`` is today's ``agent_regret_kl`` (a record written before reads as such)."""
 
     RENAMED_FIELDS: typing.ClassVar[dict] = {"metric": "rank_by"}   # manifests written before the rename
@@ -71,12 +75,14 @@ REGIME_ALGORITHMS = tuple(f"{name}{suffix}" for name in ("enhancer", "uniform", 
 presets = {
     "quick": replace(Config(), n_contexts=16, n_actions=8, dim=4, iterations=8, batch_size=16, dpo_steps=30),
     "paper": replace(Config(), n_contexts=64, n_actions=16, iterations=24, batch_size=32),
-    # where exploration should matter: many actions (the best of 256 random rewards is an outlier, so few
-    # actions are good), a small KL coefficient (pi* far from pi0) and a pi0 that covers pi* poorly
-    "regime_explore": replace(Config(), n_contexts=16, n_actions=256, dim=8, kl_coef=0.02, iterations=16,
-                              batch_size=32, settings=("hard",), hard_coverage=-0.9, hard_temperature=10.0,
-                              algorithms=REGIME_ALGORITHMS),
-    # where it should not: few actions, a large KL coefficient (pi* close to pi0) and a uniform pi0
+    # where exploration should matter: 4 good actions among 256, features whose covariance has condition number
+    # 100 (directions random queries rarely excite), a small KL coefficient (pi* far from pi0) and a pi0 on the
+    # bad actions
+    "regime_explore": replace(Config(), n_contexts=16, n_actions=256, dim=8, kl_coef=0.02, good_actions=4,
+                              feature_anisotropy=100.0, iterations=16, batch_size=32, settings=("hard",),
+                              hard_coverage=-0.9, hard_temperature=10.0, algorithms=REGIME_ALGORITHMS),
+    # where it should not: few actions, isotropic features without planted good actions, a large KL coefficient
+    # (pi* close to pi0) and a uniform pi0
     "regime_plain": replace(Config(), n_contexts=16, n_actions=8, dim=8, kl_coef=1.0, iterations=16, batch_size=32,
                             settings=("easy",), algorithms=REGIME_ALGORITHMS),
 }

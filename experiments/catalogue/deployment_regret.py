@@ -68,7 +68,8 @@ class Config(p3.P3Config):
     options, objective and timing fields are ``p3_common.P3Config``'s (``kl_coef`` is read with
     ``objective=kl`` or a ``greedy`` rule).
 
-    rounds: ``T``; checkpoints: rounds at which the cumulative regrets are reported; algorithms:
+    rounds: the horizon ``T >= 2`` of each seed's deployment stream (one context, one pair and one label
+    per round, P3's deployment stage, docs/theory.md §4.5); checkpoints: rounds at which the cumulative regrets are reported; algorithms:
     ``rule:estimator`` strings (rules of ``algorithms.onepass.deployment``, registered estimators: built in
     omd, mle, ogd, hvp); colstim_c: CoLSTIM's perturbation scale; quantile: the rank of
     ``best_quartile``'s second action.

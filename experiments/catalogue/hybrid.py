@@ -41,6 +41,19 @@ nan_columns = online_common.nan_columns
 
 @dataclasses.dataclass(frozen=True)
 class Config(online_common.Config):
+    """The fields of ``online_common.Config`` (documented there) and E5's own.
+
+    ``budget``: the total number of comparisons ``n_off + m T`` of each mode (an integer ``>= 2``):
+    ``offline`` takes all of them from ``pi0``, ``online`` runs ``budget / m`` iterations and ``hybrid``
+    spends ``offline_fraction * budget`` on ``pi0`` data and the rest online (P1's hybrid GSHF,
+    docs/theory.md §2.4). ``offline_fraction``: the share ``n_off / budget`` in ``(0, 1]`` of the hybrid
+    mode's comparisons drawn ``a1, a2 ~ pi0`` up front, rounded to an integer ``n_off`` that must leave
+    both parts non-empty (``0 < n_off < budget``); ``budget`` and ``budget - n_off`` must be multiples of
+    ``batch_size``. ``strategy``: the one online algorithm of the online and hybrid modes, a name of
+    ``algorithms.online.agents`` (optionally ``+distinct``); the default ``pi0`` queries ``(pi_t, pi0)``,
+    P1's hybrid exploration pair. ``algorithms``: refused (must stay empty), since ``strategy`` is the
+    one algorithm run."""
+
     budget: int = 2048
     offline_fraction: float = 0.5
     strategy: str = "pi0"

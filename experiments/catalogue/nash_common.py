@@ -6,23 +6,33 @@ nash-offline, nash-online and nash-kl-sweep.
 - one figure panel of a metric against the swept quantity, one 95% band per algorithm
   (``metric_panel``), coloured by the method's registry entry (``algorithms.nash.methods``) so a method
   looks the same in every P2 figure (``panel_colors``: a method without a colour gets a free one);
-- ``thin_log_x_ticks`` keeps a wide log axis legible.
+- ``thin_log_x_ticks`` keeps a wide log axis legible;
+- for the two sweeps (nash-intransitive over the skew strength, nash-kl-sweep over ``kl_coef``): every
+  method on one point of the sweep, evaluated exactly (``sweep_point_metrics``), every seed and point with
+  the query count of each row (``run_sweep``) and the legend texts with them (``labels_with_queries``).
 
 The methods, their labels, colours, kinds and query counts live in ``algorithms.nash.methods``; the
 exact metrics of a policy in ``bandits.nash.policy_metrics``.
 """
 from __future__ import annotations
 
+import functools
 from typing import Mapping
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from matplotlib import ticker
 
 import bandits as b
 from algorithms.nash import methods
+from algorithms.nash import preference_model as gp
 from bandits import validation as v
+from bandits.nash import policy_metrics
 from experiments.engine import plotting
 from experiments.engine.config import check_unused
+from experiments.engine.results import tidy
+from experiments.engine.runner import run_vectorized, seed_keys
 
 
 def check_p2_config(config, kinds: tuple[str, ...], name: str, *, confidence_set: bool = True) -> None:
@@ -86,3 +96,38 @@ def metric_panel(ax, table, x: str, metric: str, labels: Mapping[str, str], *, t
     ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
     if legend_size is not None:
         ax.legend(fontsize=legend_size, loc=legend_loc)
+
+
+def sweep_point_metrics(inst: b.Instance, k_data: jax.Array, key_of, config) -> dict:
+    """``{metric: [n_algorithms]}`` of the methods of ``config.algorithms`` on ``inst``: offline methods on
+    ``config.n`` comparisons ``a1, a2 ~ pi0`` drawn with ``k_data`` (and the confidence set of the nested
+    ``confidence`` config when one of them needs it), the others with the key ``key_of(name)``; each
+    method's final policy evaluated exactly against the equilibrium ``pi*`` (``bandits.nash.policy_metrics``)."""
+    star = b.nash_equilibrium(inst, config.payoff).log_pi
+    data = b.sample_preference_data(k_data, inst, inst.log_pi0, inst.log_pi0, config.n)
+    cs = (gp.mle_confidence_set(inst, data, config.n, config.instance.reward_norm, config.confidence)
+          if methods.needs_fit(config.algorithms) else None)
+    policies = methods.run_methods(config.algorithms, inst, payoff=config.payoff, options=config.nash,
+                                   lam=config.confidence.lam, key_of=key_of, data=data, confidence=cs)
+    rows = [policy_metrics(inst, methods.final_policy(a, policies[a]), star, config.payoff)
+            for a in config.algorithms]
+    return {k: jnp.stack([r[k] for r in rows]) for k in rows[0]}
+
+
+def run_sweep(per_seed, config, seeds: int, progress, chunk_size: int, **grid):
+    """``(out, table)`` of a sweep over the one axis ``grid`` (``{column: values}``): ``per_seed(key, values,
+    config=config)`` for every seed (``runner.run_vectorized``), its ``{metric: [n_seeds, n_grid,
+    n_algorithms]}`` and the tidy table with the column ``n``, the comparisons each row's method used
+    (``methods.queries``)."""
+    (axis, values), = grid.items()
+    out = run_vectorized(functools.partial(per_seed, config=config), seed_keys(config.seed, seeds), values,
+                         progress=progress, chunk_size=chunk_size)
+    table = tidy(out, seed=np.arange(seeds), **{axis: values}, algorithm=np.asarray(config.algorithms))
+    table["n"] = np.asarray([methods.queries(a, config.nash, config.n) for a in table["algorithm"]])
+    return out, table
+
+
+def labels_with_queries(table) -> dict[str, str]:
+    """``{method: "label (n=...)"}`` for the methods of ``table`` in order of appearance."""
+    names, n = np.asarray(table["algorithm"]), np.asarray(table["n"])
+    return {a: f"{methods.label(a)} (n={int(n[names == a][0])})" for a in dict.fromkeys(names.tolist())}

@@ -25,24 +25,20 @@ Columns: ``algorithm, seed, skew_strength, n, nash_gap, win_rate_vs_ref, win_rat
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import bandits as b
 from algorithms.core import confidence as conf
 from algorithms.nash import methods
-from algorithms.nash import preference_model as gp
 from bandits import validation as v
-from bandits.nash import policy_metrics
-from experiments.catalogue.nash_common import check_p2_config, metric_panel
+from experiments.catalogue.nash_common import (check_p2_config, labels_with_queries, metric_panel, run_sweep,
+                                               sweep_point_metrics)
 from experiments.engine import plotting
 from experiments.engine.config import check_unused, replace
-from experiments.engine.results import Results, tidy
-from experiments.engine.runner import run_vectorized, seed_keys
+from experiments.engine.results import Results
 
 ALGORITHMS = ("bt_gibbs", "dpo", "nash_mle", "p2_pessimistic", "nash_md", "inpo", "sppo")
 KINDS = ("offline", "dynamics", "online")
@@ -57,7 +53,15 @@ class Config:
     """Fields reachable with ``--set field=value``; those of the nested ``instance`` (``bandits.InstanceConfig``;
     its ``skew_strength`` is swept by ``skew_strengths``), ``confidence``
     (``algorithms.core.confidence.ConfidenceConfig``) and ``nash`` (``algorithms.nash.methods.NashOptions``)
-    by their own names."""
+    by their own names.
+
+    payoff: the payoff ``G`` of P2's game, ``'identity'`` (``G = P``) or ``'logit'`` (``G = log P/(1-P)``;
+    ``bandits.nash``), in which every policy is evaluated;
+    skew_strengths: the strengths ``s >= 0`` of the cyclic block swept (``||s S|| = s``; 0: Bradley-Terry);
+    n: the offline comparisons ``a1, a2 ~ pi0`` of the offline methods (the others use ``iterations x batch``
+    queries);
+    algorithms: the methods of ``algorithms.nash.methods`` run at every strength (a plugin's included).
+    """
 
     instance: b.InstanceConfig = b.InstanceConfig(n_contexts=64, n_actions=16, dim=6, reward_norm=1.0, kl_coef=0.1)
     confidence: conf.ConfidenceConfig = conf.ConfidenceConfig(c_beta=0.5)
@@ -91,31 +95,17 @@ seeds = {"quick": 8, "paper": 128}
 def per_seed(key, strengths, config: Config):
     """``{metric: [n_strengths, n_algorithms]}`` for one seed."""
     k_inst, k_data, k_dyn = jax.random.split(key, 3)
-    icfg = config.instance
-    base = b.make_instance(k_inst, dataclasses.replace(icfg, skew_strength=1.0))
+    base = b.make_instance(k_inst, dataclasses.replace(config.instance, skew_strength=1.0))
 
     def one_strength(s):
-        inst = base._replace(skew=s * base.skew)
-        star = b.nash_equilibrium(inst, config.payoff).log_pi
-        data = b.sample_preference_data(k_data, inst, inst.log_pi0, inst.log_pi0, config.n)
-        cs = (gp.mle_confidence_set(inst, data, config.n, icfg.reward_norm, config.confidence)
-              if methods.needs_fit(config.algorithms) else None)
-        policies = methods.run_methods(config.algorithms, inst, payoff=config.payoff, options=config.nash,
-                                       lam=config.confidence.lam, key_of=lambda name: k_dyn, data=data,
-                                       confidence=cs)
-        rows = [policy_metrics(inst, methods.final_policy(a, policies[a]), star, config.payoff)
-                for a in config.algorithms]
-        return {k: jnp.stack([r[k] for r in rows]) for k in rows[0]}
+        return sweep_point_metrics(base._replace(skew=s * base.skew), k_data, lambda name: k_dyn, config)
 
     return jax.vmap(one_strength)(strengths)
 
 
 def run(config: Config, seeds: int, progress) -> Results:
-    strengths = np.asarray(config.skew_strengths, np.float64)
-    out = run_vectorized(functools.partial(per_seed, config=config), seed_keys(config.seed, seeds), strengths,
-                         progress=progress, chunk_size=CHUNK_SIZE)
-    table = tidy(out, seed=np.arange(seeds), skew_strength=strengths, algorithm=np.asarray(config.algorithms))
-    table["n"] = np.asarray([methods.queries(a, config.nash, config.n) for a in table["algorithm"]])
+    out, table = run_sweep(per_seed, config, seeds, progress, CHUNK_SIZE,
+                           skew_strength=np.asarray(config.skew_strengths, np.float64))
     summary = {}
     for i, alg in enumerate(config.algorithms):
         gap = out["nash_gap"][:, :, i].mean(0)
@@ -126,9 +116,7 @@ def run(config: Config, seeds: int, progress) -> Results:
 
 def plot(table, config: Config, out_dir: Path) -> list[Path]:
     fig, axes = plotting.figure(ncols=2, size=(5.6, 4.4))
-    algorithms = list(dict.fromkeys(np.asarray(table["algorithm"]).tolist()))
-    n_of = {a: int(np.asarray(table["n"])[np.asarray(table["algorithm"]) == a][0]) for a in algorithms}
-    labels = {a: f"{methods.label(a)} (n={n_of[a]})" for a in algorithms}
+    labels = labels_with_queries(table)
     xlabel = "strength s of the cyclic block ||S|| (0 = Bradley-Terry)"
     metric_panel(axes[0], table, "skew_strength", "nash_gap", labels, title="(a) Nash duality gap vs intransitivity",
                  xlabel=xlabel, ylabel="duality gap Gap(pi) (exact)")

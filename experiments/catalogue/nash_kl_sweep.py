@@ -22,24 +22,20 @@ Columns: ``algorithm, seed, kl_coef, n, nash_gap, win_rate_vs_ref, win_rate_vs_n
 from __future__ import annotations
 
 import dataclasses
-import functools
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import bandits as b
 from algorithms.core import confidence as conf
 from algorithms.nash import methods
-from algorithms.nash import preference_model as gp
 from bandits import validation as v
-from bandits.nash import policy_metrics
-from experiments.catalogue.nash_common import check_p2_config, metric_panel
+from experiments.catalogue.nash_common import (check_p2_config, labels_with_queries, metric_panel, run_sweep,
+                                               sweep_point_metrics)
 from experiments.engine import plotting
 from experiments.engine.config import check_unused, replace
-from experiments.engine.results import Results, tidy
-from experiments.engine.runner import run_vectorized, seed_keys
+from experiments.engine.results import Results
 
 ALGORITHMS = ("nash", "ipo", "online_ipo", "p2_online", "nash_md", "bt_gibbs", "dpo")
 KINDS = methods.KINDS
@@ -59,7 +55,15 @@ class Config:
     """Fields reachable with ``--set field=value``; those of the nested ``instance`` (``bandits.InstanceConfig``;
     its ``kl_coef`` is swept by ``kl_coefs``), ``confidence`` (``algorithms.core.confidence.ConfidenceConfig``:
     ``lam`` for every fit, the radius for offline methods that need the confidence set) and ``nash``
-    (``algorithms.nash.methods.NashOptions``) by their own names."""
+    (``algorithms.nash.methods.NashOptions``) by their own names.
+
+    payoff: the payoff ``G`` of P2's game, ``'identity'`` (``G = P``) or ``'logit'`` (``G = log P/(1-P)``;
+    ``bandits.nash``), in which every policy is evaluated;
+    kl_coefs: the KL coefficients ``eta > 0`` swept (``step <= 1 / max(kl_coefs)``);
+    n: the offline comparisons ``a1, a2 ~ pi0`` of the offline methods (the others use ``iterations x batch``
+    queries);
+    algorithms: the methods of ``algorithms.nash.methods`` run at every ``kl_coef`` (a plugin's included).
+    """
 
     instance: b.InstanceConfig = b.InstanceConfig(n_contexts=32, n_actions=8, dim=4, reward_norm=2.0,
                                                   temperature=2.0, skew_strength=2.0)
@@ -96,27 +100,15 @@ def per_seed(key, kl_coefs, config: Config):
     base = b.make_instance(k_inst, config.instance)
 
     def one_kl(kl):
-        inst = base._replace(kl_coef=kl)
-        star = b.nash_equilibrium(inst, config.payoff).log_pi
-        data = b.sample_preference_data(k_data, inst, inst.log_pi0, inst.log_pi0, config.n)
-        cs = (gp.mle_confidence_set(inst, data, config.n, config.instance.reward_norm, config.confidence)
-              if methods.needs_fit(config.algorithms) else None)
-        policies = methods.run_methods(config.algorithms, inst, payoff=config.payoff, options=config.nash,
-                                       lam=config.confidence.lam, data=data, confidence=cs,
-                                       key_of=lambda name: methods.stream_key(k_run, name, STREAMS))
-        rows = [policy_metrics(inst, methods.final_policy(a, policies[a]), star, config.payoff)
-                for a in config.algorithms]
-        return {k: jnp.stack([r[k] for r in rows]) for k in rows[0]}
+        return sweep_point_metrics(base._replace(kl_coef=kl), k_data,
+                                   lambda name: methods.stream_key(k_run, name, STREAMS), config)
 
     return jax.vmap(one_kl)(kl_coefs)
 
 
 def run(config: Config, seeds: int, progress) -> Results:
-    kl = np.asarray(config.kl_coefs, np.float64)
-    out = run_vectorized(functools.partial(per_seed, config=config), seed_keys(config.seed, seeds), kl,
-                         progress=progress, chunk_size=CHUNK_SIZE)
-    table = tidy(out, seed=np.arange(seeds), kl_coef=kl, algorithm=np.asarray(config.algorithms))
-    table["n"] = np.asarray([methods.queries(a, config.nash, config.n) for a in table["algorithm"]])
+    out, table = run_sweep(per_seed, config, seeds, progress, CHUNK_SIZE,
+                           kl_coef=np.asarray(config.kl_coefs, np.float64))
     summary = {}
     for i, alg in enumerate(config.algorithms):
         for j, k in enumerate(config.kl_coefs):
@@ -133,7 +125,7 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
               ("win_rate_vs_nash", "win rate vs equilibrium pi*", "(b) against the equilibrium"),
               ("kl_to_ref", "E_x KL(pi || pi0)", "(c) distance from pi0"),
               ("nash_gap", "duality gap Gap(pi) (exact)", "(d) gap in the kl_coef-regularized game\n(pi* itself: 0)"))
-    labels = {a: f"{methods.label(a)} (n={int(np.asarray(table['n'])[names == a][0])})" for a in algorithms}
+    labels = labels_with_queries(table)
     at_solver_gap = {a for a in algorithms if np.all(np.asarray(table["nash_gap"])[names == a] <= SOLVER_GAP)}
     for ax, (metric, ylabel, title) in zip(axes, panels):
         # a gap at the solver's tolerance (pi* itself), drawn on the log scale, would squash the other curves

@@ -1,9 +1,15 @@
 """nash-offline (docs/theory.md §3.4 target 2, E7): Nash duality gap against n for P2's offline algorithms
 under unilateral vs diagonal-only coverage.
 
-For each seed: one intransitive linear instance (``skew_strength``) and its equilibrium ``pi*``. The
-default world has few contexts and ``d = K`` (``D = 36`` parameters), so the linear model barely
-generalises across actions: coverage is then about which action pairs were compared. For
+For each seed: one intransitive linear instance (``skew_strength``; ``bandits.nash.make_game_instance`` with
+the nested ``game`` knobs) and its equilibrium ``pi*``. The default world has few contexts and ``d = K``
+(``D = 36`` parameters), so the linear model barely generalises across actions: coverage is then about
+which action pairs were compared. The preset ``p2_regime`` pushes that further, to where P2's
+pessimism should matter: features close to one-hot (``one_hot = 0.9``: the pair features ``psi`` close to
+one-hot over pairs), ``kl_coef = 0.01`` (so a payoff error ``eps`` moves the policy by ``eps / eta``) and a
+``pi0`` tilted away from the equilibrium (``avoid_nash = 4``: poor unilateral coverage of the
+``reference`` data), with ``reward_norm = 1`` and ``skew_strength = 4`` so that the equilibria are mixed,
+and the pointwise variant run beside the policy-level one. For
 each data design, one stream of comparisons whose nested prefixes are the data sets of size ``n``:
 
 - ``unilateral``: ``a1 ~ pi*, a2 ~ uniform`` (covers ``(pi*, b)`` for every opponent action ``b``);
@@ -26,6 +32,13 @@ max_{x,a,b} |G_theta_hat - G*| / eta``, the plug-in estimate's largest payoff er
 (pessimism can pay only where it is of order 1: ``algorithms.nash.offline``, "Why the plug-in ..."). These
 are the same number on every algorithm's row.
 
+Summary, paired by seed (common random numbers: every method sees the same instance and data): for each
+design and each pair of ``PAIRS`` run (the pessimistic policies against the plug-in ``nash_mle`` and
+against each other), ``{design}/{a}_minus_{b}/nash_gap_n_min`` and ``_n_max`` with ``/diff``, ``/diff_low``,
+``/diff_high`` (the mean difference of the gaps ``a - b`` at the smallest and largest ``n`` and its paired
+95% Student-t interval, ``stats.paired_summary``) and ``/below_frac`` (the fraction of seeds where ``a``'s
+gap is below ``b``'s): an interval wholly below 0 says ``a`` helps there.
+
 Columns: ``algorithm, design, seed, n, nash_gap, win_rate_vs_ref, win_rate_vs_nash, kl_to_ref,
 unilateral_coverage, diagonal_coverage, bound, policy_unilateral_coverage, policy_bound, in_confidence_set,
 beta, max_err_over_eta``.
@@ -47,7 +60,7 @@ from algorithms.nash import offline as no
 from algorithms.nash import pessimism as ps
 from algorithms.nash import preference_model as gp
 from bandits import validation as v
-from bandits.nash import policy_metrics
+from bandits.nash import GameConfig, make_game_instance, policy_metrics
 from experiments.catalogue.nash_common import check_p2_config, metric_panel, thin_log_x_ticks
 from experiments.engine import plotting, stats
 from experiments.engine.config import replace
@@ -59,6 +72,10 @@ KINDS = ("offline",)
 DESIGNS = ("unilateral", "diagonal", "reference")
 DESIGN_LABELS = {"unilateral": "unilateral: a1~pi*, a2~uniform", "diagonal": "diagonal: a1, a2 ~ pi*",
                  "reference": "reference: a1, a2 ~ pi0"}
+# The paired comparisons of the summary (each run when both methods are in algorithms): P2's pessimism
+# (policy-level, pointwise) against the plug-in equilibrium, and the two forms of pessimism against each other.
+PAIRS = (("p2_pessimistic", "nash_mle"), ("p2_pessimistic_pointwise", "nash_mle"),
+         ("p2_pessimistic", "p2_pessimistic_pointwise"))
 # Seeds per compiled chunk unless --chunk-size says otherwise (results do not depend on it): the paper
 # preset, 128 seeds in one chunk, was killed by the OOM killer at 24 GB on this machine.
 CHUNK_SIZE = 16
@@ -69,11 +86,20 @@ description = "E7: offline Nash gap vs n, unilateral vs diagonal-only coverage (
 @dataclasses.dataclass(frozen=True)
 class Config:
     """Fields reachable with ``--set field=value``; those of the nested ``instance`` (``bandits.InstanceConfig``),
-    ``confidence`` (``algorithms.core.confidence.ConfidenceConfig``) and ``nash``
-    (``algorithms.nash.methods.NashOptions``: the fields offline methods read) by their own names."""
+    ``game`` (``bandits.nash.GameConfig``: P2's instance knobs), ``confidence``
+    (``algorithms.core.confidence.ConfidenceConfig``) and ``nash`` (``algorithms.nash.methods.NashOptions``: the
+    fields offline methods read) by their own names.
+
+    payoff: the payoff ``G`` of P2's game, ``'identity'`` (``G = P``) or ``'logit'`` (``G = log P/(1-P)``;
+    ``bandits.nash``), in which every policy is evaluated and the methods solve;
+    sample_sizes: the data set sizes ``n``, strictly increasing (nested prefixes of one stream per design);
+    designs: the data designs run, a subset of ``unilateral``, ``diagonal``, ``reference`` (module docstring);
+    algorithms: the offline methods of ``algorithms.nash.methods`` run on every data set (a plugin's included).
+    """
 
     instance: b.InstanceConfig = b.InstanceConfig(n_contexts=4, n_actions=8, dim=8, reward_norm=2.0, kl_coef=0.05,
                                                   skew_strength=2.0)
+    game: GameConfig = GameConfig()
     confidence: conf.ConfidenceConfig = conf.ConfidenceConfig()
     nash: methods.NashOptions = methods.NashOptions()
     payoff: str = "identity"
@@ -91,8 +117,12 @@ class Config:
 presets = {
     "quick": replace(Config(), sample_sizes=(64, 256, 1024, 4096)),
     "paper": replace(Config(), sample_sizes=(64, 256, 1024, 4096, 16384, 65536)),
+    # issue 17: few contexts, near one-hot pair features (d = K), small eta, pi0 avoiding the equilibrium
+    "p2_regime": replace(Config(), reward_norm=1.0, skew_strength=4.0, kl_coef=0.01, one_hot=0.9, avoid_nash=4.0,
+                         sample_sizes=(64, 256, 1024, 4096),
+                         algorithms=("nash_mle", "p2_pessimistic", "p2_pessimistic_pointwise", "bt_gibbs")),
 }
-seeds = {"quick": 8, "paper": 128}
+seeds = {"quick": 8, "paper": 128, "p2_regime": 8}
 
 
 def design_policies(instance: b.Instance, log_star: jax.Array, design: str):
@@ -110,7 +140,7 @@ def per_seed(key, sizes, config: Config):
     """
     k_inst, k_data = jax.random.split(key)
     icfg = config.instance
-    inst = b.make_instance(k_inst, icfg)
+    inst = make_game_instance(k_inst, icfg, config.game)
     star = b.nash_equilibrium(inst, config.payoff).log_pi
     theta_star = gp.true_parameter(inst)
     g_star = b.payoff_matrices(inst, config.payoff)
@@ -171,6 +201,13 @@ def run(config: Config, seeds: int, progress) -> Results:
                 for key in ("bound", "policy_bound"):
                     holds = out["nash_gap"][:, i, :, j] <= out[key][:, i, :, j] + 1e-9
                     summary[f"{design}/{alg}/{key}_holds_when_inside_frac"] = float(holds[inside].mean())
+        for a, base in PAIRS:
+            if {a, base} <= set(config.algorithms):
+                gap_a = out["nash_gap"][:, i, :, config.algorithms.index(a)]
+                gap_b = out["nash_gap"][:, i, :, config.algorithms.index(base)]
+                for tag, k in (("n_min", 0), ("n_max", -1)):
+                    summary.update(stats.paired_summary(f"{design}/{a}_minus_{base}/nash_gap_{tag}",
+                                                        gap_a[:, k], gap_b[:, k]))
     return Results(table, summary)
 
 
@@ -198,8 +235,9 @@ def plot(table, config: Config, out_dir: Path) -> list[Path]:
     ax.set(title="coverage: E max_b E_pi* Gamma (solid),\nE_{pi*,pi*} Gamma (dotted)",
            xlabel="n (offline comparisons)", ylabel="uncertainty ||psi||_{Sigma^-1}")
     ax.legend(fontsize="x-small", loc="lower left")
-    i, c = config.instance, config.confidence
+    i, c, g = config.instance, config.confidence, config.game
+    game = "" if g.is_default else f"one_hot={g.one_hot:g}, avoid_nash={g.avoid_nash:g}, "
     fig.suptitle(f"nash-offline: d={i.dim}, K={i.n_actions}, n_x={i.n_contexts}, "
-                 f"kl_coef={i.kl_coef:g}, skew={i.skew_strength:g}, payoff={config.payoff}, "
+                 f"kl_coef={i.kl_coef:g}, skew={i.skew_strength:g}, {game}payoff={config.payoff}, "
                  f"pessimism radius {c.beta_mode} c_beta={c.c_beta:g} (mean over seeds, 95% band)")
     return plotting.save_figure(fig, out_dir, "nash_offline")

@@ -47,7 +47,24 @@ description = "E1: offline suboptimality vs n (MLE-Gibbs, Option I/II, DPO, pess
 class Config:
     """Fields reachable with ``--set field=value``; those of the nested ``instance`` (``bandits.InstanceConfig``),
     ``confidence`` (``algorithms.core.confidence.ConfidenceConfig``) and ``offline``
-    (``algorithms.offline.learners.OfflineOptions``) by their own names."""
+    (``algorithms.offline.learners.OfflineOptions``) by their own names.
+
+    ``sample_sizes``: the data-set sizes ``n`` (comparisons ``a1, a2 ~ pi0``), a strictly increasing tuple
+    of integers ``>= 1``; each is a prefix of one stream per seed (nested data sets), the BT-MLE is
+    warm-started from the previous size, and the summary's ``slope`` is the log-log slope of the mean
+    suboptimality against ``n`` (P1's bounds decay like ``1/sqrt(n)``, docs/theory.md §2.2 and §7).
+    ``panel_coverages``: the coverage knobs ``c`` in ``[-1, 1]`` of the coverage panel, distinct, one setting
+    ``coverage{c:+}`` each (``pi0`` logits ``s (c rho + sqrt(1 - c^2) xi)``, docs/theory.md §8.1; ``c < 0``:
+    ``pi0`` covers ``pi*`` poorly, the regime where P1's pessimism should help); empty: the canonical
+    setting only.
+    ``panel_temperature``: the peakedness ``s >= 0`` of every panel setting's ``pi0`` (0 would make all
+    panel settings the uniform ``pi0``).
+    ``panel_kl_coef``: the KL coefficient ``eta > 0`` of the panel settings (the canonical setting uses
+    ``kl_coef`` of ``instance``).
+    ``algorithms``: the offline learners run, distinct names of ``algorithms.offline.learners`` (a plugin's
+    included; those needing the neural network only with ``reward=neural``); empty: the default set of the
+    reward kind (linear: ``mle_gibbs``, ``option_i``, ``option_ii``, ``dpo``, ``pessimistic_dpo``, P1 §2.2-2.3;
+    neural: ``mle_gibbs``, ``option_ii``, ``neural_gibbs``, ``neural_linear_pess``, ``ensemble_pess``)."""
 
     instance: b.InstanceConfig = b.InstanceConfig()
     confidence: conf.ConfidenceConfig = conf.ConfidenceConfig()

@@ -77,7 +77,22 @@ class Config:
     """Fields reachable with ``--set field=value``; those of the nested ``instance``, ``confidence`` and
     ``online`` (``algorithms.online.loop.OnlineOptions``) by their own names. The settings set the
     instance's coverage and temperature (``hard``: ``hard_coverage``, ``hard_temperature``; ``easy``:
-    uniform ``pi0``), so ``coverage`` and ``temperature`` are refused."""
+    uniform ``pi0``), so ``coverage`` and ``temperature`` are refused.
+
+    ``settings``: the settings run, a non-empty tuple of distinct names from ``hard`` (a peaked ``pi0``
+    covering ``pi*`` poorly, where exploration matters) and ``easy`` (uniform ``pi0``); every algorithm
+    runs in each on the same instances, contexts and label uniforms (common random numbers).
+    ``hard_coverage``: the coverage knob ``c`` in ``[-1, 1]`` of the hard setting's ``pi0``, whose logits
+    are ``s (c rho + sqrt(1 - c^2) xi)`` with ``rho = r*/B`` and ``xi = <u, phi>`` for a random unit
+    ``u`` orthogonal to ``theta*`` (docs/theory.md §8.1); ``c < 0`` puts ``pi0``'s mass on low-reward
+    actions, so ``pi0`` covers ``pi*`` poorly.
+    ``hard_temperature``: the peakedness ``s >= 0`` of the hard setting's ``pi0`` (the logit scale
+    above, so ``|logit| <= s``; 0 would make it uniform, like ``easy``).
+    ``algorithms``: the online algorithms run, distinct names of the registry ``algorithms.online.agents``
+    (a strategy of ``algorithms.online.strategies`` with P1's Gibbs agent, a DPO-agent algorithm, or a
+    plugin's), each optionally with the suffix ``+distinct`` (its pair law conditioned on ``a1 != a2``,
+    outside P1); empty: the experiment's default set ``algorithm_names``, every built-in algorithm
+    (``agents.BUILTIN_ALGORITHMS``), and in bonus-compare every registered one."""
 
     instance: b.InstanceConfig = b.InstanceConfig(n_contexts=64, n_actions=16, kl_coef=0.1)
     confidence: conf.ConfidenceConfig = conf.ConfidenceConfig()
@@ -132,8 +147,7 @@ def per_seed(key, coverage, temperature, index, config: Config, group: tuple[str
     members = [agents.get(name) for name in group]
     agent = agents.AGENTS[members[0].agent]
     branches = [strategies.get(m.strategy) for m in members]
-    strategy = branches[0] if len(branches) == 1 else (
-        lambda view: jax.lax.switch(index, [functools.partial(f, view) for f in branches]))
+    strategy = branches[0] if len(branches) == 1 else strategies.select(index, branches)
     rows = [agent.hyper(m.options, online, config.instance.kl_coef) for m in members]
     hyper = jax.tree.map(lambda *column: jnp.asarray(column, inst.phi.dtype)[index], *rows)
     trace = run_online(k_run, inst, strategy, agent, online, config.confidence,

@@ -4,7 +4,9 @@ E9 active-vs-random, E10 deployment-regret; the timing helpers also serve lm-omd
 The estimators, their options, the instance family ``theta* = B u`` and the metrics of one estimate are
 the algorithm layer's (``algorithms.onepass.estimators``, ``algorithms.onepass.evaluation``); here are
 ``P3Config`` (the fields E8-E10 share) and the experiment-side machinery that measures the wall-clock of
-one round outside the vectorised scans (``time_call``, ``light``, ``with_buffer``, ``snapshot_index``).
+one round outside the vectorised scans (``time_call``, ``light``, ``with_buffer``, ``snapshot_index``), the
+anisotropic features of E9's regime preset (``feature_spectrum``, ``anisotropic_instance``) and paired-by-seed
+summary intervals (``paired_entries``).
 """
 from __future__ import annotations
 
@@ -19,12 +21,13 @@ import numpy as np
 import bandits as b
 from algorithms.onepass import estimators, policies
 from bandits import validation as v
+from experiments.engine import stats
 from experiments.engine.config import check_unused
 
 # P3's instances: theta* = B u (algorithms.onepass.evaluation.scaled_instance) with a uniform pi0.
 INSTANCE = b.InstanceConfig(kl_coef=0.1)
 UNREAD_INSTANCE_FIELDS = ("instance.coverage", "instance.temperature", "instance.reward", "instance.hidden",
-                          "instance.skew_strength")
+                          "instance.skew_strength", "instance.feature_anisotropy", "instance.good_actions")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,3 +147,39 @@ def dispatch_seconds(dim: int) -> float:
 
 def nan_column(n):
     return np.full(n, np.nan)
+
+
+def feature_spectrum(dim: int, condition: float) -> jax.Array:
+    """The geometric scales ``s_j = condition^{-j / (2 (d - 1))}``, ``j = 0..d-1`` (``[1]`` for ``d = 1``):
+    ``diag(s)^2`` has eigenvalue ratio ``s_0^2 / s_{d-1}^2 = condition``."""
+    v.check_int("dim", dim, 1)
+    v.check_float("feature_condition", condition, low=1.0)
+    if dim == 1:
+        return jnp.ones(1)
+    return jnp.asarray(condition) ** (-jnp.arange(dim) / (2.0 * (dim - 1)))
+
+
+def anisotropic_instance(inst: b.Instance, condition: float) -> b.Instance:
+    """``inst`` (P3's family, linear reward) with anisotropic unit-norm features and its reward recomputed:
+
+        phi'(x, a) = D phi(x, a) / ||D phi(x, a)||,   D = diag(feature_spectrum(d, condition)),
+        r*(x, a) = <theta*, phi'(x, a)>                (theta*, pi0, d0 unchanged).
+
+    The instance's ``phi`` is ``g / ||g||`` with ``g ~ N(0, I_d)``, so ``phi' = D g / ||D g||``: the
+    Gaussian ``D g`` has covariance eigenvalue ratio ``condition``, and the row normalisation keeps
+    ``||phi'|| = 1`` (``B`` and ``kappa`` keep their meaning); the normalisation and the finite number of
+    features move that ratio somewhat (E9 reports the realised one, the condition number of
+    ``Sigma = E[z z^T]``: about 106 at its regime preset's 64 x 16 features and ``condition = 100``).
+    ``condition = 1`` only re-normalises the already unit rows (callers skip the call then, to keep the
+    isotropic numbers bit for bit). No key is drawn: the features are a fixed function of the instance's own."""
+    scaled = inst.phi * feature_spectrum(inst.dim, condition).astype(inst.phi.dtype)[None, None, :]
+    phi = scaled / jnp.linalg.norm(scaled, axis=-1, keepdims=True)
+    return inst._replace(phi=phi, reward=phi @ inst.theta_star)
+
+
+def paired_entries(prefix: str, y, base, level: float = 0.95) -> dict:
+    """``{prefix}``, ``{prefix}_low``, ``{prefix}_high``: the mean of the per-seed differences ``y - base``
+    (axis 0 the seed, common random numbers) and its Student-t interval (``stats.paired_interval``:
+    ``mean +- t_{(1+level)/2, n-1} sd / sqrt(n)``; NaN ends with one seed)."""
+    mean, half = stats.paired_interval(y, base, level)
+    return {prefix: float(mean), f"{prefix}_low": float(mean - half), f"{prefix}_high": float(mean + half)}

@@ -99,7 +99,29 @@ class Config:
     its ``kl_coef`` is swept by ``kl_min``, ``kl_max``, ``n_kl``), ``confidence``
     (``algorithms.core.confidence.ConfidenceConfig``) and ``offline`` (``algorithms.offline.learners.OfflineOptions``:
     the neural fields) by their own names. ``algorithms``: the frontier's offline learners (any registered in
-    ``algorithms.offline.learners``; empty: the default set of the reward kind), beside ``gibbs_true``."""
+    ``algorithms.offline.learners``; empty: the default set of the reward kind), beside ``gibbs_true``.
+
+    ``n``: the size of each seed's offline data set, comparisons ``a1, a2 ~ pi0`` (an integer ``>= 1``);
+    the BT-MLE ``theta_hat`` (and, for a neural reward, ``r_net``) is fitted on it once and reused at every
+    ``kl_coef``, so the grid shows over-optimization of one fixed proxy.
+    ``kl_min``: the smallest ``kl_coef`` ``eta > 0`` of the grid (the summary's ``..._at_kl_min`` entries
+    are read there, where the proxy is optimized hardest).
+    ``kl_max``: the largest ``kl_coef`` of the grid (``> kl_min`` when ``n_kl > 1``).
+    ``n_kl``: the number of grid points (an integer ``>= 1``), ``kl_coefs = geomspace(kl_min, kl_max,
+    n_kl)``, log-spaced (``n_kl = 1``: ``kl_min`` only).
+    ``rs_budgets``: the proposal budgets per prompt of the rs panel, a strictly increasing tuple of
+    integers, each at least twice ``rs_stages`` (two proposals per stage); one-step RSO draws all of a
+    budget's candidates from ``pi0`` at once, multi-step RS splits them over its stages by
+    ``rejection_sampling.split_budget`` (``budget // rs_stages`` each, the remainder to the last, output
+    stage), so both spend the same proposals.
+    ``rs_stages``: the number ``N >= 1`` of stages of P1's multi-step rejection sampling (docs/theory.md
+    §2.5 item 2), the path ``pi0 -> pi0 exp(r/eta_1) -> ... -> pi0 exp(r/eta_N)`` with ``eta_1 > ... >
+    eta_N = kl_coef``, each stage proposing from the previous one's exact law.
+    ``rs_schedule``: how the ``eta_k`` descend (``schedule``): ``inverse_linear`` splits ``1/kl_coef``
+    into ``N`` equal increments, ``eta_k = N kl_coef / k``; ``geometric`` uses ``eta_k = kl_coef
+    ratio^(N - k)`` with ``ratio = rs_geometric_ratio``.
+    ``rs_geometric_ratio``: the ratio ``eta_k / eta_{k+1} > 1`` of the geometric schedule (read only
+    when ``rs_schedule=geometric``)."""
 
     instance: b.InstanceConfig = b.InstanceConfig(n_contexts=64, coverage=0.8, temperature=10.0)
     confidence: conf.ConfidenceConfig = conf.ConfidenceConfig()

@@ -92,7 +92,8 @@ def field_docs(cls: type) -> dict[str, str]:
 
     A field's entry starts where its name is followed by a colon (``lam: the ridge of the MLE``; several
     names share one entry as ``a, b: ...``) and runs to the next field's entry, or to the end of the
-    sentence when prose follows; ``;`` and ``.`` both separate entries.
+    sentence when prose follows; ``;`` and ``.`` both separate entries. The signature that ``dataclasses``
+    puts in place of a missing docstring is not documentation and is skipped.
     """
     import re
 
@@ -107,6 +108,8 @@ def field_docs(cls: type) -> dict[str, str]:
     entry = re.compile(rf"(?:^|(?<=[\s(]))((?:``)?(?:{name})(?:``)?(?:, (?:``)?(?:{name})(?:``)?)*): ")
     for klass in cls.__mro__:
         doc = " ".join((klass.__dict__.get("__doc__") or "").split())
+        if dataclasses.is_dataclass(klass) and doc.startswith(klass.__name__ + "("):
+            continue   # the signature dataclasses writes for a class without a docstring documents nothing
         found = list(entry.finditer(doc))
         for i, match in enumerate(found):
             text = doc[match.end():found[i + 1].start() if i + 1 < len(found) else len(doc)]

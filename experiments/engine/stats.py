@@ -5,6 +5,8 @@
 - ``mean_ci``: the mean over seeds (axis 0) with that interval as ``(mean, low, high)`` arrays;
 - ``paired_interval``: the t-interval of per-seed differences ``y - base``: methods run on the same seeds
   with common random numbers are compared by their paired differences, not by two marginal intervals;
+- ``paired_summary``: that interval as summary entries ``{prefix}/diff``, ``_low``, ``_high`` (and
+  ``{prefix}/below_frac``: the fraction of seeds where ``y < base``);
 - ``welch_interval``: ``mean(y) - mean(x)`` for independent samples with Welch's t-interval;
 - ``fit_loglog_slope``: least-squares slope of ``log(mean over seeds of y)`` against ``log x``, with a
   percentile-bootstrap interval over seeds (seeds resampled with replacement, the seed-mean curve
@@ -17,8 +19,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import stats
 
-__all__ = ["Slope", "by_seed", "fit_loglog_slope", "mean_ci", "paired_interval", "slope_summary", "t_interval",
-           "welch_interval"]
+__all__ = ["Slope", "by_seed", "fit_loglog_slope", "mean_ci", "paired_interval", "paired_summary", "slope_summary",
+           "t_interval", "welch_interval"]
 
 
 class Slope(NamedTuple):
@@ -47,6 +49,16 @@ def paired_interval(y: Any, base: Any, level: float = 0.95) -> tuple[Any, Any]:
         raise ValueError(f"paired_interval needs one value per seed on both sides, got shapes {y.shape} "
                          f"and {base.shape}.")
     return t_interval(y - base, level)
+
+
+def paired_summary(prefix: str, y: Any, base: Any, level: float = 0.95) -> dict[str, float]:
+    """``{prefix}/diff`` = mean over seeds of ``y - base`` with its paired interval ``{prefix}/diff_low``,
+    ``_high`` (``paired_interval``; NaN bounds for one seed) and ``{prefix}/below_frac``, the fraction of
+    seeds with ``y < base``: for a loss, an interval wholly below 0 says ``y`` is lower on these seeds."""
+    mean, half = map(float, paired_interval(y, base, level))
+    below = float(np.mean(np.asarray(y, float) < np.asarray(base, float)))
+    return {f"{prefix}/diff": mean, f"{prefix}/diff_low": mean - half, f"{prefix}/diff_high": mean + half,
+            f"{prefix}/below_frac": below}
 
 
 def welch_interval(x: Any, y: Any, level: float = 0.95) -> tuple[float, float, float]:
