@@ -7,7 +7,8 @@ difference ``new - old`` of a metric on a seed has mean zero when the laws agree
 and metric, this prints the mean difference with its paired Student-t 95% interval and flags a group
 whose interval excludes zero; with many groups, some flags at 5% each are what chance gives, so the
 script also reports the number of flags against its expectation (5% of the groups) and a Bonferroni
-verdict (any group with ``p < 0.05 / groups``).
+verdict (any group with ``p < 0.05 / groups``). A group whose differences are all below ``--rounding``
+(relative) is a data-free quantity computed in another order and is not tested.
 
 Usage::
 
@@ -36,7 +37,10 @@ def read(path: str, keys: list[str], metrics: list[str]) -> dict:
     return out
 
 
-def compare(old: dict, new: dict, metrics: list[str]) -> list[dict]:
+def compare(old: dict, new: dict, metrics: list[str], rounding: float = 1e-9) -> list[dict]:
+    """Per group and metric: the paired difference; a group where every seed's ``|new - old|`` is within
+    ``rounding`` times ``|old|`` (a quantity that does not depend on the data, recomputed in another order)
+    counts as equal up to rounding and is not tested."""
     groups = defaultdict(list)
     for key in sorted(set(old) & set(new)):
         groups[key[:-1]].append(key)
@@ -44,8 +48,10 @@ def compare(old: dict, new: dict, metrics: list[str]) -> list[dict]:
     for group, members in groups.items():
         for m in metrics:
             d = np.array([new[k][m] - old[k][m] for k in members])
-            d = d[np.isfinite(d)]
-            if d.size < 3 or np.all(d == 0):
+            scale = np.abs(np.array([old[k][m] for k in members]))
+            keep = np.isfinite(d)
+            d, scale = d[keep], scale[keep]
+            if d.size < 3 or np.all(np.abs(d) <= rounding * scale):
                 rows.append({"group": list(group), "metric": m, "seeds": int(d.size), "mean_diff": float(d.mean()) if d.size else math.nan,
                              "half_width": 0.0, "p": 1.0, "flag": False})
                 continue
@@ -65,10 +71,12 @@ def main(argv=None) -> int:
     ap.add_argument("new")
     ap.add_argument("--keys", default="setting,n,algorithm")
     ap.add_argument("--metrics", default="subopt")
+    ap.add_argument("--rounding", type=float, default=1e-9, help="relative size of a difference that is "
+                    "rounding, not a change of law")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     keys, metrics = args.keys.split(","), args.metrics.split(",")
-    rows = compare(read(args.old, keys, metrics), read(args.new, keys, metrics), metrics)
+    rows = compare(read(args.old, keys, metrics), read(args.new, keys, metrics), metrics, args.rounding)
     tested = [r for r in rows if r["half_width"] > 0]
     flags = sum(r["flag"] for r in tested)
     bonferroni = [r for r in tested if r["p"] < 0.05 / max(len(tested), 1)]

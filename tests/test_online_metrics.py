@@ -329,10 +329,9 @@ def test_the_loop_reads_the_laplace_radius_from_its_data():
 
 
 def test_select_mixes_factored_and_joint_strategies_in_one_program():
-    """``strategies.select`` runs ``branches[index]`` for a traced index; when a joint-law branch is among them,
-    every branch's pair is a bare table with the law the branch itself returns, so the loop's metrics equal
-    those of the branch run alone (its factored self-play sampled from the table: the same draws up to
-    rounding at CDF boundaries)."""
+    """``strategies.select`` runs ``branches[index]`` for a traced index; when product and joint laws are mixed,
+    every pair carries factors (a table's: its marginals) and a traced ``product`` flag, so the loop's metrics
+    equal those of each branch run alone (self-play still sampled from its factors, the table from the table)."""
     key, inst = jax.random.key(2), _instance(5)
     tr_self = _loop(key, inst, "self_play")
     names = ("self_play", "uniform+distinct")

@@ -284,14 +284,10 @@ def query_costs(instance: Instance, log_pi: jax.Array, pair) -> Regrets:
     reward = instance.reward
     best = jnp.max(reward, axis=-1)
     best_of_two = jnp.maximum(reward[:, :, None], reward[:, None, :])
-    if pair.factored:
-        pi1, pi2 = jnp.exp(log_pi1), jnp.exp(log_pi2)
-        mean_of_two = 0.5 * (jnp.sum(pi1 * reward, -1) + jnp.sum(pi2 * reward, -1))
-        max_of_two = jnp.einsum("xa,xab,xb->x", pi1, best_of_two, pi2)
-    else:
-        joint = jnp.exp(pair.log_joint)
-        mean_of_two = jnp.sum(joint * 0.5 * (reward[:, :, None] + reward[:, None, :]), axis=(1, 2))
-        max_of_two = jnp.sum(joint * best_of_two, axis=(1, 2))
+    mean_of_two = 0.5 * (jnp.sum(jnp.exp(log_pi1) * reward, -1) + jnp.sum(jnp.exp(log_pi2) * reward, -1))
+    max_of_two = strategies.by_law(
+        pair, lambda p: jnp.einsum("xa,xab,xb->x", jnp.exp(log_pi1), best_of_two, jnp.exp(log_pi2)),
+        lambda p: jnp.sum(jnp.exp(p.log_joint) * best_of_two, axis=(1, 2)))
     return Regrets(
         agent_regret_kl=suboptimality_kl(instance, log_pi),
         query_regret=0.5 * (suboptimality(instance, log_pi1) + suboptimality(instance, log_pi2)),
@@ -398,10 +394,9 @@ def run_online(key: jax.Array, instance: Instance, strategy: strategies.Strategy
             reward_hat=reward_hat, uncertainty=uncertainty, hessian=bt_hessian(theta, z, buf.mask, lam),
             iteration=t, key=jax.random.fold_in(k_strategy, t), options=options.strategy_options)
         pair = strategy(view)
-        if pair.factored:
-            batch = sample_preference_data(k_data, instance, pair.log_pi1, pair.log_pi2, m, start=t * m)
-        else:
-            batch = sample_joint_preference_data(k_data, instance, pair.log_joint, m, start=t * m)
+        batch = strategies.by_law(
+            pair, lambda p: sample_preference_data(k_data, instance, p.log_pi1, p.log_pi2, m, start=t * m),
+            lambda p: sample_joint_preference_data(k_data, instance, p.log_joint, m, start=t * m))
 
         costs = query_costs(instance, log_pi, pair)
         coverage = conf.expected_feature(world, pi_star) - conf.expected_feature(world, instance.log_pi0)

@@ -116,16 +116,30 @@ class Pair(NamedTuple):
     (the enhancer: 1 if ``Pi_t`` had a non-trivial member), else NaN. An independent pair also carries its
     factors ``log_pi1, log_pi2 [n_x, K]`` (``P = pi1 x pi2``): the loop then samples, marginalises and
     prices the pair from them in ``O(n_x K)`` per context (``O(n_x K^2)`` for the weak regret), and the
-    ``[n_x, K, K]`` table is never built; ``None`` for a law that is not a product."""
+    ``[n_x, K, K]`` table is never built; ``None`` for a law that is not a product. ``product``: ``None``
+    when that is known when tracing; a traced boolean where ``select`` mixes product and joint laws in one
+    program (the factors are then the two marginals, and the loop branches on it with ``lax.cond``)."""
 
     log_joint: jax.Array
     info: jax.Array
     log_pi1: jax.Array | None = None
     log_pi2: jax.Array | None = None
+    product: jax.Array | None = None
 
     @property
     def factored(self) -> bool:
         return self.log_pi1 is not None and self.log_pi2 is not None
+
+
+def by_law(pair: Pair, product_fn: Callable, table_fn: Callable):
+    """``product_fn(pair)`` for a product law (from its factors), ``table_fn(pair)`` for a joint table; decided
+    when tracing where possible, else by ``lax.cond`` on ``pair.product`` (only the chosen branch runs
+    when the flag is not batched, as for a traced strategy index shared by all seeds)."""
+    if not pair.factored:
+        return table_fn(pair)
+    if pair.product is None:
+        return product_fn(pair)
+    return jax.lax.cond(pair.product, product_fn, table_fn, pair)
 
 
 Strategy = Callable[[StrategyView], Pair]
@@ -155,23 +169,30 @@ def as_table(pair: Pair) -> Pair:
     return Pair(pair.log_joint, pair.info)
 
 
+def _flagged(pair: Pair) -> Pair:
+    """The pair with a traced ``product`` flag and factors in every case (a table's are its marginals)."""
+    if pair.factored:
+        return pair._replace(product=jnp.asarray(True) if pair.product is None else pair.product)
+    return Pair(pair.log_joint, pair.info, first_marginal(pair), second_marginal(pair), jnp.asarray(False))
+
+
 def select(index, branches: list[Strategy]) -> Strategy:
     """The strategy ``branches[index]`` for a traced ``index`` (``lax.switch``: one compiled program, only the
-    chosen branch runs). ``lax.switch`` needs one output structure: if some branch returns a joint table,
-    every branch's pair is handed on as a table (``as_table``); if all are factored, the factors are kept."""
+    chosen branch runs). ``lax.switch`` needs one output structure: where product and joint laws are mixed,
+    every branch's pair carries factors and a traced ``product`` flag (``Pair``), so a product law is
+    still sampled and priced from its factors; where all are factored (or none), they are kept as they are."""
     def chosen(view: StrategyView) -> Pair:
         shapes = [jax.eval_shape(lambda f=f: f(view)) for f in branches]
-        chosen_branches = branches if all(p.factored for p in shapes) else [
-            lambda v, f=f: as_table(f(v)) for f in branches]
+        same = len({jax.tree.structure(p) for p in shapes}) == 1
+        chosen_branches = branches if same else [lambda v, f=f: _flagged(f(v)) for f in branches]
         return jax.lax.switch(index, [functools.partial(f, view) for f in chosen_branches])
     return chosen
 
 
 def pair_identical_mass(pair: Pair) -> jax.Array:
-    """``identical_mass`` of a pair, ``sum_a pi1(a | x) pi2(a | x)`` for a factored one, ``[n_x]``."""
-    if pair.factored:
-        return jnp.sum(jnp.exp(pair.log_pi1 + pair.log_pi2), axis=-1)
-    return identical_mass(pair.log_joint)
+    """``identical_mass`` of a pair, ``sum_a pi1(a | x) pi2(a | x)`` for a product law, ``[n_x]``."""
+    return by_law(pair, lambda p: jnp.sum(jnp.exp(p.log_pi1 + p.log_pi2), axis=-1),
+                  lambda p: identical_mass(p.log_joint))
 
 
 def identical_mass(log_joint: jax.Array) -> jax.Array:
