@@ -4,11 +4,11 @@ Comparison ``i`` is drawn as ``x ~ d0``, ``a1 ~ pi1(.|x)``, ``a2 ~ pi2(.|x)``, `
 from four uniforms ``(u_x, u_1, u_2, u_y)`` that are a function of the key and of ``i`` alone
 (``comparison_uniforms``: counter-based, Threefry-2x32 of the counter ``(i, j)``, Salmon et al., SC 2011);
 each draw is the inverse CDF of its law at its uniform (``x = min{j : F_d0(j) > u_x}``, likewise the
-actions, ``y = 1[u_y < P]``), found by binary search. Four uniforms per comparison, instead of one Gumbel
-per context and per action of a Gumbel-max categorical, is what keeps sampling cheap beside the
-estimators; drawing them in bulk by counter, instead of from a key derived per comparison, and
-searching the CDFs by bisection, instead of comparing ``u`` with every entry, is what keeps it cheap
-at 16384 comparisons over 128 contexts (benchmarks/RESULTS.md, the profile of the offline sweep).
+actions, ``y = 1[u_y < P]``; ``search_rows``). Four uniforms per comparison, instead of one Gumbel per
+context and per action of a Gumbel-max categorical, is what keeps sampling cheap beside the estimators;
+drawing them in bulk by counter, instead of from a key derived per comparison, and bisecting the long
+CDFs (128 contexts), instead of comparing ``u`` with every entry, is what keeps it cheap at 16384
+comparisons (benchmarks/RESULTS.md, the profile of the offline sweep).
 Hence:
 
 - nested prefixes: the first ``n`` comparisons of a stream of length ``N >= n`` are exactly the data

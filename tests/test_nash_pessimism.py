@@ -69,7 +69,7 @@ def test_policy_level_max_min_matches_brute_force(k, payoff, beta, kl):
     grid = _simplex(k, 2000 if k == 2 else 60)
     h_grid = brute_h(grid, g, phi, pi0, chol_inv, r, kl, _sphere(60))
     assert float(sol.value) >= h_grid.max() - 2e-4, (float(sol.value), h_grid.max())
-    assert 0 <= float(sol.certificate) < 1e-3
+    assert -1e-12 <= float(sol.certificate) < 1e-3   # a duality gap: >= 0 up to rounding
     # the min-player's returned minimiser attains the value
     np.testing.assert_allclose(ps.objective(jnp.asarray(g), jnp.asarray(phi), inst.log_pi0[0],
                                             jnp.asarray(chol_inv), r, kl, sol.log_pi[0], sol.log_q[0]),

@@ -88,7 +88,8 @@ def test_local_norm_projection_solves_the_constrained_per_round_problem(seed, et
     ref = minimize(f, np.zeros(D), jac=grad, constraints=[cons], method="SLSQP",
                    options={"ftol": 1e-15, "maxiter": 500})
     assert np.linalg.norm(new.theta) <= radius * (1 + 1e-9)
-    assert f(np.asarray(new.theta)) <= ref.fun + 1e-9
+    # 1e-8: the projection's bisection stops at ~1e-9 of the objective, and SLSQP's own value is not certified
+    assert f(np.asarray(new.theta)) <= ref.fun + 1e-8
     np.testing.assert_allclose(new.theta, ref.x, atol=1e-5)
 
 
