@@ -52,6 +52,12 @@ def test_online_explore_columns_crn_and_plot(tmp_path):
         np.testing.assert_allclose(by_alg[0], by_alg[1], rtol=1e-12)
         np.testing.assert_allclose(by_alg[0], by_alg[2], rtol=1e-12)
     assert "hard/enhancer/final_subopt" in summary and "hard/enhancer/nontrivial_frac" in summary
+    hard = table["setting"] == "hard"
+    in_set = hard & (table["in_confidence_set"] == 1.0) & ~np.isnan(table["bound_holds"])
+    if in_set.any():   # the bound's frequency on the event theta* in C_t it assumes
+        assert summary["hard/bound_holds_frac_in_set"] == pytest.approx(float(np.mean(table["bound_holds"][in_set])))
+    else:
+        assert "hard/bound_holds_frac_in_set" not in summary
     for key in ("final_agent_regret_kl", "final_query_regret_kl", "final_weak_regret", "identical_pairs",
                 "final_log_det_fisher"):
         assert np.isfinite(summary[f"hard/enhancer/{key}"]), key

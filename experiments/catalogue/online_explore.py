@@ -35,6 +35,9 @@ with itself and ``log_det_gram`` / ``log_det_fisher`` the information of the dat
 ``sqrt(d / (gamma^2 m)) + beta_t ||phi_bar(pi*) - phi_bar(pi0)||_{Sigma_t^{-1}}`` with the constant of
 its ``≲`` set to 1 and ``gamma = 1 / (2 + e^{2B} + e^{-2B})``, where ``bound`` is defined (the Gibbs agent of a linear learner
 in a linear world) (NaN elsewhere, like ``bound``); ``bound_rate_holds`` compares ``subopt_kl`` with it.
+The summary gives, per setting, the fraction of rows where ``bound`` held (``bound_holds_frac``), that
+fraction on the event ``theta* in C_t`` the bound assumes (``bound_holds_frac_in_set``) and the event's
+frequency (``in_confidence_set_frac``; ``--set beta_mode=laplace`` gives a radius that covers).
 
 Neural rewards (``--set reward=neural``): the learner becomes the MLP reward of
 ``algorithms.online.loop`` (``learner=auto``; ``neural_steps`` warm-started Adam steps per iteration) and
@@ -90,6 +93,9 @@ def run(config: Config, seeds: int, progress) -> Results:
         holds = part["bound_holds"]
         if np.any(~np.isnan(holds)):
             summary[f"{setting}/bound_holds_frac"] = float(np.nanmean(holds))
+            in_set = (part["in_confidence_set"] == 1.0) & ~np.isnan(holds)
+            if np.any(in_set):   # the bound assumes theta* in C_t: how often it held on that event
+                summary[f"{setting}/bound_holds_frac_in_set"] = float(np.mean(holds[in_set]))
         rate_holds = part["bound_rate_holds"]
         if np.any(~np.isnan(rate_holds)):
             summary[f"{setting}/bound_rate_holds_frac"] = float(np.nanmean(rate_holds))
