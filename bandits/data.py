@@ -21,6 +21,7 @@ Hence:
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -96,9 +97,12 @@ def normalized_cdf(probs: jax.Array) -> jax.Array:
 
 
 def search_cdf(cdf: jax.Array, u: jax.Array) -> jax.Array:
-    """``inverse_cdf`` from precomputed rows ``cdf [..., K]`` (``normalized_cdf``), broadcast against ``u``."""
-    cdf = jnp.broadcast_to(cdf, jnp.shape(u) + cdf.shape[-1:])
-    return search_rows(cdf.reshape(-1, cdf.shape[-1]), jnp.arange(jnp.size(u)), jnp.ravel(u)).reshape(jnp.shape(u))
+    """``inverse_cdf`` from precomputed rows ``cdf [..., K]`` (``normalized_cdf``), broadcast against ``u``.
+
+    Each draw searches its own row by index (``search_rows``): rows shared by many draws are not copied."""
+    lead = cdf.shape[:-1]
+    rows = jnp.broadcast_to(jnp.arange(math.prod(lead), dtype=jnp.int32).reshape(lead), jnp.shape(u))
+    return search_rows(cdf.reshape(-1, cdf.shape[-1]), jnp.ravel(rows), jnp.ravel(u)).reshape(jnp.shape(u))
 
 
 def search_rows(table: jax.Array, rows: jax.Array, u: jax.Array) -> jax.Array:

@@ -82,11 +82,16 @@ def test_batch_size_and_hybrid_and_bonus_compare(tmp_path):
     config, table, summary = _run(batch_size, **SMALL, total_queries=32, batch_sizes=(8, 16), algorithms=("pi0",))
     assert set(np.unique(table["batch_size"])) == {8, 16}
     assert table["queries"].max() == 32 and "hard/pi0/max_over_min_final_subopt" in summary
+    assert summary["hard/pi0/m16/minus_m8/subopt/diff"] == pytest.approx(
+        summary["hard/pi0/m16/final_subopt"] - summary["hard/pi0/m8/final_subopt"], abs=1e-12)
     assert batch_size.plot(table, config, tmp_path)
     config, table, summary = _run(hybrid, **SMALL, batch_size=8, budget=32, offline_fraction=0.5)
     assert set(np.unique(table["mode"])) == {"offline", "online", "hybrid"}
     for mode in ("offline", "online", "hybrid"):
         assert table["comparisons"][table["mode"] == mode].max() == 32
+    for mode in ("offline", "online"):
+        assert summary[f"hard/{mode}/minus_hybrid/subopt/diff"] == pytest.approx(
+            summary[f"hard/{mode}/final_subopt"] - summary["hard/hybrid/final_subopt"], abs=1e-12)
     assert hybrid.plot(table, config, tmp_path)
     algs = ("enhancer", "pi0", "uniform+distinct")
     config, table, summary = _run(bonus_compare, **TINY, algorithms=algs, rank_by="query_regret_kl")
@@ -95,7 +100,41 @@ def test_batch_size_and_hybrid_and_bonus_compare(tmp_path):
     by_regret = sorted(algs, key=lambda a: summary[f"hard/{a}/final_query_regret_kl"])
     assert [summary[f"hard/{a}/rank"] for a in by_regret] == [1, 2, 3]
     assert summary["hard/uniform+distinct/identical_pairs"] == 0.0
+    # the ranked metric's paired difference is the paired_final entry of that metric
+    assert summary["hard/pi0/minus_enhancer/query_regret_kl/diff"] == pytest.approx(summary["hard/pi0/diff"])
+    hard = table["setting"] == "hard"   # only the enhancer states P1's bound
+    assert summary["hard/bound_holds_frac"] == pytest.approx(float(np.nanmean(table["bound_holds"][hard])))
     assert bonus_compare.plot(table, config, tmp_path)
+
+
+def test_paired_final_pairs_by_seed_at_each_groups_last_iteration():
+    # group b stops at iteration 1, group a at 2; rows are shuffled across seeds
+    table = {"algorithm": np.array(["a", "a", "a", "a", "b", "b", "b", "b"]),
+             "iteration": np.array([2, 0, 2, 0, 1, 1, 0, 0]), "seed": np.array([1, 0, 0, 1, 0, 1, 0, 1]),
+             "subopt": np.array([5.0, 9.0, 1.0, 9.0, 2.0, 3.0, 9.0, 9.0])}
+    got = online_common.paired_final(table, "algorithm", "b", "s", ("subopt",))
+    diff = np.array([1.0 - 2.0, 5.0 - 3.0])   # seed 0, seed 1
+    half = 12.706204736174694 * diff.std(ddof=1) / np.sqrt(2)   # t_{0.975, 1}
+    assert got["s/a/minus_b/subopt/diff"] == pytest.approx(diff.mean())
+    assert got["s/a/minus_b/subopt/diff_high"] == pytest.approx(diff.mean() + half)
+    assert got["s/a/minus_b/subopt/below_frac"] == 0.5 and "s/b/minus_b/subopt/diff" not in got
+    assert online_common.paired_final(table, "algorithm", "c", "s", ("subopt",)) == {}
+
+
+def test_bound_summary_counts_rows_with_a_bound_and_the_event_theta_in_c():
+    nan = np.nan
+    table = {"bound_holds": np.array([1.0, 0.0, 1.0, nan, 1.0]),
+             "in_confidence_set": np.array([1.0, 1.0, 0.0, 1.0, 0.0]),
+             "bound_rate_holds": np.array([1.0, 1.0, 1.0, nan, 0.0]),
+             "bound_rate": np.array([4.0, 2.0, 9.0, nan, 1.0]),
+             "subopt_kl": np.array([1.0, 1.0, 3.0, 5.0, 2.0])}
+    got = online_common.bound_summary(table, "s", exact_set=True)
+    assert got == {"s/bound_holds_frac": 0.75, "s/bound_holds_frac_in_set": 0.5, "s/bound_rate_holds_frac": 0.75,
+                   "s/bound_rate_over_subopt_kl_median": 2.5, "s/in_confidence_set_frac": 0.6}
+    outside = dict(table, in_confidence_set=np.zeros(5))
+    assert "s/bound_holds_frac_in_set" not in online_common.bound_summary(outside, "s", exact_set=False)
+    none = {k: np.full(5, nan) if k.startswith("bound") else v for k, v in table.items()}
+    assert online_common.bound_summary(none, "s", exact_set=False) == {}
 
 
 def test_config_errors_name_the_field():

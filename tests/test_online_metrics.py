@@ -15,7 +15,7 @@ import bandits as b
 from algorithms.online import agents, strategies
 from algorithms.online import loop as online
 from algorithms.online.pairings import PAIRINGS, pairing_law
-from experiments.catalogue import bonus_compare, hybrid, online_explore
+from experiments.catalogue import batch_size, bonus_compare, hybrid, online_explore
 from experiments.engine.config import apply_overrides, config_from_dict, config_to_dict, replace
 from tests.test_online import CFG, CONFIDENCE, OPTIONS, _instance, _loop
 
@@ -283,6 +283,12 @@ def test_regime_presets_pair_the_simple_strategies_with_and_without_distinct():
     want = {f"{a}{s}" for a in ("enhancer", "uniform", "pi_uniform", "pi0", "self_play") for s in ("", "+distinct")}
     assert set(explore.algorithm_names) == set(plain.algorithm_names) == want
     assert min(bonus_compare.seeds["regime_explore"], bonus_compare.seeds["regime_plain"]) >= 256
+
+
+def test_online_paper_presets_run_at_least_256_seeds():
+    """Issue 16: P1's online claims are restated from paper presets of at least 256 seeds."""
+    for module in (online_explore, batch_size, hybrid, bonus_compare):
+        assert module.seeds["paper"] >= 256, module.__name__
 
 
 # --- factored pairs and the data-dependent radius -----------------------------------------------------

@@ -164,11 +164,6 @@ def second_marginal(pair: Pair) -> jax.Array:
     return jax.scipy.special.logsumexp(pair.log_joint, axis=1)
 
 
-def as_table(pair: Pair) -> Pair:
-    """The pair without its factors: the same law as a bare ``[n_x, K, K]`` table."""
-    return Pair(pair.log_joint, pair.info)
-
-
 def _flagged(pair: Pair) -> Pair:
     """The pair with a traced ``product`` flag and factors in every case (a table's are its marginals)."""
     if pair.factored:

@@ -64,8 +64,9 @@ estimators ``mle``, ``omd``, ``hvp``, budgets ``2d, 4d, 6d, 8d`` as the checkpoi
 (every selection is sequential, so the first ``t`` labels of a run are the run of budget ``t``; ``active_batch``
 too, its batches being fixed in advance). The summary gives, per selection other than ``random``, estimator,
 budget ``t`` and metric ``m`` of ``PAIRED``, ``{selection}-{est}/minus_random/{m}/t{t}``: the mean over seeds of
-``m(selection-est) - m(random-est)`` paired by seed (same instance, pool and labels) with its 95% Student-t
-interval (``_low``, ``_high``); and ``bayes_accuracy``, ``heldout_bayes_accuracy``, ``sigma_condition`` (the
+``m(selection-est) - m(random-est)`` paired by seed (same instance, pool and labels) as ``.../diff`` with its 95%
+Student-t interval (``.../diff_low``, ``.../diff_high``) and ``.../below_frac``, the fraction of seeds where the
+selection's value is below random's (``stats.paired_summary``); and ``bayes_accuracy``, ``heldout_bayes_accuracy``, ``sigma_condition`` (the
 condition number of ``Sigma``), means over seeds, beside each cell's ``heldout_accuracy_budget``.
 """
 from __future__ import annotations
@@ -85,7 +86,7 @@ from algorithms.onepass import estimators, evaluation
 from algorithms.onepass.evaluation import METRICS
 from bandits import validation as v
 from experiments.catalogue import p3_common as p3
-from experiments.engine import plotting
+from experiments.engine import plotting, stats
 from experiments.engine.config import replace
 from experiments.engine.results import Results, concat_tables
 from experiments.engine.runner import run_vectorized, seed_keys
@@ -348,7 +349,8 @@ def run(config: Config, seeds: int, progress) -> Results:
 
 
 def paired_differences(out, config: Config) -> dict:
-    """``{selection}-{est}/minus_random/{m}/t{t}`` (with ``_low``, ``_high``) for every selection other than
+    """``{selection}-{est}/minus_random/{m}/t{t}/diff`` (``_low``, ``_high``, ``below_frac``: ``stats.paired_summary``)
+    for every selection other than
     ``random``, estimator, checkpoint ``t`` and metric of ``PAIRED``: per-seed differences against
     ``random-{est}``, mean and 95% Student-t interval (module docstring); empty without ``random``."""
     entries = {}
@@ -362,8 +364,8 @@ def paired_differences(out, config: Config) -> dict:
             ia = config.names.index((selection, est_name))
             for ic, t in enumerate(config.checkpoints):
                 for m in PAIRED:
-                    entries.update(p3.paired_entries(f"{selection}-{est_name}/minus_random/{m}/t{t}",
-                                                     out[m][:, ic, ia], out[m][:, ic, base]))
+                    entries.update(stats.paired_summary(f"{selection}-{est_name}/minus_random/{m}/t{t}",
+                                                        out[m][:, ic, ia], out[m][:, ic, base]))
     return entries
 
 

@@ -11,7 +11,13 @@ Every ``m`` sees the same instances and the same stream of contexts and label un
 Columns: those of ``online-explore`` (``batch_size`` tells the runs apart), with its cumulative regrets of
 the queries made and its diagnostics (identical pairs, log-determinants; ``algorithms.online.loop``): at a
 fixed budget they compare the cost and the information of the ``total_queries`` comparisons across ``m``. ``total_queries`` and
-``batch_sizes`` set ``m`` and ``T``, so ``batch_size`` and ``iterations`` are refused.
+``batch_sizes`` set ``m`` and ``T``, so ``batch_size`` and ``iterations`` are refused. The summary gives, per
+setting, algorithm and ``m``, the final suboptimality with its 95% interval, the final regrets and diagnostics
+(``online_common.metrics_summary``) and the frequencies of P1's bounds, overall and on the event ``theta* in C_t``
+(``online_common.bound_summary``: ``{setting}/{alg}/m{m}/bound_holds_frac``, ``.../bound_holds_frac_in_set``, ...),
+and each ``m`` against the smallest at the end of the budget, paired by seed (every ``m`` sees the same instances
+and comparison stream): ``{setting}/{alg}/m{m}/minus_m{m_min}/{metric}/diff`` with its 95% interval for the final
+``subopt``, ``subopt_kl`` and each regret (``online_common.paired_final``).
 """
 from __future__ import annotations
 
@@ -65,7 +71,7 @@ presets = {
                      algorithms=("enhancer", "pi0"), settings=("hard",)),
     "paper": replace(Config(), n_contexts=64, n_actions=16, total_queries=1024, batch_sizes=(16, 64, 256)),
 }
-seeds = {"quick": 32, "paper": 64}
+seeds = {"quick": 32, "paper": 256}
 
 
 def run(config: Config, seeds: int, progress) -> Results:
@@ -89,7 +95,13 @@ def run(config: Config, seeds: int, progress) -> Results:
                 part = {k: c[sel] for k, c in table.items()}
                 summary.update({key.replace(f"{setting}/{alg}/", f"{setting}/{alg}/m{m}/"): value for key, value
                                 in online_common.metrics_summary(part, setting).items()})
+                summary.update(online_common.bound_summary(part, f"{setting}/{alg}/m{m}",
+                                                           config.exact_confidence_set))
             summary[f"{setting}/{alg}/max_over_min_final_subopt"] = max(finals) / min(finals)
+            sel = (table["setting"] == setting) & (table["algorithm"] == alg)
+            part = {k: c[sel] for k, c in table.items()}
+            part["m"] = np.array([f"m{m}" for m in part["batch_size"]])
+            summary.update(online_common.paired_final(part, "m", f"m{min(config.batch_sizes)}", f"{setting}/{alg}"))
     return Results(table, summary)
 
 

@@ -11,7 +11,10 @@ interval: under common random numbers the paired interval is much narrower than 
 ``subopt_kl``, or a cumulative regret (``agent_regret_kl``: the main agent's cumulative ``subopt_kl``;
 ``query_regret``, ``query_regret_kl``: both queried actions charged; ``avg_regret``, ``weak_regret``:
 unregularised; definitions in ``algorithms.online.loop``). The summary records the metric under
-``rank_by`` and, besides the ranked metric's statistics, every algorithm's final regrets and diagnostics.
+``rank_by`` and, besides the ranked metric's statistics, every algorithm's final regrets and diagnostics, and per
+setting the frequencies of P1's bounds, overall and on the event ``theta* in C_t`` (``online_common.bound_summary``),
+and every algorithm against ``baseline`` paired by seed on every rank metric, not only ``rank_by``:
+``{setting}/{alg}/minus_{baseline}/{metric}/diff`` with its 95% interval (``online_common.paired_final``).
 
 Presets ``regime_explore`` and ``regime_plain`` (issue 16 item 6): the enhancer, ``uniform``, ``pi_uniform``, ``pi0``
 and ``self_play``, each with and without ``+distinct``, paired by seed with the enhancer, where P1's argument for
@@ -86,7 +89,7 @@ presets = {
     "regime_plain": replace(Config(), n_contexts=16, n_actions=8, dim=8, kl_coef=1.0, iterations=16, batch_size=32,
                             settings=("easy",), algorithms=REGIME_ALGORITHMS),
 }
-seeds = {"quick": 32, "paper": 64, "regime_explore": 256, "regime_plain": 256}
+seeds = {"quick": 32, "paper": 256, "regime_explore": 256, "regime_plain": 256}
 
 
 def ranking(table, metric: str, baseline: str | None) -> list[dict]:
@@ -143,6 +146,8 @@ def run(config: Config, seeds: int, progress) -> Results:
             summary[f"{setting}/{alg}/final_subopt"] = mean
             summary[f"{setting}/{alg}/final_subopt_ci95"] = half
         summary.update(online_common.metrics_summary(part, setting))
+        summary.update(online_common.bound_summary(part, setting, config.exact_confidence_set))
+        summary.update(online_common.paired_final(part, "algorithm", config.baseline, setting))
     return Results(table, summary)
 
 

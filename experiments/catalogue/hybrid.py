@@ -18,6 +18,12 @@ regrets charge the online queries only (the offline data are given, not queried:
 three modes compare at an equal number of comparisons. The budget
 sets the number of iterations of each mode and ``strategy`` (any online algorithm of
 ``algorithms.online.agents``) is the one algorithm run, so ``iterations`` and ``algorithms`` are refused.
+The summary gives per setting and mode the final suboptimality, regrets and confidence width, and the
+frequencies of P1's bounds, overall and on the event ``theta* in C_t`` (``online_common.bound_summary``:
+``{setting}/{mode}/bound_holds_frac``, ``.../bound_holds_frac_in_set``, ...; where the strategy states a bound),
+and the offline and online modes against the hybrid one at the end of the budget, paired by seed (same instances,
+contexts and label uniforms): ``{setting}/{mode}/minus_hybrid/{metric}/diff`` with its 95% interval for the final
+``subopt``, ``subopt_kl`` and ``confidence_width`` (``online_common.paired_final``).
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from experiments.engine.results import Results, concat_tables
 from experiments.engine.runner import seed_keys
 
 MODES = ("offline", "online", "hybrid")
+PAIRED = ("subopt", "subopt_kl", "confidence_width")
 description = "E5: offline-only vs online-only vs hybrid (P1) at an equal comparison budget"
 nan_columns = online_common.nan_columns
 
@@ -84,7 +91,7 @@ presets = {
     "quick": replace(Config(), n_contexts=32, n_actions=16, budget=512, batch_size=32, strategy="pi0"),
     "paper": replace(Config(), n_contexts=64, n_actions=16, budget=1024, batch_size=32),
 }
-seeds = {"quick": 32, "paper": 64}
+seeds = {"quick": 32, "paper": 256}
 
 
 def run(config: Config, seeds: int, progress) -> Results:
@@ -103,6 +110,8 @@ def run(config: Config, seeds: int, progress) -> Results:
     table = concat_tables(tables)
     summary = {}
     for setting in config.settings:
+        part = {k: c[table["setting"] == setting] for k, c in table.items()}
+        summary.update(online_common.paired_final(part, "mode", "hybrid", setting, PAIRED))
         for mode in MODES:
             sel = (table["setting"] == setting) & (table["mode"] == mode)
             last = sel & (table["comparisons"] == table["comparisons"][sel].max())
@@ -113,6 +122,8 @@ def run(config: Config, seeds: int, progress) -> Results:
                 value = float(np.mean(table[metric][last]))
                 if np.isfinite(value):
                     summary[f"{setting}/{mode}/final_{metric}"] = value
+            summary.update(online_common.bound_summary({k: c[sel] for k, c in table.items()},
+                                                       f"{setting}/{mode}", config.exact_confidence_set))
             used = sel & (table["iteration"] < table["iteration"][sel].max())
             if np.any(used):   # the offline mode queries nothing
                 summary[f"{setting}/{mode}/identical_pairs"] = float(np.mean(table["identical_pairs"][used]))

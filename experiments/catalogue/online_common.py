@@ -230,6 +230,57 @@ def metrics_summary(table, prefix: str, group: str = "algorithm") -> dict:
     return out
 
 
+def bound_summary(table, prefix: str, exact_set: bool) -> dict:
+    """P1's online bounds over the rows of ``table`` (docs/theory.md §2.4): ``{prefix}/bound_holds_frac``, the
+    fraction of rows with a plug-in bound where ``subopt_kl <= bound``; ``{prefix}/bound_holds_frac_in_set``, the
+    same fraction on the event ``theta* in C_t`` the bound assumes (absent when the event never occurs);
+    ``{prefix}/bound_rate_holds_frac`` and ``{prefix}/bound_rate_over_subopt_kl_median`` for the rate form; and,
+    where ``C_t`` is P1's (``exact_set``), ``{prefix}/in_confidence_set_frac``, the event's frequency. Rows
+    without a bound (strategies that state none) are left out; no entry when no row has one."""
+    out = {}
+    holds = np.asarray(table["bound_holds"], float)
+    in_set = np.asarray(table["in_confidence_set"], float)
+    if np.any(~np.isnan(holds)):
+        out[f"{prefix}/bound_holds_frac"] = float(np.nanmean(holds))
+        inside = (in_set == 1.0) & ~np.isnan(holds)
+        if np.any(inside):
+            out[f"{prefix}/bound_holds_frac_in_set"] = float(np.mean(holds[inside]))
+    rate_holds = np.asarray(table["bound_rate_holds"], float)
+    if np.any(~np.isnan(rate_holds)):
+        out[f"{prefix}/bound_rate_holds_frac"] = float(np.nanmean(rate_holds))
+        ratio = np.asarray(table["bound_rate"], float) / np.maximum(np.asarray(table["subopt_kl"], float), 1e-300)
+        out[f"{prefix}/bound_rate_over_subopt_kl_median"] = float(np.nanmedian(ratio))
+    if exact_set:
+        out[f"{prefix}/in_confidence_set_frac"] = float(np.nanmean(in_set))
+    return out
+
+
+def paired_final(table, group: str, baseline, prefix: str, metrics=RANK_METRICS) -> dict:
+    """Every group against ``baseline`` at its own last iteration, paired by seed (the groups share instances,
+    contexts and label uniforms): ``{prefix}/{name}/minus_{baseline}/{metric}/diff`` with its 95% Student-t
+    interval (``.../diff_low``, ``.../diff_high``) and ``.../below_frac`` (``stats.paired_summary``), for each
+    ``metric``; for a loss or a regret an interval wholly below 0 says ``name`` is lower than ``baseline``. Empty
+    when ``baseline`` is not among the groups."""
+    names = np.asarray(table[group])
+    iteration, seed = np.asarray(table["iteration"]), np.asarray(table["seed"])
+
+    def final(name, metric):
+        sel = names == name
+        sel = sel & (iteration == iteration[sel].max())
+        return np.asarray(table[metric], float)[sel][np.argsort(seed[sel], kind="stable")]
+
+    if baseline not in names.tolist():
+        return {}
+    out = {}
+    for name in dict.fromkeys(names.tolist()):
+        if name == baseline:
+            continue
+        for metric in metrics:
+            out.update(stats.paired_summary(f"{prefix}/{name}/minus_{baseline}/{metric}", final(name, metric),
+                                            final(baseline, metric)))
+    return out
+
+
 def metric_panel(ax, table, metric: str, where: dict, algorithms, colors, *, x: str = "queries", styles=None,
                  labels=None, title: str = "") -> None:
     """``metric`` against ``x`` for each algorithm (mean and 95% band over seeds) on ``ax``."""

@@ -37,7 +37,10 @@ its ``≲`` set to 1 and ``gamma = 1 / (2 + e^{2B} + e^{-2B})``, where ``bound``
 in a linear world) (NaN elsewhere, like ``bound``); ``bound_rate_holds`` compares ``subopt_kl`` with it.
 The summary gives, per setting, the fraction of rows where ``bound`` held (``bound_holds_frac``), that
 fraction on the event ``theta* in C_t`` the bound assumes (``bound_holds_frac_in_set``) and the event's
-frequency (``in_confidence_set_frac``; ``--set beta_mode=laplace`` gives a radius that covers).
+frequency (``in_confidence_set_frac``; ``--set beta_mode=laplace`` gives a radius that covers)
+(``online_common.bound_summary``), and every algorithm against P1's enhancer at the last iteration, paired by
+seed, for the final ``subopt``, ``subopt_kl`` and each regret: ``{setting}/{alg}/minus_enhancer/{metric}/diff``
+with its 95% interval (``online_common.paired_final``; absent when the enhancer is not run).
 
 Neural rewards (``--set reward=neural``): the learner becomes the MLP reward of
 ``algorithms.online.loop`` (``learner=auto``; ``neural_steps`` warm-started Adam steps per iteration) and
@@ -73,7 +76,7 @@ presets = {
     # first draft, n_x = 128, K = 32, T = 32 x m = 64 at 256 seeds, would have taken about half a day).
     "paper": replace(Config(), n_contexts=64, n_actions=16, iterations=24, batch_size=32),
 }
-seeds = {"quick": 32, "paper": 64}
+seeds = {"quick": 32, "paper": 256}
 
 
 def run(config: Config, seeds: int, progress) -> Results:
@@ -90,19 +93,8 @@ def run(config: Config, seeds: int, progress) -> Results:
             info = part["strategy_info"][part["algorithm"] == alg]
             if np.any(~np.isnan(info)):   # the strategy reports a diagnostic (the enhancer's feasibility)
                 summary[f"{setting}/{alg}/nontrivial_frac"] = float(np.nanmean(info))
-        holds = part["bound_holds"]
-        if np.any(~np.isnan(holds)):
-            summary[f"{setting}/bound_holds_frac"] = float(np.nanmean(holds))
-            in_set = (part["in_confidence_set"] == 1.0) & ~np.isnan(holds)
-            if np.any(in_set):   # the bound assumes theta* in C_t: how often it held on that event
-                summary[f"{setting}/bound_holds_frac_in_set"] = float(np.mean(holds[in_set]))
-        rate_holds = part["bound_rate_holds"]
-        if np.any(~np.isnan(rate_holds)):
-            summary[f"{setting}/bound_rate_holds_frac"] = float(np.nanmean(rate_holds))
-            ratio = part["bound_rate"] / np.maximum(part["subopt_kl"], 1e-300)
-            summary[f"{setting}/bound_rate_over_subopt_kl_median"] = float(np.nanmedian(ratio))
-        if config.exact_confidence_set:
-            summary[f"{setting}/in_confidence_set_frac"] = float(np.nanmean(part["in_confidence_set"]))
+        summary.update(online_common.bound_summary(part, setting, config.exact_confidence_set))
+        summary.update(online_common.paired_final(part, "algorithm", "enhancer", setting))
     return Results(table, summary)
 
 

@@ -4,9 +4,8 @@ E9 active-vs-random, E10 deployment-regret; the timing helpers also serve lm-omd
 The estimators, their options, the instance family ``theta* = B u`` and the metrics of one estimate are
 the algorithm layer's (``algorithms.onepass.estimators``, ``algorithms.onepass.evaluation``); here are
 ``P3Config`` (the fields E8-E10 share) and the experiment-side machinery that measures the wall-clock of
-one round outside the vectorised scans (``time_call``, ``light``, ``with_buffer``, ``snapshot_index``), the
-anisotropic features of E9's regime preset (``feature_spectrum``, ``anisotropic_instance``) and paired-by-seed
-summary intervals (``paired_entries``).
+one round outside the vectorised scans (``time_call``, ``light``, ``with_buffer``, ``snapshot_index``), and the
+anisotropic features of E9's regime preset (``feature_spectrum``, ``anisotropic_instance``).
 """
 from __future__ import annotations
 
@@ -21,7 +20,6 @@ import numpy as np
 import bandits as b
 from algorithms.onepass import estimators, policies
 from bandits import validation as v
-from experiments.engine import stats
 from experiments.engine.config import check_unused
 
 # P3's instances: theta* = B u (algorithms.onepass.evaluation.scaled_instance) with a uniform pi0.
@@ -175,11 +173,3 @@ def anisotropic_instance(inst: b.Instance, condition: float) -> b.Instance:
     scaled = inst.phi * feature_spectrum(inst.dim, condition).astype(inst.phi.dtype)[None, None, :]
     phi = scaled / jnp.linalg.norm(scaled, axis=-1, keepdims=True)
     return inst._replace(phi=phi, reward=phi @ inst.theta_star)
-
-
-def paired_entries(prefix: str, y, base, level: float = 0.95) -> dict:
-    """``{prefix}``, ``{prefix}_low``, ``{prefix}_high``: the mean of the per-seed differences ``y - base``
-    (axis 0 the seed, common random numbers) and its Student-t interval (``stats.paired_interval``:
-    ``mean +- t_{(1+level)/2, n-1} sd / sqrt(n)``; NaN ends with one seed)."""
-    mean, half = stats.paired_interval(y, base, level)
-    return {prefix: float(mean), f"{prefix}_low": float(mean - half), f"{prefix}_high": float(mean + half)}
