@@ -118,7 +118,7 @@ def test_anisotropic_features():
 
 
 TINY_REGIME = dict(n_contexts=4, n_actions=4, dim=3, pool=48, budget=12, batch=8, checkpoints=(6, 12), heldout=16,
-                   selections=("random", "active"), estimators=("omd",), timing_rounds=(6,),
+                   selections=("random", "active"), estimators=("omd", "mle_sgd"), timing_rounds=(6,),
                    timing_repeats=1)
 
 
@@ -160,18 +160,25 @@ def test_e9_regime_runs_tiny_with_ceilings_costs_and_paired_entries(tmp_path):
             assert summary[f"{key}/below_frac"] == pytest.approx(np.mean(diff < 0))
     assert 0.5 <= summary["bayes_accuracy"] <= 1.0 and summary["sigma_condition"] >= 1.0
     assert summary["random-omd/grad_evals_budget"] == 2.0 * cfg.budget
+    sgd = np.char.endswith(t["algorithm"].astype(str), "-mle_sgd")   # sgd_epochs t per round, cumulative
+    epochs = cfg.onepass.sgd_epochs
+    np.testing.assert_array_equal(t["grad_evals"][sgd], epochs * t["t"][sgd] * (t["t"][sgd] + 1) / 2)
     assert registry.get("active-vs-random").plot(t, cfg, tmp_path)
 
 
 def test_round_grad_evals():
-    """Per round: the MLE's Newton iterations times the rows refitted; the fixed counts of the one-pass
-    estimators; NaN for an estimator without a rule."""
-    est = estimators.make_estimator("mle", 2, capacity=4)
-    state = est.init()
+    """Per round: the MLE's Newton iterations times the rows refitted, the SGD MLE's epochs times the rows; the
+    fixed counts of the one-pass estimators; NaN for an estimator that states none (a plugin's default)."""
     rng = np.random.default_rng(0)
+    mle, sgd = (estimators.make_estimator(n, 2, capacity=4) for n in ("mle", "mle_sgd"))
+    s_mle, s_sgd = mle.init(), sgd.init()
     for t in (1, 2, 3):
-        state = est.update(state, jnp.asarray(rng.normal(size=2)), float(t % 2))
-        got = float(e9.round_grad_evals("mle", state))
-        assert got == float(state.iterations) * t and got >= t
-    assert float(e9.round_grad_evals("omd", None)) == 2.0 and float(e9.round_grad_evals("hvp", None)) == 4.0
-    assert np.isnan(float(e9.round_grad_evals("ogd_const", None)))
+        z, y = jnp.asarray(rng.normal(size=2)), float(t % 2)
+        s_mle, s_sgd = mle.update(s_mle, z, y), sgd.update(s_sgd, z, y)
+        got = float(mle.grad_evals(s_mle))
+        assert got == float(s_mle.iterations) * t and got >= t
+        assert float(sgd.grad_evals(s_sgd)) == estimators.OnePassOptions().sgd_epochs * t
+    fixed = {n: float(estimators.make_estimator(n, 2, radius=1.0).grad_evals(None)) for n in ("omd", "ogd", "hvp")}
+    assert fixed == {"omd": 2.0, "ogd": 1.0, "hvp": 4.0}
+    plugin = estimators.Estimator(mle.init, mle.update)
+    assert np.isnan(float(plugin.grad_evals(s_mle)))

@@ -328,10 +328,11 @@ def test_builds_use_the_options_and_bound():
 def test_registry_metadata_and_refusals():
     meta = {n: (e.design, e.first_order, e.stores_data) for n, e in estimators.ESTIMATORS.items()
             if n in BUILTIN_ESTIMATORS}
-    assert meta == {"omd": ("H_t", False, False), "mle": ("V_t", False, True), "ogd": ("V_t", True, False),
-                    "hvp": ("V_t", False, False)}
+    assert meta == {"omd": ("H_t", False, False), "mle": ("V_t", False, True), "mle_sgd": ("V_t", True, True),
+                    "ogd": ("V_t", True, False), "hvp": ("V_t", False, False)}
     assert all(estimators.get(n).label for n in BUILTIN_ESTIMATORS)
-    assert estimators.unread_options(("mle",)) == ("omd_lam", "omd_step_size", "projection", "ogd_lr", "hvp_lr")
+    assert estimators.unread_options(("mle",)) == ("omd_lam", "omd_step_size", "projection", "ogd_lr", "hvp_lr",
+                                                   "sgd_epochs", "sgd_lr", "sgd_batch")
     assert estimators.unread_options(BUILTIN_ESTIMATORS) == ()
     entry = estimators.get("ogd")
     with pytest.raises(ValueError, match="estimator name='omd' is not allowed"):

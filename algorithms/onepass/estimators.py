@@ -9,6 +9,7 @@ signature::
     state = est.update(state, z, y)       # one comparison z = phi(x,a) - phi(x,a'), label y in {0, 1}
     est.theta(state)                      # [d]     the current estimate theta_t
     est.inverse_design(state)             # [d, d]  A_t^{-1}, whose norm ||v||_{A_t^{-1}} is the bonus width
+    est.grad_evals(state)                 # []      the round's cost in P3's units (per-sample derivatives)
 
 ``A_t`` is the design in which the estimator's confidence radius is measured, the entry's ``design``:
 ``H_t`` for OMD (its local, curvature-weighted design ``cH_t``, §4.2; ``||v||_{V^-1} <= ||v||_{cH^-1}
@@ -26,10 +27,19 @@ grows; the experiments time it with a buffer of exactly ``t`` rows) and ``reads`
 fields its build reads; an experiment refuses a changed option that none of its estimators reads).
 
 Built in: ``omd`` (P3's one-pass OMD, ``algorithms.onepass.omd``; ``H_t``), ``mle`` (the regularised
-BT-MLE refitted every round, ``algorithms.onepass.mle_refit``; stores its data), ``ogd`` (projected OGD
-with step ``ogd_lr / sqrt(t)``, the first-order baseline, ``algorithms.onepass.ogd``) and ``hvp`` (the
-HVP/CG update of P3's code, ``algorithms.onepass.hvp_cg``, constants damping 0.8, growth 100 rounds,
-3 CG steps). A new estimator is one build function and one registry line::
+BT-MLE refitted every round, ``algorithms.onepass.mle_refit``; stores its data), ``mle_sgd`` (the same MLE
+fitted every round by ``sgd_epochs`` warm-started epochs of minibatch SGD, P3's cost model of its baseline,
+``algorithms.onepass.mle_sgd``; stores its data), ``ogd`` (projected OGD with step ``ogd_lr / sqrt(t)``,
+the first-order baseline, ``algorithms.onepass.ogd``) and ``hvp`` (the HVP/CG update of P3's code,
+``algorithms.onepass.hvp_cg``, constants damping 0.8, growth 100 rounds, 3 CG steps).
+
+``grad_evals(state)`` is the cost of the round that produced ``state`` in P3's units (docs/theory.md §4.7-4.8):
+evaluations of one comparison's loss derivative (gradient, curvature ``sigma'`` or Hessian-vector product, ``O(d)``
+each for a linear head) at one parameter. ``omd`` 2 (gradient and curvature at ``theta_t``, look-ahead curvature
+at ``theta_{t+1}``; its ``O(d^2)`` rank-one updates are not counted), ``ogd`` 1, ``hvp`` ``1 + cg_steps``,
+``mle`` ``iterations_t * t`` (each warm-started Newton iteration passes over the ``t`` rows; line-search values
+and the ``O(d^2)`` per-row Hessian work are not counted: a lower bound), ``mle_sgd`` ``sgd_epochs * t``; NaN
+for an estimator that states none (the default of ``Estimator``). A new estimator is one build function and one registry line::
 
     def build(spec):                      # constant-step OGD: theta <- Proj_B(theta - ogd_lr g_t(theta))
         def update(state, z, y):
@@ -52,7 +62,7 @@ from typing import Any, Callable, Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from algorithms.onepass import hvp_cg, mle_refit, ogd, omd
+from algorithms.onepass import hvp_cg, mle_refit, mle_sgd, ogd, omd
 from bandits import validation as v
 
 DEFAULT_OMD_STEP_SIZE = 1.0
@@ -71,7 +81,9 @@ class OnePassOptions:
     ``(1/2) log 2 + B + 1`` (docs/theory.md §4.2 [M]; ``none``, its older spelling in saved manifests, means
     the same); the default ``DEFAULT_OMD_STEP_SIZE = 1`` is the most robust value of the sweep recorded in
     paper_repro.md (E8). projection: OMD's (``none`` | ``euclid`` | ``local_norm``, ``omd.PROJECTIONS``);
-    ogd_lr, hvp_lr: the step sizes of ``ogd`` and ``hvp``.
+    ogd_lr, hvp_lr: the step sizes of ``ogd`` and ``hvp``. sgd_epochs, sgd_lr, sgd_batch: ``mle_sgd``'s epochs per
+    round (``>= 1``), step size (``> 0``; the per-sample loss is ``||z||^2 / 4``-smooth, 1 for ``||z|| <= 2``)
+    and minibatch size (``>= 1``).
 
     c_beta: the multiplier of the bonus radius ``beta_t = c_beta sqrt(d log(1 + t))`` [D] (``beta``) that
     scales ``||.||_{A_t^{-1}}`` in P3's pessimistic output and in the deployment rules. ``c_beta = 0`` is
@@ -93,6 +105,9 @@ class OnePassOptions:
     projection: str = "euclid"
     ogd_lr: float = 1.0
     hvp_lr: float = 0.1
+    sgd_epochs: int = 3
+    sgd_lr: float = 0.5
+    sgd_batch: int = 32
     c_beta: float = 0.5
     radius_mode: str = "shared"
     calibration_seeds: int = 64
@@ -108,6 +123,9 @@ class OnePassOptions:
         v.check_choice("projection", self.projection, omd.PROJECTIONS)
         v.check_float("ogd_lr", self.ogd_lr, low=0.0, low_open=True)
         v.check_float("hvp_lr", self.hvp_lr, low=0.0, low_open=True)
+        v.check_int("sgd_epochs", self.sgd_epochs, 1)
+        v.check_float("sgd_lr", self.sgd_lr, low=0.0, low_open=True)
+        v.check_int("sgd_batch", self.sgd_batch, 1)
         v.check_float("c_beta", self.c_beta, low=0.0)
         v.check_choice("radius_mode", self.radius_mode, RADIUS_MODES)
         v.check_int("calibration_seeds", self.calibration_seeds, 20)
@@ -155,15 +173,25 @@ def _hess_inv(state) -> jax.Array:
     return state.hess_inv
 
 
+def _no_cost(state) -> jax.Array:
+    return jnp.asarray(jnp.nan, jnp.result_type(float))
+
+
+def _fixed_cost(evals: float):
+    return lambda state: jnp.asarray(evals, jnp.result_type(float))
+
+
 class Estimator(NamedTuple):
-    """The bundle of one estimator: ``init() -> state``, ``update(state, z, y) -> state``, ``theta(state)``
-    and ``inverse_design(state)`` (``A_t^{-1}`` of its ``design``); ``name`` is filled by ``make_estimator``."""
+    """The bundle of one estimator: ``init() -> state``, ``update(state, z, y) -> state``, ``theta(state)``,
+    ``inverse_design(state)`` (``A_t^{-1}`` of its ``design``) and ``grad_evals(state)`` (the round's cost in P3's
+    units, module docstring; NaN by default); ``name`` is filled by ``make_estimator``."""
 
     init: Callable[[], Any]
     update: Callable[[Any, jax.Array, Any], Any]
     theta: Callable[[Any], jax.Array] = _theta
     inverse_design: Callable[[Any], jax.Array] = _gram_inv
     name: str = ""
+    grad_evals: Callable[[Any], jax.Array] = _no_cost
 
 
 class EstimatorEntry(NamedTuple):
@@ -187,26 +215,45 @@ def _omd(spec: EstimatorSpec) -> Estimator:
     return Estimator(functools.partial(omd.omd_init, spec.dim, lam, spec.dtype),
                      functools.partial(_omd_update, step_size=o.step_size(spec.radius), radius=spec.radius,
                                        projection=o.projection),
-                     _theta, _hess_inv)
+                     _theta, _hess_inv, grad_evals=_fixed_cost(2.0))
 
 
 def _mle(spec: EstimatorSpec, radius=None, max_iter: int = 50) -> Estimator:
     o = spec.options
     return Estimator(functools.partial(mle_refit.mle_init, spec.capacity, spec.dim, o.lam, spec.dtype),
-                     functools.partial(_mle_update, lam=o.lam, radius=radius, max_iter=max_iter))
+                     functools.partial(_mle_update, lam=o.lam, radius=radius, max_iter=max_iter),
+                     grad_evals=_refit_cost)
+
+
+def _refit_cost(state) -> jax.Array:
+    return (state.iterations * state.count).astype(jnp.result_type(float))
+
+
+def _mle_sgd(spec: EstimatorSpec) -> Estimator:
+    o = spec.options
+    return Estimator(functools.partial(mle_sgd.mle_sgd_init, spec.capacity, spec.dim, o.lam, spec.dtype),
+                     functools.partial(_mle_sgd_update, lam=o.lam, learning_rate=o.sgd_lr, epochs=o.sgd_epochs,
+                                       batch=o.sgd_batch, radius=spec.radius),
+                     grad_evals=functools.partial(_epochs_cost, epochs=o.sgd_epochs))
+
+
+def _epochs_cost(state, epochs: int) -> jax.Array:
+    return (epochs * state.count).astype(jnp.result_type(float))
 
 
 def _ogd(spec: EstimatorSpec) -> Estimator:
     o = spec.options
     return Estimator(functools.partial(ogd.ogd_init, spec.dim, o.lam, spec.dtype),
-                     functools.partial(_ogd_update, learning_rate=o.ogd_lr, radius=spec.radius))
+                     functools.partial(_ogd_update, learning_rate=o.ogd_lr, radius=spec.radius),
+                     grad_evals=_fixed_cost(1.0))
 
 
 def _hvp(spec: EstimatorSpec, damping=0.8, growth_steps=100, cg_steps: int = 3) -> Estimator:
     o = spec.options
     return Estimator(functools.partial(hvp_cg.hvp_init, spec.dim, o.lam, spec.dtype),
                      functools.partial(_hvp_update, learning_rate=o.hvp_lr, damping=damping,
-                                       growth_steps=growth_steps, cg_steps=cg_steps))
+                                       growth_steps=growth_steps, cg_steps=cg_steps),
+                     grad_evals=_fixed_cost(1.0 + cg_steps))
 
 
 def _omd_update(state, z, y, step_size, radius, projection):
@@ -215,6 +262,10 @@ def _omd_update(state, z, y, step_size, radius, projection):
 
 def _mle_update(state, z, y, lam, radius, max_iter):
     return mle_refit.mle_step(state, z, y, lam, radius, max_iter)
+
+
+def _mle_sgd_update(state, z, y, lam, learning_rate, epochs, batch, radius):
+    return mle_sgd.mle_sgd_step(state, z, y, lam, learning_rate, epochs, batch, radius)
 
 
 def _ogd_update(state, z, y, learning_rate, radius):
@@ -229,6 +280,8 @@ ESTIMATORS: dict[str, EstimatorEntry] = {
     "omd": EstimatorEntry(_omd, label="one-pass OMD (P3)", color="C0", design="H_t",
                           reads=("lam", "omd_lam", "omd_step_size", "projection")),
     "mle": EstimatorEntry(_mle, label="MLE refit each round", color="C3", stores_data=True),
+    "mle_sgd": EstimatorEntry(_mle_sgd, label="MLE by SGD epochs each round", color="C1", first_order=True,
+                              stores_data=True, reads=("lam", "sgd_epochs", "sgd_lr", "sgd_batch")),
     "ogd": EstimatorEntry(_ogd, label="one-pass OGD", color="C2", first_order=True, reads=("lam", "ogd_lr")),
     "hvp": EstimatorEntry(_hvp, label="HVP/CG (P3 code)", color="C4", reads=("lam", "hvp_lr")),
 }

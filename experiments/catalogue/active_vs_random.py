@@ -36,13 +36,10 @@ these columns can (``algorithms.onepass.evaluation.population_metrics``, exact o
 - ``accuracy`` and ``bayes_accuracy`` (the accuracy of ``theta*``, the ceiling) exactly, and
   ``heldout_bayes_accuracy``, the accuracy of ``theta*`` on the same sampled held-out rows as ``heldout_accuracy``;
 - ``grad_evals``: the cost in P3's model (below), cumulative over rounds ``1..t``: the number of evaluations of one
-  comparison's loss derivative (gradient, curvature ``sigma'`` or Hessian-vector product: ``O(d)`` each for a
-  linear head) at one parameter. Per round: ``omd`` 2 (gradient and curvature at ``theta_t``, look-ahead
-  curvature at ``theta_{t+1}``; its ``O(d^2)`` rank-one updates are not counted), ``ogd`` 1, ``hvp`` 4 (gradient and
-  the 3 CG Hessian-vector products of the registry's ``hvp``), ``mle`` ``iterations_t * t`` (each warm-started
-  Newton iteration of the refit passes over the ``t`` rows; its line-search values and ``O(d^2)`` per-row Hessian
-  work are not counted, so a lower bound); NaN for other (plugin) estimators. Deterministic given the data: a
-  count, not a clock.
+  comparison's loss derivative at one parameter, as each estimator states it (``Estimator.grad_evals``,
+  ``algorithms.onepass.estimators``: ``omd`` 2 per round, ``ogd`` 1, ``hvp`` 4, ``mle`` ``iterations_t * t``, a
+  lower bound, ``mle_sgd`` ``sgd_epochs * t``; NaN for a plugin that states none). Deterministic given the
+  data: a count, not a clock.
 
 P3's cost model, in our words (docs/theory.md §4.7-4.8). P3's reward model is a head on frozen LLM embeddings
 (``d = 4096``); the baseline fits it by first-order training for several epochs over every labelled comparison,
@@ -53,14 +50,15 @@ method ``n (1 + k)`` with ``k`` Hessian-vector products per label; each costs ``
 ``d = 4096``. So "faster" is a constant factor of about ``E / (1 + k)`` in gradient count for one fit (P3's
 table: about a third of the MLE's train time), not a statistical statement. Here the MLE is refitted by Newton
 every round (``O(iterations t d^2)``) and OMD keeps ``d x d`` matrices (``O(d^2)`` per round), so wall-clock
-(``seconds``) reflects neither side of P3's model; ``grad_evals`` is the column in its units. No multi-epoch SGD
-estimator is registered; the MLE is its converged limit.
+(``seconds``) reflects neither side of P3's model; ``grad_evals`` is the column in its units. The estimator in
+P3's cost model is ``mle_sgd`` (``sgd_epochs`` warm-started epochs of minibatch SGD over the ``t`` labels each
+round, ``algorithms.onepass.mle_sgd``), run with the others by the ``e9_regime`` preset; ``mle`` is its converged limit.
 
 Regime preset ``e9_regime``: ``d = 64``, 64 contexts x 16 actions, anisotropic features (``feature_condition =
 100``: ``phi = D g / ||D g||``, ``D = diag(100^{-j / (2 (d - 1))})``, ``p3_common.anisotropic_instance``),
 ``B = 6`` (at ``d = 64`` the margins ``<theta*, z>`` shrink like ``B sqrt(2 / d)``: ``B = 2`` leaves a Bayes accuracy
 of about 0.565, ``B = 6`` about 0.67, the quick preset's ceiling and near P3's reported accuracies),
-estimators ``mle``, ``omd``, ``hvp``, budgets ``2d, 4d, 6d, 8d`` as the checkpoints of one run of budget ``8d``
+estimators ``mle``, ``mle_sgd``, ``omd``, ``hvp``, budgets ``2d, 4d, 6d, 8d`` as the checkpoints of one run of budget ``8d``
 (every selection is sequential, so the first ``t`` labels of a run are the run of budget ``t``; ``active_batch``
 too, its batches being fixed in advance). The summary gives, per selection other than ``random``, estimator,
 budget ``t`` and metric ``m`` of ``PAIRED``, ``{selection}-{est}/minus_random/{m}/t{t}``: the mean over seeds of
@@ -100,7 +98,6 @@ nan_columns = ("regret_avg", "regret_weak", "seconds", "grad_evals")
 COLUMNS = METRICS + evaluation.POPULATION_METRICS + ("grad_evals",)
 PAIRED = ("estimation_error", "estimation_error_sigma", "excess_logloss", "accuracy", "heldout_accuracy")
 # Loss-derivative evaluations of one comparison per round (module docstring); the MLE's come from its state.
-ROUND_EVALS = {"omd": 2.0, "ogd": 1.0, "hvp": 4.0}
 
 description = "E9: random vs active (APO / top-25% batch) selection x MLE vs OMD at an equal label budget"
 
@@ -166,7 +163,7 @@ presets = {
     "e9_regime": replace(Config(), n_contexts=64, n_actions=16, dim=64, reward_norm=6.0, feature_condition=100.0,
                          pool=4096,
                          budget=512, batch=32, checkpoints=(128, 256, 384, 512), heldout=2048,
-                         estimators=("mle", "omd", "hvp"), timing_rounds=(128, 512), timing_repeats=3),
+                         estimators=("mle", "mle_sgd", "omd", "hvp"), timing_rounds=(128, 512), timing_repeats=3),
 }
 seeds = {"quick": 8, "paper": 32, "e9_regime": 16}
 
@@ -177,13 +174,6 @@ def make_instance(key, config: Config) -> b.Instance:
     if config.feature_condition != 1.0:
         inst = p3.anisotropic_instance(inst, config.feature_condition)
     return inst
-
-
-def round_grad_evals(est_name: str, state) -> jax.Array:
-    """``grad_evals`` of the round that produced ``state`` (module docstring)."""
-    if est_name == "mle":
-        return (state.iterations * state.count).astype(jnp.result_type(float))
-    return jnp.asarray(ROUND_EVALS.get(est_name, jnp.nan), jnp.result_type(float))
 
 
 def choose(selection, est, state, available, t, pool_z, batch_rows, config):
@@ -237,7 +227,7 @@ def simulate(key, config: Config):
                 state, available, rows, snaps, timing, t, evals = carry
                 idx, rows = choose_any(config.selections, index, est, state, available, t, pool_z, rows, config)
                 state = est.update(state, pool_z[idx], pool_y[idx])
-                evals = evals + round_grad_evals(est_name, state)
+                evals = evals + est.grad_evals(state)
                 available = available.at[idx].set(False)
                 pos = p3.snapshot_index(t + 1, ck)
                 snaps = (snaps[0].at[pos].set(est.theta(state), mode="drop"),

@@ -75,14 +75,15 @@ class Config(p3.P3Config):
 
     reward_norms: the ``B`` sweep (so ``instance.reward_norm`` is refused); rounds: stream length;
     checkpoints: rounds at which metrics are taken; heldout: held-out comparisons; algorithms: the
-    estimators run (registered names; built in: omd, mle, ogd, hvp).
+    estimators run (registered names; default omd, mle, ogd, hvp, the estimators of E8's records; the built-in
+    ``mle_sgd``, P3's cost-model baseline, runs in E9's ``e9_regime`` and by ``--set algorithms=...`` here).
     """
 
     reward_norms: tuple[float, ...] = (1.0, 2.0, 3.0, 4.0)
     rounds: int = 4096
     checkpoints: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
     heldout: int = 2048
-    algorithms: tuple[str, ...] = estimators.BUILTIN_ESTIMATORS
+    algorithms: tuple[str, ...] = ("omd", "mle", "ogd", "hvp")
 
     def __post_init__(self):
         if not self.reward_norms:
