@@ -45,13 +45,19 @@ def mle_init(capacity: int, dim: int, lam, dtype=None) -> MLEState:
                     jnp.asarray(0, jnp.int32))
 
 
-def mle_step(state: MLEState, z: jax.Array, y, lam, radius=None, max_iter: int = 50) -> MLEState:
-    """Append ``(z, y)`` (dropped if the buffer is full) and refit warm-started (module docstring)."""
+def append(state, z: jax.Array, y):
+    """``(z, z buffer, y buffer, count)`` after storing ``(z, y)`` at row ``count`` of the state's buffers
+    (dropped if they are full); ``state`` is any NamedTuple with ``theta``, ``z``, ``y``, ``count``."""
     dtype = state.theta.dtype
     z = jnp.asarray(z, dtype)
     zs = state.z.at[state.count].set(z, mode="drop")
     ys = state.y.at[state.count].set(jnp.asarray(y, dtype), mode="drop")
-    count = jnp.minimum(state.count + 1, state.z.shape[0])
+    return z, zs, ys, jnp.minimum(state.count + 1, state.z.shape[0])
+
+
+def mle_step(state: MLEState, z: jax.Array, y, lam, radius=None, max_iter: int = 50) -> MLEState:
+    """Append ``(z, y)`` (dropped if the buffer is full) and refit warm-started (module docstring)."""
+    z, zs, ys, count = append(state, z, y)
     mask = jnp.arange(state.z.shape[0]) < count
     fit = fit_bt_mle(zs, ys, mask, lam, theta0=state.theta, radius=radius, max_iter=max_iter)
     return MLEState(fit.theta, zs, ys, sherman_morrison(state.gram_inv, z), count,

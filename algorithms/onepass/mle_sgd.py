@@ -26,6 +26,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from algorithms.onepass import mle_refit
 from algorithms.onepass.omd import euclid_projection, sherman_morrison
 from bandits import validation as v
 
@@ -39,13 +40,9 @@ class MLESGDState(NamedTuple):
 
 
 def mle_sgd_init(capacity: int, dim: int, lam, dtype=None) -> MLESGDState:
-    v.check_int("capacity", capacity, 1)
-    v.check_int("dim", dim, 1)
-    if v.is_concrete(lam):
-        v.check_float("lam", lam, low=0.0, low_open=True)
-    dtype = dtype or jnp.result_type(float)
-    return MLESGDState(jnp.zeros(dim, dtype), jnp.zeros((capacity, dim), dtype), jnp.zeros(capacity, dtype),
-                       jnp.eye(dim, dtype=dtype) / jnp.asarray(lam, dtype), jnp.asarray(0, jnp.int32))
+    """Empty buffers of ``capacity`` rows, ``theta = 0``, ``V_0^{-1} = I / lam`` (``mle_refit.mle_init``'s)."""
+    state = mle_refit.mle_init(capacity, dim, lam, dtype)
+    return MLESGDState(state.theta, state.z, state.y, state.gram_inv, state.count)
 
 
 def sgd_epochs(theta, z, y, count, lam, learning_rate, epochs: int, batch: int, radius=None):
@@ -78,10 +75,6 @@ def mle_sgd_step(state: MLESGDState, z: jax.Array, y, lam, learning_rate, epochs
     (module docstring)."""
     if v.is_concrete(learning_rate):
         v.check_float("learning_rate", learning_rate, low=0.0, low_open=True)
-    dtype = state.theta.dtype
-    z = jnp.asarray(z, dtype)
-    zs = state.z.at[state.count].set(z, mode="drop")
-    ys = state.y.at[state.count].set(jnp.asarray(y, dtype), mode="drop")
-    count = jnp.minimum(state.count + 1, state.z.shape[0])
+    z, zs, ys, count = mle_refit.append(state, z, y)
     theta = sgd_epochs(state.theta, zs, ys, count, lam, learning_rate, epochs, batch, radius)
     return MLESGDState(theta, zs, ys, sherman_morrison(state.gram_inv, z), count)
