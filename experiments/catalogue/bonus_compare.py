@@ -30,6 +30,7 @@ Columns: those of ``online-explore``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import typing
 from pathlib import Path
 
@@ -94,14 +95,8 @@ seeds = {"quick": 32, "paper": 256, "regime_explore": 256, "regime_plain": 256}
 
 def ranking(table, metric: str, baseline: str | None) -> list[dict]:
     """Rows (sorted by mean ``metric`` at the last iteration) with intervals and paired differences."""
-    last = table["iteration"] == table["iteration"].max()
     algs = list(dict.fromkeys(np.asarray(table["algorithm"]).tolist()))
-
-    def final(alg):
-        sel = last & (table["algorithm"] == alg)
-        order = np.argsort(table["seed"][sel])
-        return np.asarray(table[metric][sel], float)[order]
-
+    final = functools.partial(online_common.final_by_seed, table, "algorithm", metric=metric)
     base = final(baseline) if baseline in algs else None
     rows = []
     for alg in algs:

@@ -261,24 +261,26 @@ def paired_final(table, group: str, baseline, prefix: str, metrics=RANK_METRICS)
     interval (``.../diff_low``, ``.../diff_high``) and ``.../below_frac`` (``stats.paired_summary``), for each
     ``metric``; for a loss or a regret an interval wholly below 0 says ``name`` is lower than ``baseline``. Empty
     when ``baseline`` is not among the groups."""
-    names = np.asarray(table[group])
-    iteration, seed = np.asarray(table["iteration"]), np.asarray(table["seed"])
-
-    def final(name, metric):
-        sel = names == name
-        sel = sel & (iteration == iteration[sel].max())
-        return np.asarray(table[metric], float)[sel][np.argsort(seed[sel], kind="stable")]
-
-    if baseline not in names.tolist():
+    names = np.asarray(table[group]).tolist()
+    if baseline not in names:
         return {}
     out = {}
-    for name in dict.fromkeys(names.tolist()):
+    for name in dict.fromkeys(names):
         if name == baseline:
             continue
         for metric in metrics:
-            out.update(stats.paired_summary(f"{prefix}/{name}/minus_{baseline}/{metric}", final(name, metric),
-                                            final(baseline, metric)))
+            out.update(stats.paired_summary(f"{prefix}/{name}/minus_{baseline}/{metric}",
+                                            final_by_seed(table, group, name, metric),
+                                            final_by_seed(table, group, baseline, metric)))
     return out
+
+
+def final_by_seed(table, group: str, name, metric: str) -> np.ndarray:
+    """``metric`` of group ``name`` at its last iteration, one value per seed in seed order."""
+    names, iteration, seed = (np.asarray(table[k]) for k in (group, "iteration", "seed"))
+    sel = names == name
+    sel = sel & (iteration == iteration[sel].max())
+    return np.asarray(table[metric], float)[sel][np.argsort(seed[sel], kind="stable")]
 
 
 def metric_panel(ax, table, metric: str, where: dict, algorithms, colors, *, x: str = "queries", styles=None,
