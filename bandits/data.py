@@ -118,13 +118,12 @@ def search_rows(table: jax.Array, rows: jax.Array, u: jax.Array) -> jax.Array:
     if k <= COMPARE_ALL_MAX:
         count = jnp.sum(table[rows] <= u[..., None], axis=-1)
         return jnp.minimum(count, k - 1).astype(jnp.int32)
-    flat = table.reshape(-1)
-    base = jnp.asarray(rows, jnp.int32) * k
+    rows = jnp.asarray(rows, jnp.int32)   # a 2-D gather: a flat index rows * K + k overflows int32 for big tables
     lo = jnp.zeros(jnp.shape(u), jnp.int32)
     hi = jnp.full(jnp.shape(u), k, jnp.int32)
     for _ in range(k.bit_length()):
         mid = (lo + hi) // 2
-        right = flat[base + jnp.minimum(mid, k - 1)] <= u
+        right = table[rows, jnp.minimum(mid, k - 1)] <= u
         active = lo < hi
         lo = jnp.where(active & right, mid + 1, lo)
         hi = jnp.where(active & ~right, mid, hi)

@@ -74,11 +74,13 @@ class InstanceConfig:
     decay geometrically, ``E[phi phi^T] = diag(lambda) / d`` with ``lambda_i = kappa_phi^(-(i-1)/(d-1))``
     (1: isotropic unit features, ``random_features``); good_actions: ``G`` in ``[0, K-1]``, the number of
     good actions per context (0: off), which beat every other action of their context by at least ``B``
-    (linear rewards only, ``few_good_actions``).
+    (linear rewards only, ``few_good_actions``); feature_alignment: ``rho in [0, 1)``, the weight of
+    ``theta*``'s direction in the features (0: off; linear rewards only, ``aligned_features``), which puts the
+    margins of comparisons across the sign of the reward near ``+-2 rho B``: high effective kappa (issue 17).
 
-    The last two are the regime knobs of issue 16 (where P1's argument for the enhancer should bite: few
-    good actions, directions of the feature space that random queries rarely excite); their defaults give
-    the instances of before bit for bit.
+    The regime knobs are those of issue 16 (where P1's argument for the enhancer should bite: few
+    good actions, directions of the feature space that random queries rarely excite) and feature_alignment
+    (where P3's kappa argument should bite); their defaults give the instances of before bit for bit.
     """
 
     n_contexts: int = 128
@@ -93,6 +95,7 @@ class InstanceConfig:
     skew_strength: float = 0.0
     feature_anisotropy: float = 1.0
     good_actions: int = 0
+    feature_alignment: float = 0.0
 
     def __post_init__(self):
         v.check_int("n_contexts", self.n_contexts, 1)
@@ -110,6 +113,13 @@ class InstanceConfig:
         if self.good_actions and self.reward != "linear":
             v.fail("good_actions", self.good_actions, "0 when reward='neural' (good actions are placed along "
                    "theta*, which a neural reward does not have)")
+        v.check_float("feature_alignment", self.feature_alignment, low=0.0, high=1.0)
+        if self.feature_alignment == 1.0:
+            v.fail("feature_alignment", self.feature_alignment, "a number in [0, 1) (at 1 every action of a side "
+                   "has the same features)")
+        if self.feature_alignment and self.reward != "linear":
+            v.fail("feature_alignment", self.feature_alignment, "0 when reward='neural' (the features are aligned "
+                   "with theta*, which a neural reward does not have)")
 
 
 def feature_spectrum(d: int, anisotropy: float = 1.0) -> np.ndarray:
@@ -157,12 +167,27 @@ def few_good_actions(phi: jax.Array, theta: jax.Array, good: int) -> jax.Array:
     return 0.5 * (phi + sign[..., None] * u)
 
 
+def aligned_features(phi: jax.Array, theta: jax.Array, rho: float) -> jax.Array:
+    """``phi' = (1 - rho) phi + rho s u``, ``u = theta / ||theta||``, ``s = sign(<theta, phi>)`` (``+1`` at 0).
+
+    Then ``r' = <theta, phi'> = (1 - rho) r + rho s B`` (``B = ||theta||``): the order of the rewards is kept, and
+    a comparison of two actions on opposite sides (``s_1 != s_2``) has margin ``|r'_1 - r'_2| = (1 - rho)|r_1 - r_2|
+    + 2 rho B >= 2 rho B``, so ``sigma'`` of it is at most ``sigma'(2 rho B)``: as ``rho -> 1`` the data see a kappa
+    near the nominal ``1 / sigma'(2B)`` (docs/theory.md §4.1), which random unit features never do. ``||phi'|| <=
+    (1 - rho) ||phi|| + rho <= 1``, so ``|r'| <= B`` still holds. No random draw is used: the same seed gives the
+    same ``phi`` and ``theta`` as without the knob.
+    """
+    sign = jnp.where(phi @ theta >= 0, 1.0, -1.0).astype(phi.dtype)
+    u = (theta / jnp.linalg.norm(theta)).reshape((1,) * (phi.ndim - 1) + theta.shape)
+    return (1.0 - rho) * phi + rho * sign[..., None] * u
+
+
 def make_instance(key: jax.Array, config: InstanceConfig, dtype=None, *, coverage=None,
                   temperature=None, kl_coef=None) -> Instance:
     """One random instance of ``config`` (pure in ``key``; ``vmap`` over keys for many seeds).
 
     Sub-keys: features, reward, reference direction, skew block -- so, e.g., changing ``coverage``
-    keeps the same features and ``theta*``, and ``feature_anisotropy`` and ``good_actions`` (both static)
+    keeps the same features and ``theta*``, and ``feature_anisotropy``, ``good_actions`` and ``feature_alignment`` (static)
     transform the same draws. ``coverage``, ``temperature`` and ``kl_coef`` may be
     given as (possibly traced) arrays overriding the config's values, so that a sweep over them
     compiles once; concrete overrides are validated like the config fields.
@@ -179,6 +204,8 @@ def make_instance(key: jax.Array, config: InstanceConfig, dtype=None, *, coverag
         direction = params.theta
         if config.good_actions:
             phi = few_good_actions(phi, params.theta, config.good_actions)
+        if config.feature_alignment:
+            phi = aligned_features(phi, params.theta, config.feature_alignment)
     else:
         params = init_mlp_reward(k_reward, phi, config.hidden, config.reward_norm)
         direction = random_unit_vector(k_reward, config.dim, dtype)

@@ -1,5 +1,5 @@
-"""The instance generator's regime knobs (issue 16): feature_anisotropy and good_actions. Defaults give the
-instances of before bit for bit; the anisotropic covariance has the stated spectrum; exactly G good actions per
+"""The instance generator's regime knobs (issue 16): feature_anisotropy and good_actions, and (issue 17)
+feature_alignment. Defaults give the instances of before bit for bit; the anisotropic covariance has the stated spectrum; exactly G good actions per
 context, each beating every other action by at least B; bad values are refused in one line."""
 import jax
 import jax.numpy as jnp
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bandits as b
-from bandits.instance import feature_spectrum, few_good_actions
+from bandits.instance import aligned_features, feature_spectrum, few_good_actions
 from bandits.preferences import random_skew_matrix
 from bandits.reference import orthogonal_unit_vector, reference_policy
 from bandits.rewards import init_linear_reward, init_mlp_reward, random_unit_vector, reward_table
@@ -38,7 +38,7 @@ def previous_instance(key, config):
 def test_defaults_reproduce_the_previous_instances_bit_for_bit(reward):
     config = b.InstanceConfig(n_contexts=5, n_actions=7, dim=3, kl_coef=0.3, coverage=-0.6, temperature=4.0,
                               reward=reward, hidden=6, skew_strength=0.7)
-    assert (config.feature_anisotropy, config.good_actions) == (1.0, 0)
+    assert (config.feature_anisotropy, config.good_actions, config.feature_alignment) == (1.0, 0, 0.0)
     for seed in (0, 3):
         got = b.make_instance(jax.random.key(seed), config)
         want = previous_instance(jax.random.key(seed), config)
@@ -111,9 +111,37 @@ def test_few_good_actions_formula():
     np.testing.assert_allclose(out, [[[1.0, 0.0], [-0.5, 0.5], [-0.2, -0.4]]], rtol=1e-15)
 
 
+@settings(max_examples=5, deadline=None)
+@given(seed=st.integers(0, 2**16), rho=st.floats(0.05, 0.95), reward_norm=st.floats(0.5, 4.0))
+def test_aligned_features_keep_the_order_and_put_cross_sign_margins_above_2_rho_B(seed, rho, reward_norm):
+    """``r' = (1 - rho) r + rho sign(r) B``; ``||phi'|| <= 1``; every pair across the sign of the reward has margin
+    ``>= 2 rho B``; theta* and pi0's inputs otherwise unchanged (no extra random draw)."""
+    base = b.InstanceConfig(n_contexts=5, n_actions=9, dim=4, reward_norm=reward_norm)
+    key = jax.random.key(seed)
+    before = b.make_instance(key, base)
+    inst = b.make_instance(key, b.InstanceConfig(n_contexts=5, n_actions=9, dim=4, reward_norm=reward_norm,
+                                                 feature_alignment=rho))
+    np.testing.assert_array_equal(inst.theta_star, before.theta_star)
+    r0, r = np.asarray(before.reward, float), np.asarray(inst.reward, float)
+    s = np.where(r0 >= 0, 1.0, -1.0)
+    np.testing.assert_allclose(r, (1 - rho) * r0 + rho * s * reward_norm, rtol=1e-12, atol=1e-12)
+    assert np.all(np.argsort(r, axis=-1, kind="stable") == np.argsort(r0, axis=-1, kind="stable"))
+    assert np.linalg.norm(inst.phi, axis=-1).max() <= 1.0 + 1e-12
+    cross = s[:, :, None] != s[:, None, :]
+    margins = np.abs(r[:, :, None] - r[:, None, :])[cross]
+    assert np.all(margins >= 2 * rho * reward_norm - 1e-12)
+
+
+def test_aligned_features_formula():
+    phi = jnp.array([[[1.0, 0.0], [0.0, 1.0], [-0.6, 0.8]]])
+    theta = jnp.array([2.0, 0.0])
+    np.testing.assert_allclose(aligned_features(phi, theta, 0.5), [[[1.0, 0.0], [0.5, 0.5], [-0.8, 0.4]]],
+                               rtol=1e-15)
+
+
 def test_regime_knobs_jit_and_vmap_equal_eager():
     config = b.InstanceConfig(n_contexts=3, n_actions=9, dim=4, coverage=-0.9, temperature=10.0,
-                              feature_anisotropy=20.0, good_actions=2)
+                              feature_anisotropy=20.0, good_actions=2, feature_alignment=0.5)
     keys = jax.random.split(jax.random.key(8), 2)
     batched = jax.vmap(lambda k: b.make_instance(k, config))(keys)
     jitted = jax.jit(lambda k, c: b.make_instance(k, config, coverage=c))
@@ -137,6 +165,10 @@ def test_regime_knobs_jit_and_vmap_equal_eager():
     (dict(good_actions=True), "good_actions=True is not allowed"),
     (dict(reward="neural", good_actions=2),
      "good_actions=2 is not allowed: good_actions must be 0 when reward='neural'"),
+    (dict(feature_alignment=1.0), r"feature_alignment=1.0 is not allowed: feature_alignment must be a number in \[0, 1\)"),
+    (dict(feature_alignment=-0.1), r"feature_alignment=-0.1 is not allowed: feature_alignment must be a finite number"),
+    (dict(reward="neural", feature_alignment=0.5),
+     "feature_alignment=0.5 is not allowed: feature_alignment must be 0 when reward='neural'"),
 ])
 def test_regime_knob_validation(fields, message):
     with pytest.raises(ValueError, match=message) as err:

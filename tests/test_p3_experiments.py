@@ -62,7 +62,7 @@ def test_omd_vs_mle_tiny(tmp_path):
 def test_omd_vs_mle_radius_modes_and_effective_kappa():
     """``radius_mode=theory`` leaves OMD's pessimistic output as it is (its H_t-norm radius has no kappa) and
     changes the MLE's (kappa times the radius); ``kappa_effective`` is ``1 / mean_{s <= t} sigma'(<theta*, z_s>)``
-    of the stream (NumPy)."""
+    of the stream and ``kappa_information`` the same mean weighted by ``||z_s||^2`` (NumPy)."""
     from scipy.special import expit
 
     grid = dict(reward_norms=(1.0, 3.0), rounds=24, checkpoints=(8, 24), heldout=16, timing_rounds=(8, 24))
@@ -84,6 +84,9 @@ def test_omd_vs_mle_radius_modes_and_effective_kappa():
             rows = (shared["seed"] == 1) & (shared["reward_norm"] == bnorm) & (shared["t"] == t)
             np.testing.assert_allclose(shared["kappa_effective"][rows], 1 / slope[:t].mean(), rtol=1e-10)
             assert np.all(shared["kappa_effective"][rows] <= shared["kappa"][rows])
+            w = (np.asarray(z[:t]) ** 2).sum(-1)
+            np.testing.assert_allclose(shared["kappa_information"][rows], w.sum() / (w * slope[:t]).sum(),
+                                       rtol=1e-10)
 
 
 def test_deployment_regret_calibrated_radius():

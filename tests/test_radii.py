@@ -44,7 +44,7 @@ def test_radius_formulas_against_numpy():
     assert "radius_mode" not in estimators.unread_options(("omd",))
 
 
-def test_effective_kappa_and_local_error_against_numpy():
+def test_effective_and_information_kappa_and_local_error_against_numpy():
     rng = np.random.default_rng(0)
     z = rng.standard_normal((40, 3))
     theta = rng.standard_normal(3) * 2.0
@@ -55,6 +55,16 @@ def test_effective_kappa_and_local_error_against_numpy():
     np.testing.assert_allclose(worst_k, 1 / slope[:25].min(), rtol=1e-12)
     np.testing.assert_allclose(jax.jit(radii.effective_kappa)(jnp.asarray(theta), jnp.asarray(z))[0],
                                1 / slope.mean(), rtol=1e-12)
+    w = (z ** 2).sum(-1)
+    np.testing.assert_allclose(jax.jit(radii.information_kappa)(jnp.asarray(theta), jnp.asarray(z), jnp.asarray(mask)),
+                               w[:25].sum() / (w[:25] * slope[:25]).sum(), rtol=1e-12)
+    # identical pairs (z = 0) do not count; with equal norms it is effective_kappa's mean
+    padded = np.concatenate([z, np.zeros((10, 3))])
+    np.testing.assert_allclose(radii.information_kappa(jnp.asarray(theta), jnp.asarray(padded)),
+                               w.sum() / (w * slope).sum(), rtol=1e-12)
+    unit = z / np.linalg.norm(z, axis=-1, keepdims=True)
+    np.testing.assert_allclose(radii.information_kappa(jnp.asarray(theta), jnp.asarray(unit)),
+                               radii.effective_kappa(jnp.asarray(theta), jnp.asarray(unit))[0], rtol=1e-12)
     a = z.T @ z + np.eye(3)
     err = rng.standard_normal(3)
     np.testing.assert_allclose(jax.jit(radii.local_error)(jnp.asarray(theta + err), jnp.asarray(np.linalg.inv(a)),

@@ -273,8 +273,8 @@ def test_a_chunk_over_the_memory_cap_runs_smaller_and_one_that_cannot_fit_is_ref
 def test_memory_refusal_through_the_cli_is_one_line(tmp_path, capsys):
     registry.register("toy", ToyExperiment(), replace=True)
     try:
-        assert cli.main(["run", "toy", "--seeds", "2", "--out", str(tmp_path), "--max-memory", "1e-9"]) \
-            == cli.EXIT_MEMORY
+        assert cli.main(["run", "toy", "--seeds", "2", "--out", str(tmp_path), "--max-memory", "4e-7"]) \
+            == cli.EXIT_MEMORY    # 400 bytes: above the toy instance's 384-byte floor
     finally:
         registry.unregister("toy")
     err = capsys.readouterr().err
@@ -282,6 +282,27 @@ def test_memory_refusal_through_the_cli_is_one_line(tmp_path, capsys):
     assert last.startswith("rlhf-bandits run: error: call0: one chunk of 1 seed(s) needs") and "GB" in last
     assert "Traceback" not in err
     assert not (tmp_path / "toy" / "results.csv").exists()
+
+
+def test_an_instance_no_device_can_hold_is_refused_before_compiling(tmp_path, capsys, monkeypatch):
+    """100000 x 100000 actions (issue 14 case 5): refused from the config alone, naming the fields; the floor
+    is (d + 2) n_x K numbers (features, reward, log pi0)."""
+    from experiments.engine import runner
+    config = registry.get("offline-rate").presets["quick"]
+    from experiments.engine.config import apply_overrides
+    big = apply_overrides(config, ["n_actions=100000", "n_contexts=100000"])
+    assert runner.instance_floor(big, 8)[0] == (big.instance.dim + 2) * 10 ** 10 * 8
+    assert runner.instance_floor(object(), 8) is None
+    compiled = []
+    monkeypatch.setattr(runner, "_run_vectorized", lambda *a, **k: compiled.append(1))
+    code = cli.main(["run", "offline-rate", "--preset", "quick", "--out", str(tmp_path),
+                     "--set", "n_actions=100000", "n_contexts=100000"])
+    assert code == cli.EXIT_MEMORY and not compiled
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("rlhf-bandits run: error: one seed's instance tables alone (n_contexts x n_actions x "
+                           "(dim + 2) = 100000 x 100000 x 10 numbers of 8 bytes) need 800 GB"), last
+    assert "Traceback" not in err and not (tmp_path / "offline-rate" / "results.csv").exists()
 
 
 def test_the_compilation_cache_is_per_user_by_default_and_can_be_turned_off(tmp_path, monkeypatch):

@@ -19,8 +19,8 @@ Every estimator's bonus is ``beta_t ||v||_{A_t^{-1}}`` with ``A_t`` its design (
   at every checkpoint with frequency about 0.95, so the radii compare the estimators at equal coverage [D].
 
 ``effective_kappa`` reports the kappa the data actually see, ``1 / mean_i sigma'(<theta*, z_i>)`` and
-``1 / min_i sigma'(<theta*, z_i>)``, beside ``nominal_kappa`` (docs/theory.md §4.1: ``kappa = max 1/sigma'``
-over the whole parameter set).
+``1 / min_i sigma'(<theta*, z_i>)``, and ``information_kappa`` the trace ratio of design and Fisher information,
+beside ``nominal_kappa`` (docs/theory.md §4.1: ``kappa = max 1/sigma'`` over the whole parameter set).
 """
 from __future__ import annotations
 
@@ -51,6 +51,20 @@ def effective_kappa(theta_star: jax.Array, z: jax.Array, mask: jax.Array | None 
     count = jnp.maximum(jnp.sum(mask), 1)
     mean = jnp.sum(jnp.where(mask, slope, 0.0)) / count
     return 1.0 / mean, 1.0 / jnp.min(jnp.where(mask, slope, jnp.inf))
+
+
+def information_kappa(theta_star: jax.Array, z: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+    """``sum_i ||z_i||^2 / sum_i sigma'(<theta*, z_i>) ||z_i||^2 = tr(V) / tr(H)`` over the valid rows of ``z``.
+
+    The ratio of the traces of the design ``V = sum z z^T`` and the Fisher information ``H = sum sigma' z z^T``
+    at ``theta*``: ``effective_kappa``'s mean weighted by ``||z_i||^2``, so that a comparison that carries no
+    information (``z = 0``, an action against itself) does not count as a well-conditioned one. It equals
+    ``effective_kappa``'s first value when every ``||z_i||`` is the same."""
+    u = z @ theta_star
+    slope = jax.nn.sigmoid(u) * jax.nn.sigmoid(-u)
+    weight = jnp.sum(z * z, axis=-1)
+    weight = weight if mask is None else jnp.where(mask, weight, 0.0)
+    return jnp.sum(weight) / jnp.maximum(jnp.sum(weight * slope), jnp.finfo(slope.dtype).tiny)
 
 
 def estimator_radius(options: OnePassOptions, name: str, dim: int, t, reward_norm=None, multiplier=None) -> jax.Array:

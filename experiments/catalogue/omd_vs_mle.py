@@ -25,7 +25,10 @@ warm-started, each round). At each checkpoint ``t``:
   (dispatch floor) is in the summary (``dispatch_seconds``).
 ``regret_avg`` / ``regret_weak`` do not apply here: NaN. ``kappa`` is the nominal ``1 / sigma'(2B)``;
 ``kappa_effective`` the kappa the data see, ``1 / mean_{s <= t} sigma'(<theta*, z_s>)`` over the stream so far
-(``algorithms.onepass.radii.effective_kappa``; the summary adds ``1 / min_s sigma'`` over the whole stream).
+(``algorithms.onepass.radii.effective_kappa``; the summary adds ``1 / min_s sigma'`` over the whole stream);
+``kappa_information`` the same mean weighted by ``||z_s||^2``, ``tr(V_t) / tr(H_t)`` at ``theta*``
+(``radii.information_kappa``: identical pairs, ``z = 0``, do not count). ``--set feature_alignment=RHO`` aligns
+the features with ``theta*`` (``bandits.instance.aligned_features``): margins near ``+-2 rho B``, high kappa.
 
 The pessimistic output's radius is each estimator's under ``radius_mode`` (``algorithms.onepass.radii``):
 ``shared`` (default, the ``beta_t`` above for every estimator), ``theory`` (OMD's ``H_t``-norm radius without
@@ -167,6 +170,8 @@ def simulate(key, reward_norm, multipliers, config: Config):
     out = {m: metrics[m].T for m in METRICS}
     kappa_t = jax.vmap(lambda t: radii.effective_kappa(inst.theta_star, z, jnp.arange(config.rounds) < t)[0])(ck)
     out["kappa_effective"] = jnp.broadcast_to(kappa_t[:, None], (len(config.checkpoints), len(config.algorithms)))
+    kappa_i = jax.vmap(lambda t: radii.information_kappa(inst.theta_star, z, jnp.arange(config.rounds) < t))(ck)
+    out["kappa_information"] = jnp.broadcast_to(kappa_i[:, None], (len(config.checkpoints), len(config.algorithms)))
     return out, radii.effective_kappa(inst.theta_star, z)[1], timing
 
 
@@ -234,7 +239,8 @@ def run(config: Config, seeds: int, progress) -> Results:
             table = {"algorithm": np.full(n, alg), "seed": np.repeat(np.arange(seeds), len(ck)),
                      "t": np.tile(np.asarray(ck), seeds), "reward_norm": np.full(n, bnorm),
                      "kappa": np.full(n, evaluation.kappa(bnorm)),
-                     "kappa_effective": out["kappa_effective"][:, ib, :, ia].reshape(-1)}
+                     "kappa_effective": out["kappa_effective"][:, ib, :, ia].reshape(-1),
+                     "kappa_information": out["kappa_information"][:, ib, :, ia].reshape(-1)}
             for m in METRICS:
                 table[m] = out[m][:, ib, :, ia].reshape(-1)
             table["regret_avg"] = p3.nan_column(n)
@@ -256,6 +262,7 @@ def run(config: Config, seeds: int, progress) -> Results:
                 summary[f"{prefix}/radius_multiplier"] = float(mult[ib, ia])
         summary[f"B={bnorm:g}/kappa_nominal"] = evaluation.kappa(bnorm)
         summary[f"B={bnorm:g}/kappa_effective_t_max"] = float(out["kappa_effective"][:, ib, -1, 0].mean())
+        summary[f"B={bnorm:g}/kappa_information_t_max"] = float(out["kappa_information"][:, ib, -1, 0].mean())
         summary[f"B={bnorm:g}/kappa_effective_worst"] = float(np.asarray(worst_kappa)[:, ib].mean())
     return Results(concat_tables(tables), summary)
 

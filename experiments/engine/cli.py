@@ -122,7 +122,7 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
     from experiments.engine import registry, seed_range as ranges, storage
     from experiments.engine.config import apply_overrides, config_hash, config_to_dict
     from experiments.engine.results import as_results
-    from experiments.engine.runner import Progress
+    from experiments.engine.runner import Progress, check_instance_floor
 
     plugins = load_plugins(plugins)
     experiment = registry.get(name)
@@ -160,6 +160,7 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
         chunks = run_dir / storage.CHUNKS
         store = storage.ChunkStore(chunks / digest)
         progress = Progress(name, stream, store, chunk_size, max_memory, quiet)
+        check_instance_floor(config, jnp.dtype(dtype).itemsize, progress)
         hook = None
         if seed_range is not None:
             shutil.rmtree(run_dir / ranges.OUTPUTS, ignore_errors=True)   # rewritten by this run

@@ -58,6 +58,30 @@ class MemoryLimitError(MemoryError):
     """A compiled chunk needs more memory than the devices have free, even at one seed per device."""
 
 
+def instance_floor(config: Any, itemsize: int) -> tuple[int, str] | None:
+    """``(bytes, what)``: the least one seed of ``config`` holds, its instance's tables ``phi [n_x, K, d]``, the
+    reward and ``log pi0 [n_x, K]`` (``(d + 2) n_x K`` numbers); ``None`` without an ``instance`` field.
+
+    Checked before compiling (``check_instance_floor``), so that a size no device can hold is refused at once,
+    with the fields that drive it, instead of after compiling (XLA's estimate, ``_run_vectorized``)."""
+    inst = getattr(config, "instance", None)
+    sizes = [getattr(inst, f, None) for f in ("n_contexts", "n_actions", "dim")]
+    if not all(isinstance(n, int) for n in sizes):
+        return None
+    n_x, k, d = sizes
+    what = f"n_contexts x n_actions x (dim + 2) = {n_x} x {k} x {d + 2}"
+    return (d + 2) * n_x * k * itemsize, what
+
+
+def check_instance_floor(config: Any, itemsize: int, progress: "Progress") -> None:
+    """``MemoryLimitError`` naming the fields when ``instance_floor`` exceeds the memory budget of one device."""
+    floor = instance_floor(config, itemsize)
+    budget = progress.memory_budget(jax.devices()[:1])
+    if floor is not None and budget is not None and floor[0] > budget:
+        raise MemoryLimitError(f"one seed's instance tables alone ({floor[1]} numbers of {itemsize} bytes) need "
+                               f"{floor[0] / 1e9:.3g} GB, but {budget / 1e9:.3g} GB are free")
+
+
 def available_memory(devices: list) -> int | None:
     """Bytes free for one program on ``devices``: the smallest free device memory for accelerators
     (``memory_stats``), the host's ``MemAvailable`` (and its cgroup limit) for CPU devices; ``None`` when
