@@ -141,9 +141,17 @@ CASES = [
      "exit 2, one line naming the field and the allowed range",
      "test_reliability.py::test_bad_input_gives_one_line_and_a_distinct_exit_code"),
     ("n_actions=100000 n_contexts=100000, 4000x4000, 2500x2500 in 6 GB (RESOURCE_EXHAUSTED, OOM kill)",
-     "XLA's memory estimate checked after compiling: smaller chunks, or exit 6 with the size of one chunk",
-     "test_reliability.py::test_a_chunk_over_the_memory_cap_runs_smaller_and_one_that_cannot_fit_is_refused, "
+     "rerun at e79ebfc (offline-rate quick, 20 GB free): 100000x100000 exit 6 in 9 s before compiling, one line "
+     "naming n_contexts x n_actions x (dim + 2) and 800 GB (it had first exposed an int32 overflow in the CDF "
+     "search, fixed); 4000x4000: XLA's estimate 76.8 GB for 12 seeds, halved to 3 seeds per chunk (19 GB), "
+     "compiled (418 s beside other jobs) and started; stopped by hand there",
+     "test_reliability.py::test_an_instance_no_device_can_hold_is_refused_before_compiling, "
+     "::test_a_chunk_over_the_memory_cap_runs_smaller_and_one_that_cannot_fit_is_refused, "
      "::test_memory_refusal_through_the_cli_is_one_line"),
+    ("a summary statistic that cannot be computed lost results.csv (nash-offline kl_coef=1e-6)",
+     "results.csv, manifest and figures are written first; the summary is computed after, and a failure is exit 7, "
+     "one line, the reason in the manifest's summary_error",
+     "test_reliability.py::test_a_summary_that_fails_never_loses_the_results"),
     ("a truncated chunk_2.npz raised BadZipFile on every rerun",
      "the chunk is named, recomputed, and the results equal a fresh run's",
      "test_reliability.py::test_an_unreadable_chunk_is_named_and_recomputed"),

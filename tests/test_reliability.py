@@ -5,6 +5,7 @@ The table of the reported cases and where each is covered lives in ``tests/test_
 from __future__ import annotations
 
 import functools
+import json
 import os
 import stat
 import textwrap
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from experiments.engine import cli, registry, runner, storage
+from experiments.engine.results import Results
 from experiments.engine.runner import Progress, run_vectorized, seed_keys
 from tests.test_engine import ToyExperiment
 
@@ -282,6 +284,42 @@ def test_memory_refusal_through_the_cli_is_one_line(tmp_path, capsys):
     assert last.startswith("rlhf-bandits run: error: call0: one chunk of 1 seed(s) needs") and "GB" in last
     assert "Traceback" not in err
     assert not (tmp_path / "toy" / "results.csv").exists()
+
+
+def test_a_summary_that_fails_never_loses_the_results(tmp_path, capsys):
+    """Issue 14: the table, manifest and figures are written before the summary is computed; a summary that
+    raises leaves an empty summary, its reason in the manifest's ``summary_error``, exit 7 and one line."""
+    class BrokenSummary(ToyExperiment):
+        def run(self, config, seeds, progress):
+            table = ToyExperiment.run(self, config, seeds, progress).table
+
+            def summarize():
+                raise FloatingPointError("a statistic of the toy cannot be computed")
+            return Results(table, summarize)
+
+    registry.register("toy", BrokenSummary(), replace=True)
+    try:
+        code = cli.main(["run", "toy", "--seeds", "2", "--out", str(tmp_path)])
+    finally:
+        registry.unregister("toy")
+    assert code == cli.EXIT_SUMMARY == 7
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("rlhf-bandits run: error: ")
+    assert "summary could not be computed (FloatingPointError: a statistic of the toy" in last
+    run = tmp_path / "toy"
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["summary"] == {} and manifest["summary_error"].startswith("FloatingPointError: a statistic")
+    assert (run / "results.csv").exists() and manifest["results"]["rows"] == 2 * len(ToyExperiment.presets["quick"].sizes)
+    assert manifest["figures"]
+    # a lazy summary is computed once; an eager one is checked at once, as before
+    calls = []
+    lazy = Results({"a": np.zeros(2)}, lambda: calls.append(1) or {"m": np.float64(1.5)})
+    assert calls == [] and lazy.summary == {"m": 1.5} and lazy.summary == {"m": 1.5} and calls == [1]
+    with pytest.raises(ValueError, match="must be a scalar"):
+        Results({"a": np.zeros(2)}, {"m": np.zeros(2)})
+    assert Results({"a": np.zeros(2)}, lambda: {"m": np.zeros(2)}).safe_summary()[1].startswith("ValueError")
 
 
 def test_an_instance_no_device_can_hold_is_refused_before_compiling(tmp_path, capsys, monkeypatch):

@@ -303,8 +303,7 @@ def run(config: Config, seeds: int, progress) -> Results:
     secs = timing_pass(config, jax.tree.map(lambda a: a[0], timings))
     progress.message("timing done")
     ck = np.asarray(config.checkpoints)
-    tables, summary = [], {"dispatch_seconds": p3.dispatch_seconds(config.instance.dim)}
-    timed = np.asarray(config.timed, float)
+    tables = []
     for ia, (selection, est_name) in enumerate(config.names):
         name = f"{selection}-{est_name}"
         n = seeds * len(ck)
@@ -321,21 +320,29 @@ def run(config: Config, seeds: int, progress) -> Results:
             sec[(table["seed"] == 0) & (table["t"] == t)] = secs[it, ia]
         table["seconds"] = sec
         tables.append(table)
-        grid = np.concatenate([[1.0], timed, [float(config.budget)]])
-        vals = np.concatenate([[secs[0, ia]], secs[:, ia], [secs[-1, ia]]])
-        summary[f"{name}/total_seconds"] = float(np.trapezoid(vals, grid))
-        summary[f"{name}/heldout_accuracy_budget"] = float(out["heldout_accuracy"][:, -1, ia].mean())
-        summary[f"{name}/heldout_accuracy_budget_sem"] = float(out["heldout_accuracy"][:, -1, ia].std(ddof=1)
-                                                               / np.sqrt(seeds)) if seeds > 1 else float("nan")
-        summary[f"{name}/estimation_error_budget"] = float(out["estimation_error"][:, -1, ia].mean())
-        summary[f"{name}/subopt_pess_budget"] = float(out["subopt_pess"][:, -1, ia].mean())
-        summary[f"{name}/excess_logloss_budget"] = float(out["excess_logloss"][:, -1, ia].mean())
-        summary[f"{name}/grad_evals_budget"] = float(out["grad_evals"][:, -1, ia].mean())
-    summary["bayes_accuracy"] = float(out["bayes_accuracy"][:, -1, 0].mean())
-    summary["heldout_bayes_accuracy"] = float(np.mean(out["heldout_bayes_accuracy"]))
-    summary["sigma_condition"] = float(np.mean(out["sigma_condition"]))
-    summary.update(paired_differences(out, config))
-    return Results(concat_tables(tables), summary)
+
+    def summarize():
+        summary = {"dispatch_seconds": p3.dispatch_seconds(config.instance.dim)}
+        timed = np.asarray(config.timed, float)
+        for ia, (selection, est_name) in enumerate(config.names):
+            name = f"{selection}-{est_name}"
+            grid = np.concatenate([[1.0], timed, [float(config.budget)]])
+            vals = np.concatenate([[secs[0, ia]], secs[:, ia], [secs[-1, ia]]])
+            summary[f"{name}/total_seconds"] = float(np.trapezoid(vals, grid))
+            final = {m: out[m][:, -1, ia] for m in ("heldout_accuracy", "estimation_error", "subopt_pess",
+                                                     "excess_logloss", "grad_evals")}
+            summary[f"{name}/heldout_accuracy_budget"] = float(final["heldout_accuracy"].mean())
+            summary[f"{name}/heldout_accuracy_budget_sem"] = float(final["heldout_accuracy"].std(ddof=1)
+                                                                   / np.sqrt(seeds)) if seeds > 1 else float("nan")
+            for m in ("estimation_error", "subopt_pess", "excess_logloss", "grad_evals"):
+                summary[f"{name}/{m}_budget"] = float(final[m].mean())
+        summary["bayes_accuracy"] = float(out["bayes_accuracy"][:, -1, 0].mean())
+        summary["heldout_bayes_accuracy"] = float(np.mean(out["heldout_bayes_accuracy"]))
+        summary["sigma_condition"] = float(np.mean(out["sigma_condition"]))
+        summary.update(paired_differences(out, config))
+        return summary
+
+    return Results(concat_tables(tables), summarize)
 
 
 def paired_differences(out, config: Config) -> dict:

@@ -81,28 +81,32 @@ def run(config: Config, seeds: int, progress) -> Results:
         tables += online_common.run_algorithms(config, config.algorithm_names, keys, progress,
                                                 iterations=config.total_queries // m, batch_size=m, tag=f"m{m}/")
     table = concat_tables(tables)
-    summary = {}
-    for setting in config.settings:
-        for alg in config.algorithm_names:
-            finals = []
-            for m in config.batch_sizes:
-                sel = (table["setting"] == setting) & (table["algorithm"] == alg) & (table["batch_size"] == m)
-                last = sel & (table["queries"] == table["queries"][sel].max())
-                y = table["subopt"][last]
-                finals.append(float(y.mean()))
-                summary[f"{setting}/{alg}/m{m}/final_subopt"] = finals[-1]
-                summary[f"{setting}/{alg}/m{m}/final_subopt_ci95"] = float(stats.t_interval(y)[1])
+
+    def summarize():
+        summary = {}
+        for setting in config.settings:
+            for alg in config.algorithm_names:
+                finals = []
+                for m in config.batch_sizes:
+                    sel = (table["setting"] == setting) & (table["algorithm"] == alg) & (table["batch_size"] == m)
+                    last = sel & (table["queries"] == table["queries"][sel].max())
+                    y = table["subopt"][last]
+                    finals.append(float(y.mean()))
+                    summary[f"{setting}/{alg}/m{m}/final_subopt"] = finals[-1]
+                    summary[f"{setting}/{alg}/m{m}/final_subopt_ci95"] = float(stats.t_interval(y)[1])
+                    part = {k: c[sel] for k, c in table.items()}
+                    summary.update({key.replace(f"{setting}/{alg}/", f"{setting}/{alg}/m{m}/"): value for key, value
+                                    in online_common.metrics_summary(part, setting).items()})
+                    summary.update(online_common.bound_summary(part, f"{setting}/{alg}/m{m}",
+                                                               config.exact_confidence_set))
+                summary[f"{setting}/{alg}/max_over_min_final_subopt"] = max(finals) / min(finals)
+                sel = (table["setting"] == setting) & (table["algorithm"] == alg)
                 part = {k: c[sel] for k, c in table.items()}
-                summary.update({key.replace(f"{setting}/{alg}/", f"{setting}/{alg}/m{m}/"): value for key, value
-                                in online_common.metrics_summary(part, setting).items()})
-                summary.update(online_common.bound_summary(part, f"{setting}/{alg}/m{m}",
-                                                           config.exact_confidence_set))
-            summary[f"{setting}/{alg}/max_over_min_final_subopt"] = max(finals) / min(finals)
-            sel = (table["setting"] == setting) & (table["algorithm"] == alg)
-            part = {k: c[sel] for k, c in table.items()}
-            part["m"] = np.array([f"m{m}" for m in part["batch_size"]])
-            summary.update(online_common.paired_final(part, "m", f"m{min(config.batch_sizes)}", f"{setting}/{alg}"))
-    return Results(table, summary)
+                part["m"] = np.array([f"m{m}" for m in part["batch_size"]])
+                summary.update(online_common.paired_final(part, "m", f"m{min(config.batch_sizes)}", f"{setting}/{alg}"))
+        return summary
+
+    return Results(table, summarize)
 
 
 ROWS = ("subopt", "query_regret_kl", "weak_regret", None)

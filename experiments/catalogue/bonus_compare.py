@@ -125,25 +125,29 @@ def format_ranking(rows: list[dict], metric: str, baseline: str | None) -> str:
 def run(config: Config, seeds: int, progress) -> Results:
     keys = seed_keys(config.seed, seeds)
     table = concat_tables(online_common.run_algorithms(config, config.algorithm_names, keys, progress))
-    summary = {"rank_by": config.rank_by}
-    for setting in config.settings:
-        part = {k: c[table["setting"] == setting] for k, c in table.items()}
-        rows = ranking(part, config.rank_by, config.baseline)
-        progress.message(f"{setting}: ranked by final {config.rank_by} after "
-                         f"{config.online.iterations * config.online.batch_size} queries, {seeds} seeds\n"
-                         + format_ranking(rows, config.rank_by, config.baseline))
-        for rank, r in enumerate(rows, 1):
-            for key, value in r.items():
-                if key != "algorithm":
-                    summary[f"{setting}/{r['algorithm']}/{key}"] = value
-            summary[f"{setting}/{r['algorithm']}/rank"] = rank
-        for alg, (mean, half) in online_common.final_summary(part).items():
-            summary[f"{setting}/{alg}/final_subopt"] = mean
-            summary[f"{setting}/{alg}/final_subopt_ci95"] = half
-        summary.update(online_common.metrics_summary(part, setting))
-        summary.update(online_common.bound_summary(part, setting, config.exact_confidence_set))
-        summary.update(online_common.paired_final(part, "algorithm", config.baseline, setting))
-    return Results(table, summary)
+
+    def summarize():
+        summary = {"rank_by": config.rank_by}
+        for setting in config.settings:
+            part = {k: c[table["setting"] == setting] for k, c in table.items()}
+            rows = ranking(part, config.rank_by, config.baseline)
+            progress.message(f"{setting}: ranked by final {config.rank_by} after "
+                             f"{config.online.iterations * config.online.batch_size} queries, {seeds} seeds\n"
+                             + format_ranking(rows, config.rank_by, config.baseline))
+            for rank, r in enumerate(rows, 1):
+                for key, value in r.items():
+                    if key != "algorithm":
+                        summary[f"{setting}/{r['algorithm']}/{key}"] = value
+                summary[f"{setting}/{r['algorithm']}/rank"] = rank
+            for alg, (mean, half) in online_common.final_summary(part).items():
+                summary[f"{setting}/{alg}/final_subopt"] = mean
+                summary[f"{setting}/{alg}/final_subopt_ci95"] = half
+            summary.update(online_common.metrics_summary(part, setting))
+            summary.update(online_common.bound_summary(part, setting, config.exact_confidence_set))
+            summary.update(online_common.paired_final(part, "algorithm", config.baseline, setting))
+        return summary
+
+    return Results(table, summarize)
 
 
 def plot(table, config: Config, out_dir: Path) -> list[Path]:

@@ -280,7 +280,7 @@ def run(config: Config, seeds: int, progress) -> Results:
     secs = timing_pass(config, first(timings), first(played), contexts[0], mult)
     progress.message("timing done")
     ck = np.asarray(config.checkpoints)
-    tables, summary = [], {"dispatch_seconds": p3.dispatch_seconds(config.instance.dim)}
+    tables = []
     for ia, name in enumerate(config.algorithms):
         n = seeds * len(ck)
         table = {"algorithm": np.full(n, name), "seed": np.repeat(np.arange(seeds), len(ck)), "t": np.tile(ck, seeds),
@@ -294,16 +294,22 @@ def run(config: Config, seeds: int, progress) -> Results:
             sec[(table["seed"] == 0) & (table["t"] == t)] = secs[it, ia]
         table["seconds"] = sec
         tables.append(table)
-        summary[f"{name}/regret_avg_T"] = float(out[:, -1, 0, ia].mean())
-        if config.objective != "kl":
-            summary[f"{name}/regret_weak_T"] = float(out[:, -1, 1, ia].mean())
-        summary[f"{name}/seconds_t_max"] = float(secs[-1, ia])
-        summary[f"{name}/kappa_effective_T"] = float(out[:, -1, 3, ia].mean())
-    summary["kappa_nominal"] = evaluation.kappa(config.reward_norm)
-    if calibrated:
-        for est_name, m in zip(config.estimator_names, mult):
-            summary[f"{est_name}/radius_multiplier"] = float(m)
-    return Results(concat_tables(tables), summary)
+
+    def summarize():
+        summary = {"dispatch_seconds": p3.dispatch_seconds(config.instance.dim)}
+        for ia, name in enumerate(config.algorithms):
+            summary[f"{name}/regret_avg_T"] = float(out[:, -1, 0, ia].mean())
+            if config.objective != "kl":
+                summary[f"{name}/regret_weak_T"] = float(out[:, -1, 1, ia].mean())
+            summary[f"{name}/seconds_t_max"] = float(secs[-1, ia])
+            summary[f"{name}/kappa_effective_T"] = float(out[:, -1, 3, ia].mean())
+        summary["kappa_nominal"] = evaluation.kappa(config.reward_norm)
+        if calibrated:
+            for est_name, m in zip(config.estimator_names, mult):
+                summary[f"{est_name}/radius_multiplier"] = float(m)
+        return summary
+
+    return Results(concat_tables(tables), summarize)
 
 
 def plot(table, config: Config, out_dir: Path) -> list[Path]:

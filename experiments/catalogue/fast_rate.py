@@ -333,46 +333,48 @@ def _table(subopt, panel, algorithms, seeds, sizes, kl_coef, gap=None):
 
 def run(config: Config, seeds: int, progress) -> Results:
     keys = seed_keys(config.seed, seeds)
-    tables, summary = [], {}
+    tables, outs = [], {}
     chunk = config.chunk_size
     if "canonical" in config.panels:
-        out = run_vectorized(functools.partial(canonical_seed, config=config), keys, chunk_size=chunk,
-                             progress=progress, tag="canonical")
-        algs = ("gibbs", "greedy")
-        tables.append(_table(out["subopt"], "canonical", algs, seeds, config.sample_sizes, config.instance.kl_coef))
-        for i, alg in enumerate(algs):
-            y = out["subopt"][:, :, i]
-            _slope_summary(summary, f"canonical/{alg}", safe_slope(config.sample_sizes, y))
-            summary[f"canonical/{alg}/subopt_n_max"] = float(y[:, -1].mean())
+        out = outs["canonical"] = run_vectorized(functools.partial(canonical_seed, config=config), keys,
+                                                 chunk_size=chunk, progress=progress, tag="canonical")
+        tables.append(_table(out["subopt"], "canonical", ("gibbs", "greedy"), seeds, config.sample_sizes,
+                             config.instance.kl_coef))
     if "margin" in config.panels:
-        gaps = config.gaps
-        out = run_vectorized(functools.partial(margin_seed, config=config), keys, gaps,
-                             np.float64(config.margin_kl_coef), chunk_size=chunk, progress=progress,
-                             tag="margin")
-        algs = ("gibbs", "greedy")
-        tables.append(_table(out["subopt"], "margin", algs, seeds, config.margin_sample_sizes,
-                             config.margin_kl_coef, gap=gaps))
-        for i, alg in enumerate(algs):
-            y = np.moveaxis(out["subopt"][..., i], 2, 1)   # [seeds, gaps, n]
-            _slope_summary(summary, f"margin/{alg}/worst_case",
-                           envelope_slope(config.margin_sample_sizes, y))
-            worst = y.mean(0).argmax(0)
-            summary[f"margin/{alg}/worst_gap_n_min"] = float(gaps[worst[0]])
-            summary[f"margin/{alg}/worst_gap_n_max"] = float(gaps[worst[-1]])
+        out = outs["margin"] = run_vectorized(functools.partial(margin_seed, config=config), keys, config.gaps,
+                                              np.float64(config.margin_kl_coef), chunk_size=chunk, progress=progress,
+                                              tag="margin")
+        tables.append(_table(out["subopt"], "margin", ("gibbs", "greedy"), seeds, config.margin_sample_sizes,
+                             config.margin_kl_coef, gap=config.gaps))
     if "tmps" in config.panels:
-        out = run_vectorized(functools.partial(tmps_seed, config=config), keys,
-                             np.float64(config.tmps_coverage), np.float64(config.tmps_temperature),
-                             np.float64(config.tmps_kl_coef), chunk_size=chunk, progress=progress,
-                             tag="tmps")
-        algs = ("pi0", "tmps")
-        tables.append(_table(out["subopt"], "tmps", algs, seeds, config.sample_sizes, config.tmps_kl_coef))
-        for i, alg in enumerate(algs):
-            y = out["subopt"][:, :, i]
-            _slope_summary(summary, f"tmps/{alg}", safe_slope(config.sample_sizes, y))
-            summary[f"tmps/{alg}/subopt_n_max"] = float(y[:, -1].mean())
-        ratio = out["subopt"][:, -1, 1].mean() / out["subopt"][:, -1, 0].mean()
-        summary["tmps/subopt_ratio_tmps_over_pi0_n_max"] = float(ratio)
-    return Results(concat_tables(tables), summary)
+        out = outs["tmps"] = run_vectorized(functools.partial(tmps_seed, config=config), keys,
+                                            np.float64(config.tmps_coverage), np.float64(config.tmps_temperature),
+                                            np.float64(config.tmps_kl_coef), chunk_size=chunk, progress=progress,
+                                            tag="tmps")
+        tables.append(_table(out["subopt"], "tmps", ("pi0", "tmps"), seeds, config.sample_sizes,
+                             config.tmps_kl_coef))
+
+    def summarize():
+        summary = {}
+        for panel in (p for p in ("canonical", "margin", "tmps") if p in outs):
+            subopt = outs[panel]["subopt"]
+            for i, alg in enumerate(("pi0", "tmps") if panel == "tmps" else ("gibbs", "greedy")):
+                if panel == "margin":
+                    y = np.moveaxis(subopt[..., i], 2, 1)   # [seeds, gaps, n]
+                    _slope_summary(summary, f"margin/{alg}/worst_case", envelope_slope(config.margin_sample_sizes, y))
+                    worst = y.mean(0).argmax(0)
+                    summary[f"margin/{alg}/worst_gap_n_min"] = float(config.gaps[worst[0]])
+                    summary[f"margin/{alg}/worst_gap_n_max"] = float(config.gaps[worst[-1]])
+                else:
+                    y = subopt[:, :, i]
+                    _slope_summary(summary, f"{panel}/{alg}", safe_slope(config.sample_sizes, y))
+                    summary[f"{panel}/{alg}/subopt_n_max"] = float(y[:, -1].mean())
+            if panel == "tmps":
+                summary["tmps/subopt_ratio_tmps_over_pi0_n_max"] = float(subopt[:, -1, 1].mean()
+                                                                         / subopt[:, -1, 0].mean())
+        return summary
+
+    return Results(concat_tables(tables), summarize)
 
 
 def _reference(ax, x, y0, power, label):

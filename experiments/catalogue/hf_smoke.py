@@ -125,7 +125,7 @@ def run(config: Config, seeds: int, progress) -> Results:
                                               options=config.options, prompts=config.prompts,
                                               reward_config=config.reward)
     table = concat_tables([result_table(res, config.options.kl_coef, s) for s, res in enumerate(results)])
-    return Results(table, summarize(results, config, reference, reward))
+    return Results(table, lambda: summarize(results, config, reference, reward))
 
 
 def summarize(results, config: Config, reference, reward) -> dict:

@@ -108,26 +108,30 @@ def run(config: Config, seeds: int, progress) -> Results:
             table["comparisons"] = table["offline_size"] + table["queries"]
             tables.append(table)
     table = concat_tables(tables)
-    summary = {}
-    for setting in config.settings:
-        part = {k: c[table["setting"] == setting] for k, c in table.items()}
-        summary.update(online_common.paired_final(part, "mode", "hybrid", setting, PAIRED))
-        for mode in MODES:
-            sel = (table["setting"] == setting) & (table["mode"] == mode)
-            last = sel & (table["comparisons"] == table["comparisons"][sel].max())
-            summary[f"{setting}/{mode}/final_subopt"] = float(table["subopt"][last].mean())
-            summary[f"{setting}/{mode}/final_subopt_kl"] = float(table["subopt_kl"][last].mean())
-            summary[f"{setting}/{mode}/final_confidence_width"] = float(table["confidence_width"][last].mean())
-            for metric in online_common.REGRETS + ("log_det_gram", "log_det_fisher"):
-                value = float(np.mean(table[metric][last]))
-                if np.isfinite(value):
-                    summary[f"{setting}/{mode}/final_{metric}"] = value
-            summary.update(online_common.bound_summary({k: c[sel] for k, c in table.items()},
-                                                       f"{setting}/{mode}", config.exact_confidence_set))
-            used = sel & (table["iteration"] < table["iteration"][sel].max())
-            if np.any(used):   # the offline mode queries nothing
-                summary[f"{setting}/{mode}/identical_pairs"] = float(np.mean(table["identical_pairs"][used]))
-    return Results(table, summary)
+
+    def summarize():
+        summary = {}
+        for setting in config.settings:
+            part = {k: c[table["setting"] == setting] for k, c in table.items()}
+            summary.update(online_common.paired_final(part, "mode", "hybrid", setting, PAIRED))
+            for mode in MODES:
+                sel = (table["setting"] == setting) & (table["mode"] == mode)
+                last = sel & (table["comparisons"] == table["comparisons"][sel].max())
+                summary[f"{setting}/{mode}/final_subopt"] = float(table["subopt"][last].mean())
+                summary[f"{setting}/{mode}/final_subopt_kl"] = float(table["subopt_kl"][last].mean())
+                summary[f"{setting}/{mode}/final_confidence_width"] = float(table["confidence_width"][last].mean())
+                for metric in online_common.REGRETS + ("log_det_gram", "log_det_fisher"):
+                    value = float(np.mean(table[metric][last]))
+                    if np.isfinite(value):
+                        summary[f"{setting}/{mode}/final_{metric}"] = value
+                summary.update(online_common.bound_summary({k: c[sel] for k, c in table.items()},
+                                                           f"{setting}/{mode}", config.exact_confidence_set))
+                used = sel & (table["iteration"] < table["iteration"][sel].max())
+                if np.any(used):   # the offline mode queries nothing
+                    summary[f"{setting}/{mode}/identical_pairs"] = float(np.mean(table["identical_pairs"][used]))
+        return summary
+
+    return Results(table, summarize)
 
 
 def plot(table, config: Config, out_dir: Path) -> list[Path]:

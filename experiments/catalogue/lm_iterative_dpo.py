@@ -206,20 +206,20 @@ def run(config: Config, seeds: int, progress) -> Results:
                          selectors, restarts, progress=progress, tag="lm_iterative_dpo")
     table = tidy({m: np.asarray(out[m]) for m in METRICS + CONSTANTS}, seed=np.arange(seeds),
                  algorithm=np.asarray(config.variants), iteration=np.arange(config.loop.n_iterations + 1))
-    return Results(table, summarize(table, config))
+    return Results(table, lambda: summarize(table, config))
 
 
 def run_hf(config: Config, seeds: int, progress) -> Results:
     """Every variant through ``algorithms.lm.hf_loop.online_dpo`` from the same ``pi0`` and per-seed keys (sampled);
     the reward intervals from the per-draw rewards (``stats.mean_ci`` per iteration)."""
     prompts = ol.PROMPTS[:config.n_prompts]
-    tables, summary = [], {"backend": "hf", "sampled_columns": "J, reward_mean, kl_to_ref (sum k3), kl_k1, "
-                           "chosen_reward, rejected_reward", "nan_columns": "subopt_kl, " + ", ".join(CONSTANTS)}
+    tables, runs = [], {}
     for name in config.variants:
         selector, restart = VARIANTS[name]
         results, reference, _ = ol.run_seeds(config.policy.hf, seed_keys(config.seed, seeds), progress.message,
                                          options=config.hf_options(selector, restart), prompts=prompts,
                                          reward_config=config.text_reward, tag=f"{name} ")
+        runs[name] = results
         for seed, res in enumerate(results):
             T1 = len(res.reward_mean)
             nan = np.full(T1, np.nan)
@@ -231,21 +231,28 @@ def run_hf(config: Config, seeds: int, progress) -> Results:
                     **{c: interval[c] if c in interval else np.asarray(getattr(res, c)) for c in HF_EXTRA}}
             tables.append({"seed": np.full(T1, seed), "algorithm": np.full(T1, name), "iteration": np.arange(T1),
                            **cols})
+
+    def summarize():
+        summary = {"backend": "hf", "sampled_columns": "J, reward_mean, kl_to_ref (sum k3), kl_k1, "
+                   "chosen_reward, rejected_reward", "nan_columns": "subopt_kl, " + ", ".join(CONSTANTS)}
         T = config.loop.n_iterations
-        summary[f"{name}/J_T"] = float(np.mean([r.reward_mean[T] - config.kl_coef * r.kl_k3[T] for r in results]))
-        summary[f"{name}/reward_T"] = float(np.mean([r.reward_mean[T] for r in results]))
-        summary[f"{name}/kl_T"] = float(np.mean([r.kl_k3[T] for r in results]))
-        gain = stats.welch_interval(np.concatenate([r.eval_reward[0] for r in results]),
-                        np.concatenate([r.eval_reward[T] for r in results]))
-        summary[f"{name}/reward_gain"], summary[f"{name}/reward_gain_lo"], summary[f"{name}/reward_gain_hi"] = gain
-        summary[f"{name}/seconds_per_iteration"] = float(np.mean([r.seconds[1:].mean() for r in results]))
-        for ex in results[0].examples:
-            if ex["iteration"] in (0, T):
-                summary[f"{name}/example/t{ex['iteration']}/{prompts.index(ex['prompt'])}"] = (
-                    f"{ex['response']!r} (r*={ex['reward']:.3f})")
-    summary["reward_0"] = float(np.mean([r.reward_mean[0] for r in results]))
-    summary.update(ol.policy_record(reference))
-    return Results(concat_tables(tables), summary)
+        for name, results in runs.items():
+            summary[f"{name}/J_T"] = float(np.mean([r.reward_mean[T] - config.kl_coef * r.kl_k3[T] for r in results]))
+            summary[f"{name}/reward_T"] = float(np.mean([r.reward_mean[T] for r in results]))
+            summary[f"{name}/kl_T"] = float(np.mean([r.kl_k3[T] for r in results]))
+            gain = stats.welch_interval(np.concatenate([r.eval_reward[0] for r in results]),
+                                        np.concatenate([r.eval_reward[T] for r in results]))
+            summary[f"{name}/reward_gain"], summary[f"{name}/reward_gain_lo"], summary[f"{name}/reward_gain_hi"] = gain
+            summary[f"{name}/seconds_per_iteration"] = float(np.mean([r.seconds[1:].mean() for r in results]))
+            for ex in results[0].examples:
+                if ex["iteration"] in (0, T):
+                    summary[f"{name}/example/t{ex['iteration']}/{prompts.index(ex['prompt'])}"] = (
+                        f"{ex['response']!r} (r*={ex['reward']:.3f})")
+        summary["reward_0"] = float(np.mean([r.reward_mean[0] for r in results]))
+        summary.update(ol.policy_record(reference))
+        return summary
+
+    return Results(concat_tables(tables), summarize)
 
 
 def summarize(table, config: Config) -> dict[str, float]:

@@ -383,7 +383,7 @@ def run(config: Config, seeds: int, progress) -> Results:
               for panel, sweep in zip(("perturbation", "off_policy", "temperature"), sweeps)]
     tables.append(_mc_rows(out["monte_carlo"], out["base_exact"], seed_ids, config))
     table = concat_tables(tables)
-    return Results(table, summarize(table, config))
+    return Results(table, lambda: summarize(table, config))
 
 
 def summarize(table, config: Config) -> dict[str, float]:

@@ -389,10 +389,6 @@ def run(config: Config, seeds: int, progress) -> Results:
     algs, ck = list(config.algorithms), np.asarray(config.checkpoints)
     n = seeds * len(ck)
     tables = []
-    summary = {"features": config.features, "feature_raw_dim": int(raw.shape[-1]), "feature_dim": config.dim,
-               "feature_variance_kept": kept, "n_prompts": int(raw.shape[0]), "n_responses": int(raw.shape[1]),
-               "dispatch_seconds": p3.dispatch_seconds(config.dim)}
-    summary.update(record)
     for ia, alg in enumerate(algs):
         table = {"algorithm": np.full(n, alg), "seed": np.repeat(np.arange(seeds), len(ck)), "t": np.tile(ck, seeds),
                  "features": np.full(n, config.features)}
@@ -405,12 +401,21 @@ def run(config: Config, seeds: int, progress) -> Results:
             sec[(table["seed"] == 0) & (table["t"] == t)] = secs[it, ia]
         table["seconds"] = sec
         tables.append(table)
-        for m in METRICS:
-            summary[f"{alg}/{m}_t_max"] = float(np.asarray(out[m])[:, -1, ia].mean())
-        summary[f"{alg}/seconds_t_min"], summary[f"{alg}/seconds_t_max"] = float(secs[0, ia]), float(secs[-1, ia])
-    summary["bayes_accuracy"] = float(np.mean(out["bayes_accuracy"]))
-    summary["bayes_logloss"] = float(np.mean(out["bayes_logloss"]))
-    return Results(concat_tables(tables), summary)
+
+    def summarize():
+        summary = {"features": config.features, "feature_raw_dim": int(raw.shape[-1]), "feature_dim": config.dim,
+                   "feature_variance_kept": kept, "n_prompts": int(raw.shape[0]), "n_responses": int(raw.shape[1]),
+                   "dispatch_seconds": p3.dispatch_seconds(config.dim)}
+        summary.update(record)
+        for ia, alg in enumerate(algs):
+            for m in METRICS:
+                summary[f"{alg}/{m}_t_max"] = float(np.asarray(out[m])[:, -1, ia].mean())
+            summary[f"{alg}/seconds_t_min"], summary[f"{alg}/seconds_t_max"] = float(secs[0, ia]), float(secs[-1, ia])
+        summary["bayes_accuracy"] = float(np.mean(out["bayes_accuracy"]))
+        summary["bayes_logloss"] = float(np.mean(out["bayes_logloss"]))
+        return summary
+
+    return Results(concat_tables(tables), summarize)
 
 
 def plot(table, config: Config, out_dir: Path) -> list[Path]:

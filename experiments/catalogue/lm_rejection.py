@@ -164,7 +164,7 @@ def run(config: Config, seeds: int, progress) -> Results:
               **{k: np.asarray(a).ravel() for k, a in zip(("reward_mean", "kl_to_ref"), out["gibbs"])}),
     ]
     table = concat_tables(tables)
-    return Results(table, summarize(table, config))
+    return Results(table, lambda: summarize(table, config))
 
 
 def _sel(table, method, **conds):

@@ -106,12 +106,16 @@ def per_seed(key, strengths, config: Config):
 def run(config: Config, seeds: int, progress) -> Results:
     out, table = run_sweep(per_seed, config, seeds, progress, CHUNK_SIZE,
                            skew_strength=np.asarray(config.skew_strengths, np.float64))
-    summary = {}
-    for i, alg in enumerate(config.algorithms):
-        gap = out["nash_gap"][:, :, i].mean(0)
-        summary[f"{alg}/nash_gap_s_min"] = float(gap[0])
-        summary[f"{alg}/nash_gap_s_max"] = float(gap[-1])
-    return Results(table, summary)
+
+    def summarize():
+        summary = {}
+        for i, alg in enumerate(config.algorithms):
+            gap = out["nash_gap"][:, :, i].mean(0)
+            summary[f"{alg}/nash_gap_s_min"] = float(gap[0])
+            summary[f"{alg}/nash_gap_s_max"] = float(gap[-1])
+        return summary
+
+    return Results(table, summarize)
 
 
 def plot(table, config: Config, out_dir: Path) -> list[Path]:

@@ -109,12 +109,16 @@ def per_seed(key, kl_coefs, config: Config):
 def run(config: Config, seeds: int, progress) -> Results:
     out, table = run_sweep(per_seed, config, seeds, progress, CHUNK_SIZE,
                            kl_coef=np.asarray(config.kl_coefs, np.float64))
-    summary = {}
-    for i, alg in enumerate(config.algorithms):
-        for j, k in enumerate(config.kl_coefs):
-            summary[f"{alg}/kl{k:g}/win_rate_vs_ref"] = float(out["win_rate_vs_ref"][:, j, i].mean())
-            summary[f"{alg}/kl{k:g}/win_rate_vs_nash"] = float(out["win_rate_vs_nash"][:, j, i].mean())
-    return Results(table, summary)
+
+    def summarize():
+        summary = {}
+        for i, alg in enumerate(config.algorithms):
+            for j, k in enumerate(config.kl_coefs):
+                summary[f"{alg}/kl{k:g}/win_rate_vs_ref"] = float(out["win_rate_vs_ref"][:, j, i].mean())
+                summary[f"{alg}/kl{k:g}/win_rate_vs_nash"] = float(out["win_rate_vs_nash"][:, j, i].mean())
+        return summary
+
+    return Results(table, summarize)
 
 
 def plot(table, config: Config, out_dir: Path) -> list[Path]:

@@ -183,32 +183,36 @@ def run(config: Config, seeds: int, progress) -> Results:
                          np.asarray(config.sample_sizes), progress=progress, chunk_size=CHUNK_SIZE)
     table = tidy(out, seed=np.arange(seeds), design=np.asarray(config.designs),
                  n=np.asarray(config.sample_sizes), algorithm=np.asarray(config.algorithms))
-    summary = {}
-    for i, design in enumerate(config.designs):
-        for j, alg in enumerate(config.algorithms):
-            y = out["nash_gap"][:, i, :, j]
-            summary[f"{design}/{alg}/nash_gap_n_max"] = float(y[:, -1].mean())
-            summary.update(stats.slope_summary(f"{design}/{alg}", config.sample_sizes, y))
-        summary[f"{design}/unilateral_coverage_n_max"] = float(out["unilateral_coverage"][:, i, -1, 0].mean())
-        summary[f"{design}/in_confidence_set_frac"] = float(out["in_confidence_set"][:, i, :, 0].mean())
-        inside = out["in_confidence_set"][:, i, :, 0] == 1.0
-        summary[f"{design}/max_err_over_eta_n_max"] = float(out["max_err_over_eta"][:, i, -1, 0].mean())
-        for j, alg in enumerate(config.algorithms):
-            # the bounds are the guarantees of the pessimistic policies (pointwise: p2_pessimistic_pointwise,
-            # policy-level: p2_pessimistic) on the event theta* in C only; for the other methods the fractions
-            # are descriptive
-            if inside.any():
-                for key in ("bound", "policy_bound"):
-                    holds = out["nash_gap"][:, i, :, j] <= out[key][:, i, :, j] + 1e-9
-                    summary[f"{design}/{alg}/{key}_holds_when_inside_frac"] = float(holds[inside].mean())
-        for a, base in PAIRS:
-            if {a, base} <= set(config.algorithms):
-                gap_a = out["nash_gap"][:, i, :, config.algorithms.index(a)]
-                gap_b = out["nash_gap"][:, i, :, config.algorithms.index(base)]
-                for tag, k in (("n_min", 0), ("n_max", -1)):
-                    summary.update(stats.paired_summary(f"{design}/{a}_minus_{base}/nash_gap_{tag}",
-                                                        gap_a[:, k], gap_b[:, k]))
-    return Results(table, summary)
+
+    def summarize():
+        summary = {}
+        for i, design in enumerate(config.designs):
+            for j, alg in enumerate(config.algorithms):
+                y = out["nash_gap"][:, i, :, j]
+                summary[f"{design}/{alg}/nash_gap_n_max"] = float(y[:, -1].mean())
+                summary.update(stats.slope_summary(f"{design}/{alg}", config.sample_sizes, y))
+            summary[f"{design}/unilateral_coverage_n_max"] = float(out["unilateral_coverage"][:, i, -1, 0].mean())
+            summary[f"{design}/in_confidence_set_frac"] = float(out["in_confidence_set"][:, i, :, 0].mean())
+            inside = out["in_confidence_set"][:, i, :, 0] == 1.0
+            summary[f"{design}/max_err_over_eta_n_max"] = float(out["max_err_over_eta"][:, i, -1, 0].mean())
+            for j, alg in enumerate(config.algorithms):
+                # the bounds are the guarantees of the pessimistic policies (pointwise: p2_pessimistic_pointwise,
+                # policy-level: p2_pessimistic) on the event theta* in C only; for the other methods the fractions
+                # are descriptive
+                if inside.any():
+                    for key in ("bound", "policy_bound"):
+                        holds = out["nash_gap"][:, i, :, j] <= out[key][:, i, :, j] + 1e-9
+                        summary[f"{design}/{alg}/{key}_holds_when_inside_frac"] = float(holds[inside].mean())
+            for a, base in PAIRS:
+                if {a, base} <= set(config.algorithms):
+                    gap_a = out["nash_gap"][:, i, :, config.algorithms.index(a)]
+                    gap_b = out["nash_gap"][:, i, :, config.algorithms.index(base)]
+                    for tag, k in (("n_min", 0), ("n_max", -1)):
+                        summary.update(stats.paired_summary(f"{design}/{a}_minus_{base}/nash_gap_{tag}",
+                                                            gap_a[:, k], gap_b[:, k]))
+        return summary
+
+    return Results(table, summarize)
 
 
 def plot(table, config: Config, out_dir: Path) -> list[Path]:

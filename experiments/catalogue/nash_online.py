@@ -119,27 +119,31 @@ def run(config: Config, seeds: int, progress) -> Results:
     iterations = np.arange(config.nash.iterations)
     table = tidy(out, seed=np.arange(seeds), algorithm=np.asarray(config.algorithms), iteration=iterations)
     table["queries"] = (table["iteration"] + 1) * config.nash.batch
-    summary = {}
-    for i, alg in enumerate(config.algorithms):
-        gap = out["nash_gap"][:, i, :]
-        summary[f"{alg}/nash_gap_final"] = float(gap[:, -1].mean())
-        summary[f"{alg}/nash_gap_mean_over_rounds"] = float(gap.mean())
-        if not np.all(np.isnan(out["pair_kl"][:, i, :])):
-            summary[f"{alg}/pair_kl_mean_over_rounds"] = float(np.nanmean(out["pair_kl"][:, i, :]))
-    if {"enhancer", "self_play"} <= set(config.algorithms):   # P2's claim: the enhancer's pairs beat self-play
-        e, s = (config.algorithms.index(a) for a in ("enhancer", "self_play"))
-        summary["enhancer_below_self_play_final_frac"] = float(
-            np.mean(out["nash_gap"][:, e, -1] < out["nash_gap"][:, s, -1]))
-    for a in (a for a in ENHANCERS if a in config.algorithms):
-        gap_a = out["nash_gap"][:, config.algorithms.index(a), :]
-        # each pair of enhancers once (enhancer minus enhancer_optimistic)
-        earlier = ENHANCERS[:ENHANCERS.index(a) + 1]
-        for other in (o for o in config.algorithms if o not in earlier):
-            gap_b = out["nash_gap"][:, config.algorithms.index(other), :]
-            summary.update(stats.paired_summary(f"{a}_minus_{other}/nash_gap_final", gap_a[:, -1], gap_b[:, -1]))
-            summary.update(stats.paired_summary(f"{a}_minus_{other}/nash_gap_mean_over_rounds",
-                                                gap_a.mean(1), gap_b.mean(1)))
-    return Results(table, summary)
+
+    def summarize():
+        summary = {}
+        for i, alg in enumerate(config.algorithms):
+            gap = out["nash_gap"][:, i, :]
+            summary[f"{alg}/nash_gap_final"] = float(gap[:, -1].mean())
+            summary[f"{alg}/nash_gap_mean_over_rounds"] = float(gap.mean())
+            if not np.all(np.isnan(out["pair_kl"][:, i, :])):
+                summary[f"{alg}/pair_kl_mean_over_rounds"] = float(np.nanmean(out["pair_kl"][:, i, :]))
+        if {"enhancer", "self_play"} <= set(config.algorithms):   # P2's claim: the enhancer's pairs beat self-play
+            e, s = (config.algorithms.index(a) for a in ("enhancer", "self_play"))
+            summary["enhancer_below_self_play_final_frac"] = float(
+                np.mean(out["nash_gap"][:, e, -1] < out["nash_gap"][:, s, -1]))
+        for a in (a for a in ENHANCERS if a in config.algorithms):
+            gap_a = out["nash_gap"][:, config.algorithms.index(a), :]
+            # each pair of enhancers once (enhancer minus enhancer_optimistic)
+            earlier = ENHANCERS[:ENHANCERS.index(a) + 1]
+            for other in (o for o in config.algorithms if o not in earlier):
+                gap_b = out["nash_gap"][:, config.algorithms.index(other), :]
+                summary.update(stats.paired_summary(f"{a}_minus_{other}/nash_gap_final", gap_a[:, -1], gap_b[:, -1]))
+                summary.update(stats.paired_summary(f"{a}_minus_{other}/nash_gap_mean_over_rounds",
+                                                    gap_a.mean(1), gap_b.mean(1)))
+        return summary
+
+    return Results(table, summarize)
 
 
 def plot(table, config: Config, out_dir: Path) -> list[Path]:

@@ -162,11 +162,11 @@ def per_seed(key, coverage, temperature, kl_coef, config: Config):
 
 def run(config: Config, seeds: int, progress) -> Results:
     keys = seed_keys(config.seed, seeds)
-    tables, summary = [], {}
+    tables, outs = [], {}
     fn = lambda key, c, s, e: per_seed(key, c, s, e, config)
     for setting, coverage, temperature, kl_coef in config.settings():
-        out = run_vectorized(fn, keys, np.float64(coverage), np.float64(temperature), np.float64(kl_coef),
-                             progress=progress, tag=setting)
+        out = outs[setting] = run_vectorized(fn, keys, np.float64(coverage), np.float64(temperature),
+                                             np.float64(kl_coef), progress=progress, tag=setting)
         # out[k]: [seeds, n_sizes, n_algorithms] -> rows (seed, n, algorithm)
         table = tidy(out, seed=np.arange(seeds), n=np.asarray(config.sample_sizes),
                      algorithm=np.asarray(config.algorithm_names))
@@ -176,21 +176,27 @@ def run(config: Config, seeds: int, progress) -> Results:
         table["temperature"] = np.full(count, temperature)
         table["kl_coef"] = np.full(count, kl_coef)
         tables.append(table)
-        for i, alg in enumerate(config.algorithm_names):
-            y = out["subopt"][:, :, i]
-            summary.update(stats.slope_summary(f"{setting}/{alg}", config.sample_sizes, y))
-            summary[f"{setting}/{alg}/subopt_n_min"] = float(y[:, 0].mean())
-            summary[f"{setting}/{alg}/subopt_n_max"] = float(y[:, -1].mean())
-            holds = out["bound_holds"][:, :, i]
-            if not np.all(np.isnan(holds)):
-                summary[f"{setting}/{alg}/bound_holds_frac"] = float(np.nanmean(holds))
-                # P1's bounds assume theta* in C: the fraction on that event (seed x n rows), when it occurs
-                in_set = out["in_confidence_set"][:, :, i] == 1
-                if np.any(in_set & ~np.isnan(holds)):
-                    summary[f"{setting}/{alg}/bound_holds_frac_in_set"] = float(np.nanmean(holds[in_set]))
-        if config.instance.reward == "linear":
-            summary[f"{setting}/in_confidence_set_frac"] = float(out["in_confidence_set"][:, :, 0].mean())
-    return Results(concat_tables(tables), summary)
+
+    def summarize():
+        summary = {}
+        for setting, out in outs.items():
+            for i, alg in enumerate(config.algorithm_names):
+                y = out["subopt"][:, :, i]
+                summary.update(stats.slope_summary(f"{setting}/{alg}", config.sample_sizes, y))
+                summary[f"{setting}/{alg}/subopt_n_min"] = float(y[:, 0].mean())
+                summary[f"{setting}/{alg}/subopt_n_max"] = float(y[:, -1].mean())
+                holds = out["bound_holds"][:, :, i]
+                if not np.all(np.isnan(holds)):
+                    summary[f"{setting}/{alg}/bound_holds_frac"] = float(np.nanmean(holds))
+                    # P1's bounds assume theta* in C: the fraction on that event (seed x n rows), when it occurs
+                    in_set = out["in_confidence_set"][:, :, i] == 1
+                    if np.any(in_set & ~np.isnan(holds)):
+                        summary[f"{setting}/{alg}/bound_holds_frac_in_set"] = float(np.nanmean(holds[in_set]))
+            if config.instance.reward == "linear":
+                summary[f"{setting}/in_confidence_set_frac"] = float(out["in_confidence_set"][:, :, 0].mean())
+        return summary
+
+    return Results(concat_tables(tables), summarize)
 
 
 def plot(table, config: Config, out_dir: Path) -> list[Path]:

@@ -232,7 +232,7 @@ def run(config: Config, seeds: int, progress) -> Results:
                                               progress=progress, tag="e8")
     secs = timing_pass(config, jax.tree.map(lambda a: a[0], timing), progress)
     algs, ck = list(config.algorithms), list(config.checkpoints)
-    tables, summary = [], {"dispatch_seconds": p3.dispatch_seconds(config.instance.dim)}
+    tables = []
     for ib, bnorm in enumerate(norms):
         for ia, alg in enumerate(algs):
             n = seeds * len(ck)
@@ -251,20 +251,25 @@ def run(config: Config, seeds: int, progress) -> Results:
                 sec[rows] = secs[ib, it, ia]
             table["seconds"] = sec
             tables.append(table)
-            prefix = f"B={bnorm:g}/{alg}"
-            summary[f"{prefix}/estimation_error_t_max"] = float(out["estimation_error"][:, ib, -1, ia].mean())
-            summary[f"{prefix}/heldout_accuracy_t_max"] = float(out["heldout_accuracy"][:, ib, -1, ia].mean())
-            summary[f"{prefix}/heldout_logloss_t_max"] = float(out["heldout_logloss"][:, ib, -1, ia].mean())
-            summary[f"{prefix}/subopt_pess_t_max"] = float(out["subopt_pess"][:, ib, -1, ia].mean())
-            summary[f"{prefix}/seconds_t_min"] = float(secs[ib, 0, ia])
-            summary[f"{prefix}/seconds_t_max"] = float(secs[ib, -1, ia])
-            if calibrated:
-                summary[f"{prefix}/radius_multiplier"] = float(mult[ib, ia])
-        summary[f"B={bnorm:g}/kappa_nominal"] = evaluation.kappa(bnorm)
-        summary[f"B={bnorm:g}/kappa_effective_t_max"] = float(out["kappa_effective"][:, ib, -1, 0].mean())
-        summary[f"B={bnorm:g}/kappa_information_t_max"] = float(out["kappa_information"][:, ib, -1, 0].mean())
-        summary[f"B={bnorm:g}/kappa_effective_worst"] = float(np.asarray(worst_kappa)[:, ib].mean())
-    return Results(concat_tables(tables), summary)
+
+    def summarize():
+        summary = {"dispatch_seconds": p3.dispatch_seconds(config.instance.dim)}
+        for ib, bnorm in enumerate(norms):
+            for ia, alg in enumerate(algs):
+                prefix = f"B={bnorm:g}/{alg}"
+                for m in ("estimation_error", "heldout_accuracy", "heldout_logloss", "subopt_pess"):
+                    summary[f"{prefix}/{m}_t_max"] = float(out[m][:, ib, -1, ia].mean())
+                summary[f"{prefix}/seconds_t_min"] = float(secs[ib, 0, ia])
+                summary[f"{prefix}/seconds_t_max"] = float(secs[ib, -1, ia])
+                if calibrated:
+                    summary[f"{prefix}/radius_multiplier"] = float(mult[ib, ia])
+            summary[f"B={bnorm:g}/kappa_nominal"] = evaluation.kappa(bnorm)
+            summary[f"B={bnorm:g}/kappa_effective_t_max"] = float(out["kappa_effective"][:, ib, -1, 0].mean())
+            summary[f"B={bnorm:g}/kappa_information_t_max"] = float(out["kappa_information"][:, ib, -1, 0].mean())
+            summary[f"B={bnorm:g}/kappa_effective_worst"] = float(np.asarray(worst_kappa)[:, ib].mean())
+        return summary
+
+    return Results(concat_tables(tables), summarize)
 
 
 def _where(table, **cond):

@@ -82,20 +82,24 @@ seeds = {"quick": 32, "paper": 256}
 def run(config: Config, seeds: int, progress) -> Results:
     keys = seed_keys(config.seed, seeds)
     table = concat_tables(run_algorithms(config, config.algorithm_names, keys, progress))
-    summary = {}
-    for setting in config.settings:
-        part = {k: c[table["setting"] == setting] for k, c in table.items()}
-        for alg, (mean, half) in final_summary(part).items():
-            summary[f"{setting}/{alg}/final_subopt"] = mean
-            summary[f"{setting}/{alg}/final_subopt_ci95"] = half
-        summary.update(online_common.metrics_summary(part, setting))
-        for alg in dict.fromkeys(part["algorithm"].tolist()):
-            info = part["strategy_info"][part["algorithm"] == alg]
-            if np.any(~np.isnan(info)):   # the strategy reports a diagnostic (the enhancer's feasibility)
-                summary[f"{setting}/{alg}/nontrivial_frac"] = float(np.nanmean(info))
-        summary.update(online_common.bound_summary(part, setting, config.exact_confidence_set))
-        summary.update(online_common.paired_final(part, "algorithm", "enhancer", setting))
-    return Results(table, summary)
+
+    def summarize():
+        summary = {}
+        for setting in config.settings:
+            part = {k: c[table["setting"] == setting] for k, c in table.items()}
+            for alg, (mean, half) in final_summary(part).items():
+                summary[f"{setting}/{alg}/final_subopt"] = mean
+                summary[f"{setting}/{alg}/final_subopt_ci95"] = half
+            summary.update(online_common.metrics_summary(part, setting))
+            for alg in dict.fromkeys(part["algorithm"].tolist()):
+                info = part["strategy_info"][part["algorithm"] == alg]
+                if np.any(~np.isnan(info)):   # the strategy reports a diagnostic (the enhancer's feasibility)
+                    summary[f"{setting}/{alg}/nontrivial_frac"] = float(np.nanmean(info))
+            summary.update(online_common.bound_summary(part, setting, config.exact_confidence_set))
+            summary.update(online_common.paired_final(part, "algorithm", "enhancer", setting))
+        return summary
+
+    return Results(table, summarize)
 
 
 PANELS = (("subopt", "agent_regret_kl", "query_regret_kl", "query_regret"),

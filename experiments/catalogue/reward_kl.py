@@ -302,7 +302,7 @@ def run(config: Config, seeds: int, progress) -> Results:
     rs_table = {"panel": np.full(len(rs_table["seed"]), "rs"), **rs_table}
     cols = ["panel", "algorithm", "seed", "kl_coef", "budget", *METRICS]
     table = concat_tables([{c: front[c] for c in cols}, {c: rs_table[c] for c in cols}])
-    return Results(table, summarize(out, config))
+    return Results(table, lambda: summarize(out, config))
 
 
 def _frontier_domination(kl_a, r_a, kl_b, r_b):

@@ -18,8 +18,9 @@ a pipe one line per chunk with the same times; ``--quiet`` leaves warnings and e
 
 Exit codes: 0 success; 2 bad input (one line naming the field, the value and what is allowed); 3 a file or
 directory problem (path, permission, full disk, a corrupt results file); 4 a missing optional dependency;
-5 another run holds the output directory; 6 the computation does not fit in memory; 130 interrupted
-(finished chunks are kept: the same command resumes).
+5 another run holds the output directory; 6 the computation does not fit in memory; 7 the results and figures
+were written but the summary could not be computed (the reason is the manifest's ``summary_error``); 130
+interrupted (finished chunks are kept: the same command resumes).
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import Sequence, TextIO
 
 PROG = "rlhf-bandits"
-EXIT_USAGE, EXIT_FILES, EXIT_DEPENDENCY, EXIT_BUSY, EXIT_MEMORY, EXIT_INTERRUPTED = 2, 3, 4, 5, 6, 130
+EXIT_USAGE, EXIT_FILES, EXIT_DEPENDENCY, EXIT_BUSY, EXIT_MEMORY, EXIT_SUMMARY, EXIT_INTERRUPTED = 2, 3, 4, 5, 6, 7, 130
 MAX_SEED = 2**63 - 1
 
 
@@ -121,7 +122,7 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
     from bandits import validation as v
     from experiments.engine import registry, seed_range as ranges, storage
     from experiments.engine.config import apply_overrides, config_hash, config_to_dict
-    from experiments.engine.results import as_results
+    from experiments.engine.results import SummaryError, as_results
     from experiments.engine.runner import Progress, check_instance_floor
 
     plugins = load_plugins(plugins)
@@ -178,15 +179,15 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
         started = time.perf_counter()
         results = as_results(experiment.run(config, n_seeds, progress))
         wall = time.perf_counter() - started
-        table, summary = results.table, results.summary
-        extra = {}
+        table, extra = results.table, {}
+        summary, summary_error = ({}, None) if hook is not None else results.safe_summary()
         if hook is not None:
             if not hook.seed_calls:
                 raise ranges.SeedRangeError(
                     f"--seed-range is not supported by {name!r}: its seeds do not run through "
                     "run_vectorized(fn, seed_keys(config.seed, seeds), ...), so every seed was computed; run it "
                     "without --seed-range.")
-            table, summary = ranges.keep_rows(table, *seed_range), {}
+            table = ranges.keep_rows(table, *seed_range)
             extra = {"seed_range": list(seed_range), "chunk_size": chunk_size,
                      "outputs": dict(sorted(hook.saved.items())),
                      "summary_note": f"a seed range: `{PROG} merge` computes the summary over all seeds"}
@@ -215,6 +216,7 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
             "command": shlex.join(command) if command is not None else None,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "summary": summary,
+            **({"summary_error": summary_error} if summary_error else {}),
         }
         csv_path, figures, plot_error = storage.write_run(
             run_dir, table, manifest, lambda t, d: experiment.plot(t, config, d), non_finite)
@@ -223,6 +225,9 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
             progress.message(f"results and manifest written to {run_dir}, but plotting failed; fix it and "
                              f"run `{PROG} plot {run_dir}`")
             raise plot_error
+        if summary_error:
+            raise SummaryError(f"{csv_path}, manifest.json and {len(figures)} figure file(s) were written, but the "
+                               f"summary could not be computed ({summary_error}); it is left empty in the manifest")
         if timings["resumed_chunks"]:
             progress.message(f"resumed: reused {timings['resumed_chunks']} saved chunk(s)")
         # compile/run are the vectorized calls' (run_vectorized); an experiment without any (hf-smoke) has wall only
@@ -554,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     no traceback; an error inside an experiment's computation (a bug) keeps its traceback."""
     from bandits.validation import MissingDependencyError
     from experiments.engine.registry import UsageError
+    from experiments.engine.results import SummaryError
     from experiments.engine.runner import MemoryLimitError
     from experiments.engine.storage import RunBusyError
 
@@ -576,6 +582,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(EXIT_DEPENDENCY, str(err))
     except RunBusyError as err:
         return fail(EXIT_BUSY, str(err))
+    except SummaryError as err:
+        return fail(EXIT_SUMMARY, str(err))
     except MemoryLimitError as err:
         return fail(EXIT_MEMORY, f"{err}: lower the sizes of the config (--set ...) or --chunk-size, or raise "
                     "--max-memory if more memory is free than the devices report")

@@ -113,7 +113,7 @@ def merge_runs(out: str | os.PathLike, dirs: Sequence[str | os.PathLike], stream
 
     from experiments.engine import cli, registry, storage
     from experiments.engine.config import config_from_dict, config_hash, config_to_dict
-    from experiments.engine.results import as_results
+    from experiments.engine.results import SummaryError, as_results
     from experiments.engine.runner import Progress
     from experiments.engine.seed_range import ReplayHook
 
@@ -153,6 +153,7 @@ def merge_runs(out: str | os.PathLike, dirs: Sequence[str | os.PathLike], stream
         if dtype != ref["dtype"]:
             raise registry.UsageError(f"dtype={dtype} here but the runs used {ref['dtype']}.")
         table = results.table
+        summary, summary_error = results.safe_summary()
         non_finite = cli.check_finite(table, experiment, progress)
         times = [m.get("timings", {}) for m in manifests]
         clock = [c for c in WALL_CLOCK_COLUMNS if c in table]
@@ -178,7 +179,8 @@ def merge_runs(out: str | os.PathLike, dirs: Sequence[str | os.PathLike], stream
                            f"{platform.node() or platform.platform()})"},
             "command": shlex.join(command) if command is not None else None,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "summary": results.summary,
+            "summary": summary,
+            **({"summary_error": summary_error} if summary_error else {}),
         }
         csv_path, figures, plot_error = storage.write_run(
             run_dir, table, manifest, lambda t, d: experiment.plot(t, config, d), non_finite)
@@ -186,6 +188,9 @@ def merge_runs(out: str | os.PathLike, dirs: Sequence[str | os.PathLike], stream
             progress.message(f"results and manifest written to {run_dir}, but plotting failed; fix it and "
                              f"run `{cli.PROG} plot {run_dir}`")
             raise plot_error
+        if summary_error:
+            raise SummaryError(f"{csv_path}, manifest.json and {len(figures)} figure file(s) were written, but the "
+                               f"summary could not be computed ({summary_error}); it is left empty in the manifest")
         progress.message(f"wrote {csv_path} ({len(next(iter(table.values())))} rows, {n_seeds} seeds), "
                          f"manifest.json, {len(figures)} figure file(s) in {wall:.1f} s")
         return run_dir

@@ -5,23 +5,30 @@ size (or round) x setting; ``experiments.engine.storage`` writes it as ``results
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-__all__ = ["Results", "as_results", "concat_tables", "tidy"]
+__all__ = ["Results", "SummaryError", "as_results", "concat_tables", "tidy"]
 
 
-@dataclass(frozen=True)
+class SummaryError(RuntimeError):
+    """The results and figures were written but the summary could not be computed (the reason is in the
+    manifest's ``summary_error``)."""
+
+
 class Results:
-    """A tidy columnar table (column -> 1-D array, all of equal length) and scalar summaries."""
+    """A tidy columnar table (column -> 1-D array, all of equal length) and scalar summaries.
 
-    table: Mapping[str, np.ndarray]
-    summary: Mapping[str, float] = field(default_factory=dict)
+    ``summary`` is a mapping or a function of no arguments that returns one. An experiment passes the function
+    (``Results(table, lambda: summarize(out, config))``) so that the engine can write ``results.csv`` before any
+    statistic is computed (``experiments.engine.cli``): a summary that fails then never loses the table
+    (``safe_summary``; issue 14). ``summary`` the attribute is the computed mapping (computed once).
+    """
 
-    def __post_init__(self):
-        table = {str(k): np.asarray(v) for k, v in self.table.items()}
+    def __init__(self, table: Mapping[str, Any], summary: Mapping[str, Any] | Callable[[], Mapping[str, Any]]
+                 | None = None):
+        table = {str(k): np.asarray(v) for k, v in table.items()}
         if not table:
             raise ValueError("Results.table is empty: an experiment must return at least one column.")
         lengths = {k: v.shape for k, v in table.items()}
@@ -30,18 +37,35 @@ class Results:
             raise ValueError(f"Results.table columns must be 1-D arrays; got shapes {bad}.")
         if len({s[0] for s in lengths.values()}) != 1:
             raise ValueError(f"Results.table columns must have equal lengths; got {lengths}.")
-        summary = {}
-        for k, v in dict(self.summary).items():
-            if np.ndim(v) != 0:
-                raise ValueError(f"Results.summary[{k!r}] must be a scalar, got shape {np.shape(v)}.")
-            v = np.asarray(v).item()
-            summary[str(k)] = v
-        object.__setattr__(self, "table", table)
-        object.__setattr__(self, "summary", summary)
+        self.table = table
+        self._summarize = summary if callable(summary) else None
+        self._summary = None if callable(summary) else _scalars(summary or {})
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        if self._summary is None:
+            self._summary = _scalars(self._summarize())
+        return self._summary
+
+    def safe_summary(self) -> tuple[dict[str, Any], str | None]:
+        """``(summary, None)``, or ``({}, "ExceptionType: message")`` when computing it fails."""
+        try:
+            return self.summary, None
+        except Exception as err:   # any failure: the table is already safe, the reason goes to the manifest
+            return {}, f"{type(err).__name__}: {err}"
 
     @property
     def n_rows(self) -> int:
         return len(next(iter(self.table.values())))
+
+
+def _scalars(summary: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in dict(summary).items():
+        if np.ndim(v) != 0:
+            raise ValueError(f"Results.summary[{k!r}] must be a scalar, got shape {np.shape(v)}.")
+        out[str(k)] = np.asarray(v).item()
+    return out
 
 
 def as_results(value: Any) -> Results:
