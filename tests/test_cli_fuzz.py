@@ -144,14 +144,21 @@ CASES = [
      "rerun at e79ebfc (offline-rate quick, 20 GB free): 100000x100000 exit 6 in 9 s before compiling, one line "
      "naming n_contexts x n_actions x (dim + 2) and 800 GB (it had first exposed an int32 overflow in the CDF "
      "search, fixed); 4000x4000: XLA's estimate 76.8 GB for 12 seeds, halved to 3 seeds per chunk (19 GB), "
-     "compiled (418 s beside other jobs) and started; stopped by hand there",
+     "compiled (418 s beside other jobs) and started; stopped by hand there; sample_sizes=64,1e9: exit 6 after "
+     "compiling (262 s), one line: one seed needs 484 GB (XLA's estimate)",
      "test_reliability.py::test_an_instance_no_device_can_hold_is_refused_before_compiling, "
      "::test_a_chunk_over_the_memory_cap_runs_smaller_and_one_that_cannot_fit_is_refused, "
      "::test_memory_refusal_through_the_cli_is_one_line"),
-    ("a summary statistic that cannot be computed lost results.csv (nash-offline kl_coef=1e-6)",
-     "results.csv, manifest and figures are written first; the summary is computed after, and a failure is exit 7, "
-     "one line, the reason in the manifest's summary_error",
+    ("nash-offline kl_coef=1e-6, kl_coef=1e6 reward_norm=50: the summary crashed (fit_loglog_slope) and no "
+     "results.csv was written",
+     "rerun (quick): both run to the end, exit 0, every slope reported (a bootstrap resample with a zero mean has "
+     "no slope and is skipped; NaN with a reason below 95% defined); any summary that still fails is exit 7 after "
+     "results.csv, manifest and figures are written, the reason in the manifest's summary_error",
+     "test_engine.py::test_loglog_slope_interval_skips_resamples_without_a_slope, "
      "test_reliability.py::test_a_summary_that_fails_never_loses_the_results"),
+    ("iterations=0 accepted, then a matplotlib traceback",
+     "rerun (online-explore quick): exit 2, 'iterations=0 is not allowed: iterations must be an integer >= 1'",
+     "test_reliability.py::test_bad_input_gives_one_line_and_a_distinct_exit_code"),
     ("a truncated chunk_2.npz raised BadZipFile on every rerun",
      "the chunk is named, recomputed, and the results equal a fresh run's",
      "test_reliability.py::test_an_unreadable_chunk_is_named_and_recomputed"),

@@ -502,6 +502,29 @@ def test_confidence_band_and_slope():
         stats.fit_loglog_slope(x, -y)
 
 
+def test_loglog_slope_interval_skips_resamples_without_a_slope():
+    """Seeds whose value is exactly 0 at the largest size (nash-offline at kl_coef = 1e-6, issue 14): resamples
+    without a positive mean there have no slope; the interval is over the others (NumPy, same bootstrap draws),
+    NaN with a reason when fewer than 95% have one."""
+    rng = np.random.default_rng(1)
+    x = np.array([10.0, 100.0, 1000.0])
+    y = 3.0 * x ** -1.0 * np.exp(0.1 * rng.standard_normal((40, 3)))
+    y[3:, -1] = 0.0                                   # 3 positive seeds at x = 1000
+    fit = stats.fit_loglog_slope(x, y)
+    means = y[np.random.default_rng(0).integers(0, 40, size=(2000, 40))].mean(axis=1)
+    ok = np.all(means > 0, axis=1)
+    assert 0.95 <= ok.mean() < 1.0
+    lx = np.log(x) - np.log(x).mean()
+    ly = np.log(means[ok])
+    boot = (ly - ly.mean(axis=1, keepdims=True)) @ lx / (lx @ lx)
+    np.testing.assert_allclose([fit.low, fit.high], np.quantile(boot, [0.025, 0.975]), rtol=1e-12)
+    assert fit.slope == pytest.approx(np.polyfit(np.log(x), np.log(y.mean(0)), 1)[0])
+    y[1:, -1] = 0.0                                   # one positive seed: most resamples have none
+    summary = stats.slope_summary("a", x, y)
+    assert np.isfinite(summary["a/slope"]) and np.isnan(summary["a/slope_low"]) and np.isnan(summary["a/slope_high"])
+    assert "bootstrap resamples" in summary["a/slope_missing"]
+
+
 def test_band_range_is_min_to_max_over_seeds():
     y = np.array([[1.0, 10.0, 1e-3], [2.0, 30.0, 1e-1], [6.0, 20.0, 1e-2]])
     fig, ax = plotting.figure()

@@ -170,6 +170,8 @@ def test_written_files_follow_the_umask(tmp_path):
     (["run", "offline-rate", "--set", "sample_sizes=64,9007199254740992"], cli.EXIT_USAGE,
      "sample_sizes=(64, 9007199254740992) is not allowed"),
     (["run", "offline-rate", "--set", "n_contexts=1e15"], cli.EXIT_USAGE, "n_contexts=1000000000000000 is not allowed"),
+    (["run", "online-explore", "--set", "iterations=0"], cli.EXIT_USAGE,
+     "iterations=0 is not allowed: iterations must be an integer >= 1"),
     (["run", "toy", "--out", "{file}"], cli.EXIT_FILES, "Not a directory"),
     (["run", "toy", "--out", "{file}/under"], cli.EXIT_FILES, "Not a directory"),
 ])

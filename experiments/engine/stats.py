@@ -100,7 +100,9 @@ def fit_loglog_slope(x: Any, y_by_seed: Any, *, level: float = 0.95, n_boot: int
 
     The interval resamples seeds with replacement ``n_boot`` times (``np.random.default_rng(seed)``)
     and takes percentiles of the refitted slopes; with one seed it collapses to the point estimate.
-    Needs ``x > 0`` and positive seed means.
+    Needs ``x > 0`` and positive seed means. A resample whose mean is zero at some ``x`` (seeds with an exact
+    zero, e.g. a gap at the solver's tolerance) has no slope: the percentiles are taken over the resamples that
+    have one, and the interval is NaN when fewer than ``level`` of them do.
     """
     x, y = by_seed(x, y_by_seed)
     if x.size < 2 or np.any(x <= 0):
@@ -120,8 +122,11 @@ def fit_loglog_slope(x: Any, y_by_seed: Any, *, level: float = 0.95, n_boot: int
     if n < 2:
         return Slope(point, point, point, intercept)
     idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    boot = slopes(y[idx].mean(axis=1))
-    low, high = np.quantile(boot, [0.5 - level / 2, 0.5 + level / 2])
+    means = y[idx].mean(axis=1)
+    defined = np.all(means > 0, axis=-1) & np.all(np.isfinite(means), axis=-1)
+    if defined.mean() < level:   # too few resamples have a slope for a level-`level` interval
+        return Slope(point, float("nan"), float("nan"), intercept)
+    low, high = np.quantile(slopes(means[defined]), [0.5 - level / 2, 0.5 + level / 2])
     return Slope(point, float(low), float(high), intercept)
 
 
@@ -142,4 +147,8 @@ def slope_summary(prefix: str, x: Any, y_by_seed: Any, level: float = 0.95) -> d
         return {f"{prefix}/slope": float("nan"), f"{prefix}/slope_low": float("nan"),
                 f"{prefix}/slope_high": float("nan"), f"{prefix}/slope_missing": reason}
     fit = fit_loglog_slope(x, y, level=level)
-    return {f"{prefix}/slope": fit.slope, f"{prefix}/slope_low": fit.low, f"{prefix}/slope_high": fit.high}
+    out = {f"{prefix}/slope": fit.slope, f"{prefix}/slope_low": fit.low, f"{prefix}/slope_high": fit.high}
+    if np.isnan(fit.low):
+        out[f"{prefix}/slope_missing"] = (f"interval: fewer than {level:.0%} of the bootstrap resamples have positive "
+                                          "seed means at every size")
+    return out
