@@ -226,8 +226,7 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
                              f"run `{PROG} plot {run_dir}`")
             raise plot_error
         if summary_error:
-            raise SummaryError(f"{csv_path}, manifest.json and {len(figures)} figure file(s) were written, but the "
-                               f"summary could not be computed ({summary_error}); it is left empty in the manifest")
+            raise SummaryError.after_write(csv_path, len(figures), summary_error)
         if timings["resumed_chunks"]:
             progress.message(f"resumed: reused {timings['resumed_chunks']} saved chunk(s)")
         # compile/run are the vectorized calls' (run_vectorized); an experiment without any (hf-smoke) has wall only

@@ -189,8 +189,7 @@ def merge_runs(out: str | os.PathLike, dirs: Sequence[str | os.PathLike], stream
                              f"run `{cli.PROG} plot {run_dir}`")
             raise plot_error
         if summary_error:
-            raise SummaryError(f"{csv_path}, manifest.json and {len(figures)} figure file(s) were written, but the "
-                               f"summary could not be computed ({summary_error}); it is left empty in the manifest")
+            raise SummaryError.after_write(csv_path, len(figures), summary_error)
         progress.message(f"wrote {csv_path} ({len(next(iter(table.values())))} rows, {n_seeds} seeds), "
                          f"manifest.json, {len(figures)} figure file(s) in {wall:.1f} s")
         return run_dir

@@ -16,6 +16,12 @@ class SummaryError(RuntimeError):
     """The results and figures were written but the summary could not be computed (the reason is in the
     manifest's ``summary_error``)."""
 
+    @classmethod
+    def after_write(cls, csv_path: Any, n_figures: int, reason: str) -> "SummaryError":
+        """The one-line error of a run (or merge) whose files are written and whose summary failed."""
+        return cls(f"{csv_path}, manifest.json and {n_figures} figure file(s) were written, but the summary could "
+                   f"not be computed ({reason}); it is left empty in the manifest")
+
 
 class Results:
     """A tidy columnar table (column -> 1-D array, all of equal length) and scalar summaries.
