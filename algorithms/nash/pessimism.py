@@ -28,11 +28,25 @@ and ``max min`` may exceed ``min max``.
   q_k / ||B^T q_k||) / eta)`` (the best response in the world ``theta_k`` on the sphere of ``C`` worst for
   ``q_k``) never increases the objective. It stops at a stationary point, so it is run from ``K + 2``
   starts (the previous minimiser, the plug-in best response ``u = 0``, and each action's vertex mixed
-  with ``pi0``) and the lowest end value is kept.
-- Max-player: dual averaging on ``h`` (Xiao 2010, regularised dual averaging with the strongly concave
-  ``-eta KL``): ``log p_{k+1} = log_softmax(log pi0 + s_bar_k / eta)``, ``s_bar_k`` the weighted average
-  (weights ``k + 1``) of the supergradients ``s_j = G_hat q_j - r d/dp ||psi_bar(p_j, q_j)||`` at the
-  min-player's minimiser ``q_j`` (Danskin). ``outer`` iterations, each with ``inner`` MM steps per start.
+  with ``pi0``) and the lowest end value is kept. It is written with the Gram matrix ``B B^T`` (``K x K``:
+  ``B B^T q / sqrt(q^T B B^T q)`` is the same step).
+- Max-player: pairwise Frank-Wolfe on the dual. For any min-player response ``q_j`` against ``p_j``, with
+  ``y_j = G_hat q_j - r B_j^T u_j`` (``u_j`` the unit vector of ``psi_bar(p_j, q_j)``, so ``y_j`` is a
+  supergradient, Danskin) and ``c_j = eta KL(q_j || pi0)``, ``u^T v <= ||v||`` gives, for every ``p``,
+
+      h_x(p) <= f_x(p, q_j) <= p^T y_j + c_j - eta KL(p || pi0),
+
+  so for weights ``lambda`` on the atoms ``Psi(lambda) = eta log E_{pi0} exp(y_bar / eta) + c_bar >= max_p
+  h_x(p)`` (``y_bar, c_bar`` the weighted averages), with maximiser ``p = softmax(log pi0 + y_bar / eta)``.
+  Each of the ``outer`` steps adds the atom of the current ``p``, found by ``inner`` MM steps per start,
+  and moves weight from the active atom worst against ``p`` onto it by an exact line search on ``Psi``
+  (bisection on its increasing derivative). ``certificate = E_x[Psi(lambda) - h_x(pi_hat)]`` bounds the
+  suboptimality of ``pi_hat``, whichever responses the atoms hold.
+- Restarts: since the bound holds for any atoms, only every ``restart_every``-th step (and the final
+  evaluation of ``h(pi_hat)``) runs all ``K + 2`` starts; the others start from the previous minimiser and
+  the plug-in response. Consecutive atoms then stay in one basin of the min-player's problem: on the
+  nash-intransitive paper shape the solver runs 3-5x faster with ``restart_every = 10`` than with 1, at a
+  smaller certificate (benchmarks/RESULTS.md, "P2's pessimistic solver").
 
 ``solve`` returns ``pi_hat``, the min-player's minimiser against it, ``h(pi_hat)`` and the per-context
 values; tested against a brute-force max-min over dense simplex grids (tests/test_nash_pessimism.py).
@@ -83,19 +97,25 @@ def objective(g_x, phi_x, log_pi0_x, chol_inv, radius, eta, log_p, log_q):
             - eta * kl_divergence(log_p, log_pi0_x) + eta * kl_divergence(log_q, log_pi0_x))
 
 
-def best_response(g_x, phi_x, log_pi0_x, chol_inv, radius, eta, log_p, log_q_prev, inner: int):
-    """The min-player's multi-start majorize-minimize (module docstring): ``(log q, f_x(p, q))``."""
+def best_response(g_x, phi_x, log_pi0_x, chol_inv, radius, eta, log_p, log_q_prev, inner: int, full: bool = True):
+    """The min-player's multi-start majorize-minimize (module docstring): ``(log q, f_x(p, q))``; ``full``:
+    from all ``K + 2`` starts, else from the previous minimiser and the plug-in best response only."""
     p = jnp.exp(log_p)
     c = p @ g_x
     rows = _rows(chol_inv, p @ phi_x, phi_x, first=True)   # psi_bar = rows^T q
+    gram = rows @ rows.T                                     # ||psi_bar||^2 = q^T gram q
     k = g_x.shape[-1]
     plug_in = jax.nn.log_softmax(log_pi0_x - c / eta)
-    vertices = jnp.log(0.9 * jnp.eye(k, dtype=g_x.dtype) + 0.1 * jnp.exp(log_pi0_x)[None])
-    starts = jnp.concatenate([log_q_prev[None], plug_in[None], vertices])
+    starts = jnp.stack([log_q_prev, plug_in])
+    if full:
+        vertices = jnp.log(0.9 * jnp.eye(k, dtype=g_x.dtype) + 0.1 * jnp.exp(log_pi0_x)[None])
+        starts = jnp.concatenate([starts, vertices])
 
     def mm(log_q, _):
-        _, unit = _norm(rows.T @ jnp.exp(log_q))
-        return jax.nn.log_softmax(log_pi0_x - (c - radius * rows @ unit) / eta), None
+        gq = gram @ jnp.exp(log_q)
+        n = jnp.sqrt(jnp.maximum(jnp.exp(log_q) @ gq, 0.0))
+        pull = jnp.where(n > _TINY, gq / jnp.where(n > _TINY, n, 1.0), 0.0)   # rows @ (rows^T q / ||rows^T q||)
+        return jax.nn.log_softmax(log_pi0_x - (c - radius * pull) / eta), None
 
     ends = jax.vmap(lambda s: jax.lax.scan(mm, s, length=inner)[0])(starts)
     values = jax.vmap(lambda lq: objective(g_x, phi_x, log_pi0_x, chol_inv, radius, eta, log_p, lq))(ends)
@@ -132,13 +152,13 @@ def _line_search(log_pi0_x, y_bar, c_bar, dy, dc, top, eta, steps: int = 40):
     return jnp.where(slope(top) <= 0, top, 0.5 * (lo + hi))
 
 
-@partial(jax.jit, static_argnums=(7, 8))
-def _solve(g, phi, log_pi0, d0, chol, radius, eta, outer: int, inner: int):
+@partial(jax.jit, static_argnums=(7, 8, 9))
+def _solve(g, phi, log_pi0, d0, chol, radius, eta, outer: int, inner: int, restart_every: int):
     chol_inv = spd_solve.lower_inverse(chol)
 
     def context(g_x, phi_x, log_pi0_x):
-        def atom(log_p, log_q_prev):
-            log_q, _ = best_response(g_x, phi_x, log_pi0_x, chol_inv, radius, eta, log_p, log_q_prev, inner)
+        def atom(log_p, log_q_prev, full=True):
+            log_q, _ = best_response(g_x, phi_x, log_pi0_x, chol_inv, radius, eta, log_p, log_q_prev, inner, full)
             y = supergradient(g_x, phi_x, chol_inv, radius, log_p, log_q)
             return log_q, y, eta * kl_divergence(log_q, log_pi0_x)
 
@@ -146,7 +166,11 @@ def _solve(g, phi, log_pi0, d0, chol, radius, eta, outer: int, inner: int):
             ys, cs, lam, log_q = state
             y_bar, c_bar = lam @ ys, lam @ cs
             log_p = jax.nn.log_softmax(log_pi0_x + y_bar / eta)
-            log_q, y, c = atom(log_p, log_q)
+            if restart_every == 1:
+                log_q, y, c = atom(log_p, log_q)
+            else:
+                log_q, y, c = jax.lax.cond((k + 1) % restart_every == 0, lambda: atom(log_p, log_q),
+                                           lambda: atom(log_p, log_q, full=False))
             # pairwise step: weight moves from the active atom worst against p to the new one
             scores = jnp.where(lam > 0, ys @ jnp.exp(log_p) + cs, -jnp.inf)
             away = jnp.argmax(scores)
@@ -169,27 +193,29 @@ def _solve(g, phi, log_pi0, d0, chol, radius, eta, outer: int, inner: int):
 
 
 def solve(g: jax.Array, phi: jax.Array, log_pi0: jax.Array, d0: jax.Array, chol: jax.Array, radius, kl_coef,
-          outer: int = 400, inner: int = 30) -> PolicyPessimisticSolution:
+          outer: int = 400, inner: int = 30, restart_every: int = 10) -> PolicyPessimisticSolution:
     """``argmax_p E_x min_q f_x(p, q)`` for the estimated payoff ``g [n_x, K, K]``, features ``phi
     [n_x, K, d]``, the Cholesky factor ``chol [D, D]`` of ``Sigma`` and ``radius = L_g beta`` (module
-    docstring). ``jit``/``vmap``-able (``outer``, ``inner`` static)."""
+    docstring). ``jit``/``vmap``-able (``outer``, ``inner``, ``restart_every`` static)."""
     v.check_int("outer", outer, 1)
     v.check_int("inner", inner, 1)
+    v.check_int("restart_every", restart_every, 1)
     if chol.shape[-1] != gp.psi_dim(phi.shape[-1]):
         v.fail("chol", tuple(chol.shape), f"a [D, D] Cholesky factor with D = {gp.psi_dim(phi.shape[-1])}")
     dtype = g.dtype
-    return _solve(g, phi, log_pi0, d0, chol, jnp.asarray(radius, dtype), jnp.asarray(kl_coef, dtype), outer, inner)
+    return _solve(g, phi, log_pi0, d0, chol, jnp.asarray(radius, dtype), jnp.asarray(kl_coef, dtype), outer, inner,
+                  restart_every)
 
 
 def policy_pessimistic_policy(instance: Instance, cs, payoff: str = "identity", outer: int = 400,
-                              inner: int = 30) -> PolicyPessimisticSolution:
+                              inner: int = 30, restart_every: int = 10) -> PolicyPessimisticSolution:
     """P2's policy-level pessimistic max-min policy for the confidence set ``cs`` on ``theta`` (module
     docstring): ``G_hat = g(sigmoid(<theta_hat, psi>))``, ``r = L_g beta``."""
     v.check_choice("payoff", payoff, PAYOFFS)
     margins = gp.model_margins(instance, cs.center)
     g = jax.nn.sigmoid(margins) if payoff == "identity" else margins
     return solve(g, instance.phi, instance.log_pi0, instance.d0, cs.chol, LIPSCHITZ[payoff] * cs.beta,
-                 instance.kl_coef, outer, inner)
+                 instance.kl_coef, outer, inner, restart_every)
 
 
 def policy_unilateral_coverage(instance: Instance, chol: jax.Array, log_pi: jax.Array) -> jax.Array:
