@@ -552,6 +552,20 @@ def test_save_figure_requires_titles_and_writes_png_and_svg(tmp_path):
     assert not list(tmp_path.glob("bad.*"))
 
 
+def test_fit_suptitle_wraps_a_title_wider_than_the_figure_and_keeps_a_short_one():
+    words = " ".join(f"field_{i}={i / 7:.4f}," for i in range(30))
+    fig, ax = plotting.figure(ncols=2, size=(3.0, 3.0))
+    fig.suptitle(words)
+    plotting.fit_suptitle(fig)
+    title = fig.get_suptitle()
+    assert title.count("\n") >= 1 and " ".join(title.split()) == words
+    assert fig._suptitle.get_window_extent(fig.canvas.get_renderer()).width <= fig.bbox.width
+    fig.suptitle("short title")
+    plotting.fit_suptitle(fig)
+    assert fig.get_suptitle() == "short title"
+    plotting.plt.close(fig)
+
+
 # ---- progress: a bar on a terminal, lines with elapsed time and ETA in a log, nothing with quiet ----
 
 def _uniform_plus(key, x):

@@ -5,13 +5,14 @@ The statistics behind the bands and slopes live in ``experiments.engine.stats``.
 - ``band_plot`` draws the mean over seeds and a 95% band ``mean +- t_{0.975, n-1} sd / sqrt(n)``
   (``stats.mean_ci``), and optionally the fitted log-log slope (``stats.fit_loglog_slope``).
 - ``bound_plot`` draws a theoretical bound as a dashed curve beside the empirical ones.
-- ``save_figure`` checks that every panel is titled and labelled, adds the legend and writes PNG +
-  SVG atomically.
+- ``save_figure`` checks that every panel is titled and labelled, adds the legend, wraps a figure
+  title wider than the figure (``fit_suptitle``) and writes PNG + SVG atomically.
 """
 from __future__ import annotations
 
 import io
 import os
+import textwrap
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -124,6 +125,22 @@ def pivot(table: Mapping[str, Any], x: str, y: str, seed: str = "seed",
     return ux, out
 
 
+def fit_suptitle(fig) -> None:
+    """Wrap the figure title onto as few lines as keep it inside the figure's width (a long title of
+    config values is otherwise cut at both edges)."""
+    title = fig._suptitle   # matplotlib keeps the suptitle Text here (no public getter of the artist)
+    if title is None or not title.get_text():
+        return
+    text = " ".join(title.get_text().split())
+    renderer = fig.canvas.get_renderer()
+    width = fig.bbox.width * 0.98
+    title.set_text(text)
+    chars = len(text)
+    while title.get_window_extent(renderer).width > width and chars > 20:
+        chars = int(chars * 0.9)
+        title.set_text("\n".join(textwrap.wrap(text, chars)))
+
+
 def save_figure(fig, out_dir: str | os.PathLike, stem: str,
                 formats: Sequence[str] = ("png", "svg"), dpi: int = 150) -> list[Path]:
     """Check titles/labels, add legends, write ``out_dir/stem.<fmt>`` atomically, close the figure."""
@@ -142,6 +159,7 @@ def save_figure(fig, out_dir: str | os.PathLike, stem: str,
         plt.close(fig)
         raise ValueError(f"figure {stem!r} is incomplete ({'; '.join(problems)}): every figure needs "
                          "a title and axis labels.")
+    fit_suptitle(fig)
     paths = []
     for fmt in formats:
         buf = io.BytesIO()
