@@ -189,6 +189,12 @@ CASES = [
     ("merge of ranges with another config or source, overlapping, with a gap, a missing or unfinished directory, "
      "a full run, a damaged output file", "exit 2 (3 for a missing directory), one line naming the seeds, the "
      "field or the file; nothing written", "test_merge.py::test_bad_merge_inputs_are_one_line_and_write_nothing"),
+    ("--distributed with only some of --coordinator/--num-processes/--process-id, a process id >= P, with "
+     "--seed-range, or the three without --distributed", "exit 2, one line naming the options and what is allowed",
+     "test_distributed.py::test_bad_distributed_options_are_one_line"),
+    ("one process of a --distributed run fails", "process 0 exits 8 with 'another process failed: process I: ...'; "
+     "nothing written under OUT/NAME",
+     "test_distributed.py::test_two_processes_write_the_single_run_and_a_failure_stops_both"),
 ]
 
 

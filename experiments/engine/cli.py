@@ -3,8 +3,10 @@
   list                                   experiment names and one-line descriptions
   run NAME [--preset P] [--seeds N | --seed-range START:STOP] [--set FIELD=VALUE ...] [--out DIR]
            [--chunk-size C] [--no-x64] [--max-memory GB] [--plugin FILE.py|MODULE ...] [--quiet]
+           [--distributed [--coordinator HOST:PORT --num-processes P --process-id I]]
                                          run, write DIR/NAME/{results.csv,manifest.json,figures}
-                                         (a seed range: DIR/NAME-seeds-START-STOP, for merge)
+                                         (a seed range: DIR/NAME-seeds-START-STOP, for merge; distributed:
+                                         every process runs a block of seeds, process 0 writes DIR/NAME)
   merge OUT DIR... [--plugin ...] [--trust-plugins] [--quiet]
                                          seed-range runs covering seeds 0..N-1 into OUT/NAME, as one run
   plot DIR [--plugin FILE.py|MODULE ...] [--trust-plugins]
@@ -19,8 +21,8 @@ a pipe one line per chunk with the same times; ``--quiet`` leaves warnings and e
 Exit codes: 0 success; 2 bad input (one line naming the field, the value and what is allowed); 3 a file or
 directory problem (path, permission, full disk, a corrupt results file); 4 a missing optional dependency;
 5 another run holds the output directory; 6 the computation does not fit in memory; 7 the results and figures
-were written but the summary could not be computed (the reason is the manifest's ``summary_error``); 130
-interrupted (finished chunks are kept: the same command resumes).
+were written but the summary could not be computed (the reason is the manifest's ``summary_error``); 8
+another process of a ``--distributed`` run failed (its line is printed); 130 interrupted (finished chunks are kept: the same command resumes).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from typing import Sequence, TextIO
 
 PROG = "rlhf-bandits"
 EXIT_USAGE, EXIT_FILES, EXIT_DEPENDENCY, EXIT_BUSY, EXIT_MEMORY, EXIT_SUMMARY, EXIT_INTERRUPTED = 2, 3, 4, 5, 6, 7, 130
+EXIT_PEER = 8
 MAX_SEED = 2**63 - 1
 
 
@@ -347,14 +350,20 @@ def _relative(paths, run_dir: Path) -> list[str]:
             for p in (paths or [])]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not allowed: must be an integer >= 1")
-    return value
+def _int_at_least(low: int):
+    """An argparse type: an integer ``>= low``, else one line naming the value."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} is not allowed: must be an integer >= {low}")
+        return value
+    return parse
+
+
+_positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
 
 
 def _demo(args) -> int:
@@ -421,13 +430,52 @@ def _list(args) -> int:
 
 def _run(args) -> int:
     from experiments.engine import compile_cache
+    from experiments.engine.registry import UsageError
 
+    if args.distributed:
+        return _run_distributed(args)
+    if args.coordinator is not None or args.num_processes is not None or args.process_id is not None:
+        raise UsageError("--coordinator, --num-processes and --process-id are options of --distributed.")
     compile_cache.enable()
     max_memory = None if args.max_memory is None else int(args.max_memory * 1e9)
     run_dir = run_experiment(args.name, args.preset, args.seeds, args.overrides, args.out, args.x64,
                              args.chunk_size, sys.stderr, [PROG, *args.argv], args.plugins, max_memory,
                              args.seed_range, args.quiet)
     print(run_dir)
+    return 0
+
+
+def _run_distributed(args) -> int:
+    """``run --distributed``: this process's block of seeds, merged by process 0 (``engine.distributed``)."""
+    from experiments.engine import compile_cache, distributed, registry
+    from experiments.engine.merge import merge_runs
+    from experiments.engine.registry import UsageError
+
+    if args.seed_range is not None:
+        raise UsageError("--seed-range is not allowed with --distributed: the processes split the seeds "
+                         "themselves (give --seeds N).")
+    me, count = distributed.initialize(args.coordinator, args.num_processes, args.process_id)
+    compile_cache.enable()
+    load_plugins(args.plugins)
+    experiment = registry.get(args.name)
+    n_seeds = registry.default_seeds(experiment, args.preset) if args.seeds is None else args.seeds
+    chunk = args.chunk_size or getattr(experiment, "CHUNK_SIZE", None)
+    max_memory = None if args.max_memory is None else int(args.max_memory * 1e9)
+    command = [PROG, *args.argv]
+    quiet = args.quiet or me != 0   # one progress display: process 0's
+    about = {"distributed": {"processes": count, "blocks": distributed.blocks(n_seeds, count, chunk),
+                             "chunk_size": chunk}}
+
+    def run_block(seed_range, root):
+        return run_experiment(args.name, args.preset, None, args.overrides, root, args.x64, args.chunk_size,
+                              sys.stderr, command, args.plugins, max_memory, seed_range, quiet)
+
+    def merge(out, dirs):
+        return merge_runs(out, dirs, sys.stderr, args.plugins, False, command, quiet, extra=about)
+
+    run_dir = distributed.run_distributed(args.name, n_seeds, args.out, chunk, run_block, merge)
+    if run_dir is not None:
+        print(run_dir)
     return 0
 
 
@@ -518,6 +566,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="import this first, for its registrations (e.g. a new exploration strategy); a "
                      "plugin is Python code and runs with your rights; repeatable; recorded in the manifest "
                      "with its SHA-256")
+    run.add_argument("--distributed", action="store_true",
+                     help="one run over many processes or hosts (jax.distributed): every process runs this same "
+                          "command and computes a block of the seeds, process 0 merges them into OUT/NAME; "
+                          "under SLURM or Open MPI JAX finds the processes itself, else give the three options below")
+    run.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                     help="with --distributed: the address of process 0's coordinator")
+    run.add_argument("--num-processes", type=_positive_int, default=None, metavar="P",
+                     help="with --distributed: how many processes take part")
+    run.add_argument("--process-id", type=_non_negative_int, default=None, metavar="I",
+                     help="with --distributed: this process's index, 0 <= I < P")
     run.add_argument("--quiet", action="store_true",
                      help="no progress on stderr (warnings and errors only); without it: a bar with elapsed time "
                      "and ETA on a terminal, one line per chunk otherwise")
@@ -558,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
     no traceback; an error inside an experiment's computation (a bug) keeps its traceback."""
     from bandits.validation import MissingDependencyError
     from experiments.engine.registry import UsageError
+    from experiments.engine.distributed import DistributedError
     from experiments.engine.results import SummaryError
     from experiments.engine.runner import MemoryLimitError
     from experiments.engine.storage import RunBusyError
@@ -583,6 +642,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail(EXIT_BUSY, str(err))
     except SummaryError as err:
         return fail(EXIT_SUMMARY, str(err))
+    except DistributedError as err:
+        return fail(EXIT_PEER, f"another process failed: {err}")
     except MemoryLimitError as err:
         return fail(EXIT_MEMORY, f"{err}: lower the sizes of the config (--set ...) or --chunk-size, or raise "
                     "--max-memory if more memory is free than the devices report")

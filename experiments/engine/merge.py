@@ -106,8 +106,9 @@ def _check(dirs: list[Path], manifests: list[dict]) -> list[tuple[Path, int, int
 
 def merge_runs(out: str | os.PathLike, dirs: Sequence[str | os.PathLike], stream: TextIO | None = None,
                plugins: Sequence[str] = (), trust_plugins: bool = False,
-               command: Sequence[str] | None = None, quiet: bool = False) -> Path:
-    """Merge seed-range run directories into ``out/NAME`` (module docstring); returns that directory."""
+               command: Sequence[str] | None = None, quiet: bool = False, extra: dict | None = None) -> Path:
+    """Merge seed-range run directories into ``out/NAME`` (module docstring); returns that directory.
+    ``extra``: more manifest fields (a distributed run's processes and blocks)."""
     import jax
     import jax.numpy as jnp
 
@@ -181,6 +182,7 @@ def merge_runs(out: str | os.PathLike, dirs: Sequence[str | os.PathLike], stream
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "summary": summary,
             **({"summary_error": summary_error} if summary_error else {}),
+            **(extra or {}),
         }
         csv_path, figures, plot_error = storage.write_run(
             run_dir, table, manifest, lambda t, d: experiment.plot(t, config, d), non_finite)
