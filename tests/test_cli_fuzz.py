@@ -192,6 +192,10 @@ CASES = [
     ("--distributed with only some of --coordinator/--num-processes/--process-id, a process id >= P, with "
      "--seed-range, or the three without --distributed", "exit 2, one line naming the options and what is allowed",
      "test_distributed.py::test_bad_distributed_options_are_one_line"),
+    ("--sweep without '=', with an empty value, a repeated value or field, an unknown or tuple field, a point "
+     "its config refuses, or with --seed-range / --distributed", "exit 2, one line naming the sweep, the field or "
+     "the point and what is allowed; nothing written",
+     "test_sweep.py::test_bad_sweeps_are_one_line_and_write_nothing"),
     ("one process of a --distributed run fails", "process 0 exits 8 with 'another process failed: process I: ...'; "
      "nothing written under OUT/NAME",
      "test_distributed.py::test_two_processes_write_the_single_run_and_a_failure_stops_both"),

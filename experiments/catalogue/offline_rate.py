@@ -19,6 +19,7 @@ share one compiled program (coverage, temperature and kl_coef are traced argumen
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
 
 import jax
@@ -163,7 +164,7 @@ def per_seed(key, coverage, temperature, kl_coef, config: Config):
 def run(config: Config, seeds: int, progress) -> Results:
     keys = seed_keys(config.seed, seeds)
     tables, outs = [], {}
-    fn = lambda key, c, s, e: per_seed(key, c, s, e, config)
+    fn = functools.partial(per_seed, config=config)
     for setting, coverage, temperature, kl_coef in config.settings():
         out = outs[setting] = run_vectorized(fn, keys, np.float64(coverage), np.float64(temperature),
                                              np.float64(kl_coef), progress=progress, tag=setting)

@@ -3,7 +3,7 @@
   list                                   experiment names and one-line descriptions
   run NAME [--preset P] [--seeds N | --seed-range START:STOP] [--set FIELD=VALUE ...] [--out DIR]
            [--chunk-size C] [--no-x64] [--max-memory GB] [--plugin FILE.py|MODULE ...] [--quiet]
-           [--distributed [--coordinator HOST:PORT --num-processes P --process-id I]]
+           [--sweep FIELD=V1,V2,... ...] [--distributed [--coordinator HOST:PORT --num-processes P --process-id I]]
                                          run, write DIR/NAME/{results.csv,manifest.json,figures}
                                          (a seed range: DIR/NAME-seeds-START-STOP, for merge; distributed:
                                          every process runs a block of seeds, process 0 writes DIR/NAME)
@@ -106,7 +106,7 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
                    chunk_size: int | None = None, stream: TextIO | None = None,
                    command: Sequence[str] | None = None, plugins: Sequence[str] = (),
                    max_memory: int | None = None, seed_range: tuple[int, int] | None = None,
-                   quiet: bool = False) -> Path:
+                   quiet: bool = False, sweep: Sequence[str] = ()) -> Path:
     """Run experiment ``name`` and write ``out/name/`` (results.csv, figures, then manifest.json).
 
     Configuration errors (unknown name, preset or field, bad value) raise ``ValueError`` before any
@@ -115,7 +115,8 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
     count, the toolkit's source and each plugin's contents). ``plugins`` are imported first
     (``load_plugins``); ``max_memory`` (bytes) caps each chunk's memory. ``seed_range=(start, stop)``
     computes seeds ``start..stop-1`` only and writes ``out/name-seeds-START-STOP/`` with their rows and
-    their saved outputs, for ``merge`` (``experiments.engine.seed_range``). Progress goes to ``stream``
+    their saved outputs, for ``merge`` (``experiments.engine.seed_range``). ``sweep`` (``FIELD=V1,V2,...``
+    texts) runs the grid of configs as one run (``experiments.engine.sweep``). Progress goes to ``stream``
     (``progress.Display``: a bar on a terminal, lines otherwise, warnings only with ``quiet``). Returns the
     run directory.
     """
@@ -123,7 +124,7 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
     import jax.numpy as jnp
 
     from bandits import validation as v
-    from experiments.engine import registry, seed_range as ranges, storage
+    from experiments.engine import registry, seed_range as ranges, storage, sweep as sweeps
     from experiments.engine.config import apply_overrides, config_hash, config_to_dict
     from experiments.engine.results import SummaryError, as_results
     from experiments.engine.runner import Progress, check_instance_floor
@@ -136,6 +137,13 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
         raise
     except ValueError as err:
         raise registry.UsageError(str(err)) from err
+    grid, traced = None, ()
+    if sweep:
+        if seed_range is not None:
+            raise registry.UsageError("--sweep is not allowed with --seed-range: a sweep is one run over all its "
+                                      "seeds (sweep each range's field with --set instead).")
+        parsed = sweeps.parse_sweeps(sweep, config)
+        grid, traced = sweeps.points(config, parsed), sweeps.traced_paths(parsed)
     if seed_range is not None and seeds is not None:
         raise registry.UsageError(f"seeds={seeds} is not allowed with seed_range={seed_range[0]}:{seed_range[1]}: "
                                   "give one of --seeds and --seed-range.")
@@ -159,12 +167,14 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
         env = storage.environment()
         code = storage.code_digest()
         plugin_sha = plugin_digests(plugins)
-        digest = config_hash(name, config, n_seeds if seed_range is None else list(seed_range), dtype, code,
+        seeds_part = n_seeds if seed_range is None else list(seed_range)
+        digest = config_hash(name, config, seeds_part if grid is None else [seeds_part, list(sweep)], dtype, code,
                              plugin_sha, jax.device_count())
         chunks = run_dir / storage.CHUNKS
         store = storage.ChunkStore(chunks / digest)
         progress = Progress(name, stream, store, chunk_size, max_memory, quiet)
-        check_instance_floor(config, jnp.dtype(dtype).itemsize, progress)
+        for point_config in [config] if grid is None else [c for _, c in grid]:
+            check_instance_floor(point_config, jnp.dtype(dtype).itemsize, progress)
         hook = None
         if seed_range is not None:
             shutil.rmtree(run_dir / ranges.OUTPUTS, ignore_errors=True)   # rewritten by this run
@@ -177,12 +187,20 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
             progress.message(f"found {store.count()} saved chunk(s) of an interrupted run; resuming")
         which = (f"{n_seeds} seeds" if seed_range is None
                  else f"seeds {seed_range[0]}-{seed_range[1] - 1} ({seed_range[1] - seed_range[0]} of the root stream)")
+        procs = (f", {jax.local_device_count()} on this process ({jax.process_index()} of {jax.process_count()})"
+                 if jax.process_count() > 1 else "")
         progress.message(f"preset {preset}, {which}, {dtype}, "
-                         f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
+                         f"{jax.device_count()} {jax.devices()[0].platform} device(s){procs}")
         started = time.perf_counter()
-        results = as_results(experiment.run(config, n_seeds, progress))
+        if grid is None:
+            results = as_results(experiment.run(config, n_seeds, progress))
+        else:
+            results = sweeps.run_grid(experiment, grid, traced, n_seeds, progress)
         wall = time.perf_counter() - started
         table, extra = results.table, {}
+        if grid is not None:
+            extra["sweep"] = {"args": list(sweep), "grid": [list(p.overrides) for p, _ in grid],
+                              "traced": list(traced), "traced_calls": progress.traced_calls}
         summary, summary_error = ({}, None) if hook is not None else results.safe_summary()
         if hook is not None:
             if not hook.seed_calls:
@@ -221,8 +239,9 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
             "summary": summary,
             **({"summary_error": summary_error} if summary_error else {}),
         }
-        csv_path, figures, plot_error = storage.write_run(
-            run_dir, table, manifest, lambda t, d: experiment.plot(t, config, d), non_finite)
+        plot = ((lambda t, d: experiment.plot(t, config, d)) if grid is None
+                else (lambda t, d: sweeps.plot_grid(experiment, grid, t, d)))
+        csv_path, figures, plot_error = storage.write_run(run_dir, table, manifest, plot, non_finite)
         store.clear()
         if plot_error is not None:
             progress.message(f"results and manifest written to {run_dir}, but plotting failed; fix it and "
@@ -335,7 +354,12 @@ def replot(path: str | Path, stream: TextIO | None = None, plugins: Sequence[str
             raise
         except (OSError, KeyError, ValueError) as err:
             raise registry.UsageError(f"cannot re-plot {run_dir}: {err}") from err
-        paths = [Path(p) for p in (experiment.plot(table, config, run_dir) or [])]
+        if manifest.get("sweep"):
+            from experiments.engine import sweep as sweeps
+            grid = sweeps.points(config, sweeps.parse_sweeps(manifest["sweep"]["args"], config))
+            paths = [Path(p) for p in sweeps.plot_grid(experiment, grid, table, run_dir)]
+        else:
+            paths = [Path(p) for p in (experiment.plot(table, config, run_dir) or [])]
         manifest["figures"], manifest["plot_error"] = _relative(paths, run_dir), None
         storage.write_manifest(run_dir, manifest)
         if stream is not None:
@@ -440,7 +464,7 @@ def _run(args) -> int:
     max_memory = None if args.max_memory is None else int(args.max_memory * 1e9)
     run_dir = run_experiment(args.name, args.preset, args.seeds, args.overrides, args.out, args.x64,
                              args.chunk_size, sys.stderr, [PROG, *args.argv], args.plugins, max_memory,
-                             args.seed_range, args.quiet)
+                             args.seed_range, args.quiet, args.sweeps)
     print(run_dir)
     return 0
 
@@ -454,6 +478,9 @@ def _run_distributed(args) -> int:
     if args.seed_range is not None:
         raise UsageError("--seed-range is not allowed with --distributed: the processes split the seeds "
                          "themselves (give --seeds N).")
+    if args.sweeps:
+        raise UsageError("--sweep is not allowed with --distributed yet: run one --distributed run per value "
+                         "(--set FIELD=V).")
     me, count = distributed.initialize(args.coordinator, args.num_processes, args.process_id)
     compile_cache.enable()
     load_plugins(args.plugins)
@@ -566,6 +593,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="import this first, for its registrations (e.g. a new exploration strategy); a "
                      "plugin is Python code and runs with your rights; repeatable; recorded in the manifest "
                      "with its SHA-256")
+    run.add_argument("--sweep", dest="sweeps", action="append", default=[], metavar="FIELD=V1,V2,...",
+                     help="run the grid of these values (repeatable: the product) as one run: the fields become "
+                          "columns of results.csv, figures go to one folder per point, and float fields share one "
+                          "compiled program across the grid (e.g. --sweep kl_coef=0.05,0.1,0.2)")
     run.add_argument("--distributed", action="store_true",
                      help="one run over many processes or hosts (jax.distributed): every process runs this same "
                           "command and computes a block of the seeds, process 0 merges them into OUT/NAME; "

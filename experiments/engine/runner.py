@@ -76,7 +76,7 @@ def instance_floor(config: Any, itemsize: int) -> tuple[int, str] | None:
 def check_instance_floor(config: Any, itemsize: int, progress: "Progress") -> None:
     """``MemoryLimitError`` naming the fields when ``instance_floor`` exceeds the memory budget of one device."""
     floor = instance_floor(config, itemsize)
-    budget = progress.memory_budget(jax.devices()[:1])
+    budget = progress.memory_budget(jax.local_devices()[:1])
     if floor is not None and budget is not None and floor[0] > budget:
         raise MemoryLimitError(f"one seed's instance tables alone ({floor[1]} numbers of {itemsize} bytes) need "
                                f"{floor[0] / 1e9:.3g} GB, but {budget / 1e9:.3g} GB are free")
@@ -131,6 +131,9 @@ class Progress:
         self.calls: list[dict[str, Any]] = []
         # ``seed_range.RangeHook`` / ``ReplayHook``: sees every call first (``--seed-range``, ``merge``)
         self.seed_hook: Callable | None = None
+        # ``sweep.Traced``: the float fields of the grid point running (``--sweep``), and which calls shared a program
+        self.traced: Any = None
+        self.traced_calls: list[dict[str, Any]] = []
 
     def memory_budget(self, devices: list) -> int | None:
         """Bytes one chunk may use: the devices' free memory, capped by ``max_memory``."""
@@ -239,8 +242,13 @@ def run_vectorized(fn: Callable[..., Any], keys: jax.Array, *args: Any, chunk_si
     Pass ``functools.partial(one_seed, config=config)`` rather than a lambda to reuse the compiled
     executable when the same configuration runs again in this process.
     """
+    from experiments.engine.sweep import traced_call
+
     progress = progress if progress is not None else Progress()
     tag = tag or f"call{len(progress.calls)}"
+    fn, args, shared = traced_call(fn, keys, args, progress.traced)
+    if progress.traced is not None:
+        progress.traced_calls.append({"tag": tag, "shared": shared})
     store_tag = _chunk_tag(tag, fn, args)
     if progress.seed_hook is not None:
         batched = jax.vmap(fn, in_axes=(0,) + (None,) * len(args))
