@@ -45,8 +45,8 @@ and ``max min`` may exceed ``min max``.
 - Restarts: since the bound holds for any atoms, only every ``restart_every``-th step (and the final
   evaluation of ``h(pi_hat)``) runs all ``K + 2`` starts; the others start from the previous minimiser and
   the plug-in response. Consecutive atoms then stay in one basin of the min-player's problem: on the
-  nash-intransitive paper shape the solver runs 3-5x faster with ``restart_every = 10`` than with 1, at a
-  smaller certificate (benchmarks/RESULTS.md, "P2's pessimistic solver").
+  nash-intransitive paper shape the solver runs 2.6-2.9x faster with ``restart_every = 10`` than with 1, at
+  a higher value and a smaller certificate (benchmarks/RESULTS.md, "P2's pessimistic solver").
 
 ``solve`` returns ``pi_hat``, the min-player's minimiser against it, ``h(pi_hat)`` and the per-context
 values; tested against a brute-force max-min over dense simplex grids (tests/test_nash_pessimism.py).
