@@ -192,6 +192,9 @@ CASES = [
     ("--distributed with only some of --coordinator/--num-processes/--process-id, a process id >= P, with "
      "--seed-range, or the three without --distributed", "exit 2, one line naming the options and what is allowed",
      "test_distributed.py::test_bad_distributed_options_are_one_line"),
+    ("lm-rejection / lm-omd-features vocab_size=50 length=8: a traceback from inside the compile (the TreeLM's "
+     "table, the enumerated space)", "exit 2 before compiling, one line naming the config and its limit",
+     "test_reliability.py::test_bad_input_gives_one_line_and_a_distinct_exit_code"),
     ("--sweep without '=', with an empty value, a repeated value or field, an unknown or tuple field, a point "
      "its config refuses, or with --seed-range / --distributed", "exit 2, one line naming the sweep, the field or "
      "the point and what is allowed; nothing written",

@@ -172,6 +172,10 @@ def test_written_files_follow_the_umask(tmp_path):
     (["run", "offline-rate", "--set", "n_contexts=1e15"], cli.EXIT_USAGE, "n_contexts=1000000000000000 is not allowed"),
     (["run", "online-explore", "--set", "iterations=0"], cli.EXIT_USAGE,
      "iterations=0 is not allowed: iterations must be an integer >= 1"),
+    (["run", "lm-rejection", "--set", "vocab_size=50", "length=8"], cli.EXIT_USAGE,
+     "TreeConfig must be a table of at most 10000000 logits"),   # was a traceback from inside the compile
+    (["run", "lm-omd-features", "--set", "vocab_size=50", "length=8"], cli.EXIT_USAGE,
+     "space must be a space with vocab_size**length <= 1000000 to be enumerated"),   # likewise
     (["run", "toy", "--out", "{file}"], cli.EXIT_FILES, "Not a directory"),
     (["run", "toy", "--out", "{file}/under"], cli.EXIT_FILES, "Not a directory"),
 ])

@@ -79,7 +79,8 @@ def lengths_to_mask(lengths: jax.Array, length: int) -> jax.Array:
     return positions < lengths[..., None]
 
 
-def _check_enumerable(space: ResponseSpace) -> None:
+def check_enumerable(space: ResponseSpace) -> None:
+    """One line (``ValueError``) unless every response of ``space`` can be enumerated (``MAX_ENUMERATED``)."""
     if not isinstance(space, ResponseSpace):
         v.fail("space", type(space).__name__, "a bandits.lm.ResponseSpace")
     if space.vocab_size**space.length > MAX_ENUMERATED:
@@ -117,7 +118,7 @@ def enumerate_responses(space: ResponseSpace) -> tuple[jax.Array, jax.Array]:
     Rows are in ascending canonical code (module docstring); ``A = space.n_responses``. Requires
     ``V^L <= MAX_ENUMERATED``.
     """
-    _check_enumerable(space)
+    check_enumerable(space)
     tokens, mask, _ = _enumeration(space)
     return jnp.asarray(tokens), jnp.asarray(mask)
 
@@ -137,7 +138,7 @@ def response_index(space: ResponseSpace, tokens: jax.Array, mask: jax.Array) -> 
     ``tokens``, ``mask``: ``[..., L]``. A response is outside the space when its mask is not a prefix
     of positions, it has an EOS before its last masked token, or it stops early without EOS.
     """
-    _check_enumerable(space)
+    check_enumerable(space)
     tokens, mask = jnp.asarray(tokens), jnp.asarray(mask, bool)
     if tokens.shape != mask.shape or tokens.shape[-1:] != (space.length,):
         raise ValueError(f"tokens {tuple(tokens.shape)} and mask {tuple(mask.shape)} are not allowed: both "

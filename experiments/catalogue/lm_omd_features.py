@@ -52,7 +52,7 @@ from algorithms.onepass import estimators, evaluation
 from algorithms.onepass import policies as p3_policy
 from bandits import validation as v
 from bandits.lm import tiny
-from bandits.lm.space import ResponseSpace, enumerate_responses
+from bandits.lm.space import ResponseSpace, check_enumerable, enumerate_responses
 from bandits.rewards import random_unit_vector
 from experiments.catalogue import p3_common as p3
 from experiments.engine import plotting
@@ -165,7 +165,7 @@ class Config:
         v.check_int("n_prompts", self.n_prompts, 1)
         if self.n_prompts > self.vocab_size ** 2:
             v.fail("n_prompts", self.n_prompts, f"<= vocab_size^2 = {self.vocab_size ** 2} (distinct 2-token prompts)")
-        ResponseSpace(self.vocab_size, self.length)
+        check_enumerable(ResponseSpace(self.vocab_size, self.length))   # before compiling: one line
         self.lm_config
         v.check_choice("pooling", self.pooling, tiny.POOLINGS)
         v.check_int("feature_seed", self.feature_seed, 0)

@@ -74,11 +74,16 @@ class Config:
             v.check_int("n_grid", n, 1)
         for eta in self.kl_grid:
             v.check_float("kl_grid", eta, low=0.0, low_open=True)
-        ResponseSpace(self.vocab_size, self.length)
+        self.tree_config   # validates the space and the TreeLM's table size (one line, before compiling)
 
     @property
     def space(self) -> ResponseSpace:
         return ResponseSpace(self.vocab_size, self.length)
+
+    @property
+    def tree_config(self) -> tree.TreeConfig:
+        space = self.space
+        return tree.TreeConfig(space.vocab_size, space.length, prompt_len=1, prompt_vocab_size=self.n_prompts)
 
 
 presets = {"quick": Config(), "paper": Config(n_prompts=8, n_grid=(1, 2, 4, 8, 16, 32, 64, 128, 256),
@@ -88,8 +93,7 @@ seeds = {"quick": 8, "paper": 100}
 
 def lm_world(key, config: Config) -> tuple[jax.Array, jax.Array]:
     """``(log_pi0, reward)`` ``[n_x, A]``: a random TreeLM reference, enumerated, and a Gaussian reward."""
-    space = config.space
-    cfg = tree.TreeConfig(space.vocab_size, space.length, prompt_len=1, prompt_vocab_size=config.n_prompts)
+    space, cfg = config.space, config.tree_config
     k_lm, k_r = jax.random.split(key)
     prompts = jnp.arange(config.n_prompts, dtype=jnp.int32)[:, None]
     log_pi0 = exact.enumerated_log_policy(tree.enumerated_token_logprobs, cfg,
