@@ -22,7 +22,8 @@ Exit codes: 0 success; 2 bad input (one line naming the field, the value and wha
 directory problem (path, permission, full disk, a corrupt results file); 4 a missing optional dependency;
 5 another run holds the output directory; 6 the computation does not fit in memory; 7 the results and figures
 were written but the summary could not be computed (the reason is the manifest's ``summary_error``); 8
-another process of a ``--distributed`` run failed (its line is printed); 130 interrupted (finished chunks are kept: the same command resumes).
+another process of a ``--distributed`` run failed (its line is printed); 130 interrupted (finished chunks are
+kept: the same command resumes).
 """
 from __future__ import annotations
 
