@@ -58,6 +58,9 @@ def test_a_float_sweep_compiles_once_and_equals_the_separate_runs(toy, tmp_path,
             json.loads((tmp_path / kl / "toy" / "manifest.json").read_text())["summary"]["mean_value"], rel=1e-13)
     assert sorted(p.name for p in run_dir.iterdir() if p.is_dir()) == ["kl_coef=0.5", "kl_coef=1", "kl_coef=2"]
     assert (run_dir / "kl_coef=1" / "toy.png").is_file()
+    assert manifest["figures"] == [f"kl_coef={kl}/toy.{ext}" for kl in ("0.5", "1", "2")
+                                   for ext in ("png", "svg")]
+    assert manifest["sweep"]["columns"] == {"kl_coef": "kl_coef"}
 
 
 def test_a_grid_is_the_product_with_a_column_per_field_and_replots_per_point(toy, tmp_path):
@@ -76,6 +79,8 @@ def test_a_grid_is_the_product_with_a_column_per_field_and_replots_per_point(toy
     assert cli.main(["plot", str(run_dir)]) == 0
     assert (run_dir / "kl_coef=1,method=shifted" / "toy.png").is_file()
     assert (run_dir / "kl_coef=0.5,method=exact" / "toy.png").is_file()
+    assert json.loads((run_dir / "manifest.json").read_text())["figures"] == [
+        f"kl_coef={k},method={m}/toy.{ext}" for k in ("0.5", "1") for m in ("exact", "shifted") for ext in ("png", "svg")]
 
 
 @pytest.mark.parametrize("argv, words", [

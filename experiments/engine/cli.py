@@ -196,12 +196,13 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
         if grid is None:
             results = as_results(experiment.run(config, n_seeds, progress))
         else:
-            results = sweeps.run_grid(experiment, grid, traced, n_seeds, progress)
+            results, swept_columns = sweeps.run_grid(experiment, grid, traced, n_seeds, progress)
         wall = time.perf_counter() - started
         table, extra = results.table, {}
         if grid is not None:
             extra["sweep"] = {"args": list(sweep), "grid": [list(p.overrides) for p, _ in grid],
-                              "traced": list(traced), "traced_calls": progress.traced_calls}
+                              "columns": swept_columns, "traced": list(traced),
+                              "traced_calls": progress.traced_calls}
         summary, summary_error = ({}, None) if hook is not None else results.safe_summary()
         if hook is not None:
             if not hook.seed_calls:
@@ -241,7 +242,7 @@ def run_experiment(name: str, preset: str = "quick", seeds: int | None = None,
             **({"summary_error": summary_error} if summary_error else {}),
         }
         plot = ((lambda t, d: experiment.plot(t, config, d)) if grid is None
-                else (lambda t, d: sweeps.plot_grid(experiment, grid, t, d)))
+                else (lambda t, d: sweeps.plot_grid(experiment, grid, swept_columns, t, d)))
         csv_path, figures, plot_error = storage.write_run(run_dir, table, manifest, plot, non_finite)
         store.clear()
         if plot_error is not None:
@@ -358,7 +359,11 @@ def replot(path: str | Path, stream: TextIO | None = None, plugins: Sequence[str
         if manifest.get("sweep"):
             from experiments.engine import sweep as sweeps
             grid = sweeps.points(config, sweeps.parse_sweeps(manifest["sweep"]["args"], config))
-            paths = [Path(p) for p in sweeps.plot_grid(experiment, grid, table, run_dir)]
+            columns = manifest["sweep"].get("columns")
+            if columns is None:   # sweeps run before 2026-12-04 did not record their columns
+                raise registry.UsageError(f"cannot re-plot {run_dir}: its manifest has no sweep.columns (written "
+                                          "before they were recorded); run the sweep again.")
+            paths = [Path(p) for p in sweeps.plot_grid(experiment, grid, columns, table, run_dir)]
         else:
             paths = [Path(p) for p in (experiment.plot(table, config, run_dir) or [])]
         manifest["figures"], manifest["plot_error"] = _relative(paths, run_dir), None

@@ -21,8 +21,8 @@ import types
 import typing
 from typing import Any, Literal, Mapping, Sequence
 
-__all__ = ["apply_overrides", "check_unused", "config_from_dict", "config_hash", "config_to_dict", "parse_value",
-           "replace", "settable_fields", "short_names"]
+__all__ = ["apply_overrides", "check_unused", "config_from_dict", "config_hash", "config_to_dict", "field_value",
+           "parse_value", "replace", "settable_fields", "short_names"]
 
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -52,6 +52,14 @@ def settable_fields(config: Any, prefix: str = "") -> list[str]:
         else:
             out.append(prefix + name)
     return out
+
+
+def field_value(config: Any, path: str) -> Any:
+    """The value at dotted ``path`` of a (nested) config, e.g. ``instance.kl_coef``."""
+    node = config
+    for part in path.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def _leaf_paths(cls: type, prefix: str = "") -> list[str]:

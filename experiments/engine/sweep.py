@@ -30,8 +30,8 @@ import numpy as np
 
 from experiments.engine.registry import UsageError
 
-__all__ = ["Point", "Traced", "parse_sweeps", "points", "traced_call", "with_values"]
-
+__all__ = ["Point", "Traced", "parse_sweeps", "plot_grid", "points", "run_grid", "traced_call", "traced_paths",
+           "with_values"]
 
 
 class Traced(NamedTuple):
@@ -89,7 +89,7 @@ def parse_sweeps(texts: Sequence[str], config: Any) -> list[tuple[str, str, list
 def points(config: Any, sweeps: list[tuple[str, str, list[str], Any]]) -> list[tuple[Point, Any]]:
     """``[(point, its config)]`` over the grid, each config validated (``apply_overrides``: one line on a
     bad value, naming the point)."""
-    from experiments.engine.config import apply_overrides
+    from experiments.engine.config import apply_overrides, field_value
 
     out = []
     for combo in itertools.product(*[[(path, short, v) for v in values] for path, short, values, _ in sweeps]):
@@ -99,16 +99,9 @@ def points(config: Any, sweeps: list[tuple[str, str, list[str], Any]]) -> list[t
             point_config = apply_overrides(config, overrides)
         except ValueError as err:
             raise UsageError(f"sweep point {label}: {err}") from None
-        columns = {short: _column_value(point_config, path) for path, short, _ in combo}
+        columns = {short: field_value(point_config, path) for path, short, _ in combo}
         out.append((Point(overrides, label, columns), point_config))
     return out
-
-
-def _column_value(config: Any, path: str) -> Any:
-    node = config
-    for part in path.split("."):
-        node = getattr(node, part)
-    return node
 
 
 def traced_paths(sweeps: list[tuple[str, str, list[str], Any]]) -> tuple[str, ...]:
@@ -158,22 +151,27 @@ def traced_call(fn: Callable, keys: jax.Array, args: tuple, traced: Traced | Non
     return shared, (*args, values), True
 
 
-def run_grid(experiment: Any, grid: list[tuple[Point, Any]], traced: tuple[str, ...], n_seeds: int, progress: Any):
-    """Each point's ``experiment.run`` in turn (module docstring); ``Results`` of the stacked table whose
-    summary prefixes each point's entries with its label (a point whose summary fails is named)."""
+def run_grid(experiment: Any, grid: list[tuple[Point, Any]], traced: tuple[str, ...], n_seeds: int,
+             progress: Any) -> tuple[Any, dict[str, str]]:
+    """Each point's ``experiment.run`` in turn (module docstring): ``Results`` of the stacked table, whose
+    summary prefixes each point's entries with its label (a point whose summary fails is named), and
+    ``{short name: column}``, the column each swept field went to (``plot_grid`` reads it; the manifest keeps it
+    as ``sweep.columns``)."""
+    from experiments.engine.config import field_value
     from experiments.engine.results import Results, SummaryError, as_results, concat_tables
 
     tables, parts = [], []
     for i, (point, config) in enumerate(grid):
         progress.message(f"sweep point {i + 1}/{len(grid)}: {point.label}")
-        progress.traced = Traced(traced, tuple(float(_column_value(config, p)) for p in traced))
+        progress.traced = Traced(traced, tuple(float(field_value(config, p)) for p in traced))
         try:
             results = as_results(experiment.run(config, n_seeds, progress))
         finally:
             progress.traced = None
         tables.append(dict(results.table))
         parts.append((point, results))
-    for column, name in _column_names(grid, tables).items():
+    columns = _column_names(grid, tables)
+    for column, name in columns.items():
         for (point, _), table in zip(grid, tables):
             table[name] = np.full(len(next(iter(table.values()))), point.columns[column])
 
@@ -188,7 +186,7 @@ def run_grid(experiment: Any, grid: list[tuple[Point, Any]], traced: tuple[str, 
             raise SummaryError("; ".join(errors))
         return summary
 
-    return Results(concat_tables(tables), summarize)
+    return Results(concat_tables(tables), summarize), columns
 
 
 def _column_names(grid: list[tuple[Point, Any]], tables: list[dict]) -> dict[str, str]:
@@ -206,21 +204,20 @@ def _column_names(grid: list[tuple[Point, Any]], tables: list[dict]) -> dict[str
     return names
 
 
-def plot_grid(experiment: Any, grid: list[tuple[Point, Any]], table: dict, out_dir) -> list:
-    """Each point's figures from its rows of ``table``, into ``out_dir/<point label>/``."""
+def plot_grid(experiment: Any, grid: list[tuple[Point, Any]], columns: dict[str, str], table: dict,
+              out_dir) -> list:
+    """Each point's figures from its rows of ``table`` (the swept fields in ``columns``, as ``run_grid`` returned
+    them), into ``out_dir/<point label>/``; the figures' paths."""
     from pathlib import Path
 
-    paths = []
+    figures = []
+    n_rows = len(next(iter(table.values())))
     for point, config in grid:
-        mask = np.ones(len(next(iter(table.values()))), bool)
-        paths = [o.split("=", 1)[0] for o in point.overrides]
-        added = []
-        for (column, value), path in zip(point.columns.items(), paths):
-            name = path if path in table else column
-            mask &= np.asarray(table[name]) == value
-            added.append(name)
-        sub = {k: np.asarray(v)[mask] for k, v in table.items() if k not in added}
+        mask = np.ones(n_rows, bool)
+        for short, value in point.columns.items():
+            mask &= np.asarray(table[columns[short]]) == value
+        sub = {k: np.asarray(v)[mask] for k, v in table.items() if k not in columns.values()}
         folder = Path(out_dir) / point.label
         folder.mkdir(parents=True, exist_ok=True)
-        paths.extend(experiment.plot(sub, config, folder) or [])
-    return paths
+        figures.extend(experiment.plot(sub, config, folder) or [])
+    return figures
