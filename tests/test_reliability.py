@@ -264,21 +264,48 @@ def test_plot_imports_no_plugin_unless_asked_and_checks_the_recorded_hash(tmp_pa
         registry.unregister("toy")
 
 
-def test_a_chunk_over_the_memory_cap_runs_smaller_and_one_that_cannot_fit_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("held", [0, 10**9])
+def test_a_chunk_over_the_memory_cap_runs_smaller_and_one_that_cannot_fit_is_refused(held, monkeypatch):
+    """On CPU ``max_memory`` caps the whole process: what it already holds (``resident_memory``) is taken off."""
+    monkeypatch.setattr(runner, "resident_memory", lambda: held)
     fn = functools.partial(lambda key, n: jax.random.normal(key, (256, 256)).sum() + n, )
     keys = seed_keys(0, 8)
     whole = run_vectorized(fn, keys, np.float64(1.0), progress=Progress())
     import io
     log = io.StringIO()
-    cap = Progress(stream=log, max_memory=3 * 256 * 256 * 8)       # about one seed's temporaries
+    cap = Progress(stream=log, max_memory=held + 3 * 256 * 256 * 8)       # about one seed's temporaries
     part = run_vectorized(fn, keys, np.float64(1.0), progress=cap, tag="capped")
     assert "trying" in log.getvalue() and cap.calls[0]["chunk_size"] < 8
     np.testing.assert_allclose(part, whole, rtol=1e-12)
     with pytest.raises(runner.MemoryLimitError, match="one chunk of 1 seed"):
-        run_vectorized(fn, keys, np.float64(1.0), progress=Progress(max_memory=1000), tag="tiny")
+        run_vectorized(fn, keys, np.float64(1.0), progress=Progress(max_memory=held + 1000), tag="tiny")
+    assert Progress(max_memory=held + 1).memory_budget(jax.local_devices()) <= 1   # the cap, less what is held
 
 
-def test_memory_refusal_through_the_cli_is_one_line(tmp_path, capsys):
+def test_cgroup_limits_bound_the_free_memory_v1_nested_and_v2(tmp_path):
+    """A container's memory cgroup is a limit ``MemAvailable`` does not show: ``limit - usage`` (plus the page
+    cache the kernel reclaims first) of every limiting level, v1 (the process's cgroup and its ancestors) or v2."""
+    root = tmp_path / "cgroup"
+    for folder, limit, usage, cache in (("memory", 2**63 - 4096, 10**9, 0), ("memory/job", 6 * 10**9, 2 * 10**9, 10**8),
+                                        ("memory/job/step", 5 * 10**9, 10**9, 0)):
+        (root / folder).mkdir(parents=True)
+        (root / folder / "memory.limit_in_bytes").write_text(f"{limit}\n")
+        (root / folder / "memory.usage_in_bytes").write_text(f"{usage}\n")
+        (root / folder / "memory.stat").write_text(f"cache 5\ntotal_inactive_file {cache}\n")
+    proc = tmp_path / "self_cgroup"
+    proc.write_text("9:cpu,cpuacct:/other\n4:memory:/job/step\n0::/\n")
+    assert sorted(runner._cgroup_free(str(root), str(proc))) == [4 * 10**9, 4 * 10**9 + 10**8]
+    (root / "memory.max").write_text("3000000000\n")
+    (root / "memory.current").write_text("1000000000\n")
+    (root / "memory.stat").write_text("inactive_file 7\n")
+    assert min(runner._cgroup_free(str(root), str(proc))) == 2 * 10**9 + 7
+    (root / "memory.max").write_text("max\n")
+    proc.write_text("0::/\n")
+    assert runner._cgroup_free(str(root), str(proc)) == []
+
+
+def test_memory_refusal_through_the_cli_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(runner, "resident_memory", lambda: 0)
     registry.register("toy", ToyExperiment(), replace=True)
     try:
         assert cli.main(["run", "toy", "--seeds", "2", "--out", str(tmp_path), "--max-memory", "4e-7"]) \

@@ -591,8 +591,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seeds per chunk (memory, progress and resumption); results agree to the last few "
                      "bits, not bit for bit, across chunk sizes and device counts (XLA vectorizes differently)")
     run.add_argument("--max-memory", type=_positive_float, default=None, metavar="GB",
-                     help="cap each compiled chunk's memory (default: what the devices have free); a chunk that "
-                     "does not fit runs as smaller chunks")
+                     help="the memory this run may use (default: what the host, its cgroup or the devices have "
+                     "free): on CPU the whole process's, so each compiled chunk must fit beside what the process "
+                     "already holds; on accelerators each chunk's device memory; a chunk that does not fit runs "
+                     "as smaller chunks")
     run.add_argument("--x64", action=argparse.BooleanOptionalAction, default=True,
                      help="float64 (default) or float32 with --no-x64; recorded in the manifest")
     run.add_argument("--plugin", dest="plugins", action="append", default=[], metavar="FILE.py|MODULE",

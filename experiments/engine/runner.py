@@ -12,8 +12,9 @@ padded to a multiple of the device count and the padding is dropped. Compiled ex
 another process.
 
 Memory: after compiling a chunk the runner reads XLA's estimate of the program's peak memory and compares
-it with what the devices have free (``available_memory``; capped by ``Progress(max_memory=...)``, the
-CLI's ``--max-memory``). A chunk that does not fit is made smaller (halving towards one seed per device)
+it with what the devices have free (``available_memory``: the host's ``MemAvailable`` and any cgroup limit on
+CPU), capped by ``Progress(max_memory=...)``, the CLI's ``--max-memory`` (on CPU a cap on the whole process:
+what it already holds is taken off). A chunk that does not fit is made smaller (halving towards one seed per device)
 and recompiled; when even that does not fit, ``MemoryLimitError`` says how much one chunk needs. A
 different chunk size can change results in their last bits (XLA vectorizes the batch differently), so
 the size used is recorded with each call's timings.
@@ -28,6 +29,7 @@ import collections
 import functools
 import hashlib
 import math
+import os
 import time
 from typing import Any, Callable, TextIO
 
@@ -38,7 +40,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
 from experiments.engine.progress import Display, clock
 
-__all__ = ["MemoryLimitError", "Progress", "available_memory", "run_vectorized", "seed_keys"]
+__all__ = ["MemoryLimitError", "Progress", "available_memory", "resident_memory", "run_vectorized", "seed_keys"]
 
 AXIS = "seeds"
 _CACHE_SIZE = 16
@@ -97,14 +99,56 @@ def available_memory(devices: list) -> int | None:
                     free.append(int(line.split()[1]) * 1024)
     except OSError:
         pass
+    free.extend(_cgroup_free())
+    return min(free) if free else None
+
+
+def _cgroup_free(root: str = "/sys/fs/cgroup", proc: str = "/proc/self/cgroup") -> list[int]:
+    """``limit - usage`` of each memory cgroup that limits this process: cgroup v2 (``memory.max``) and v1
+    (``memory.limit_in_bytes`` of the process's cgroup and its ancestors, as ``/proc/self/cgroup`` names them);
+    a container often has one of them and not ``MemAvailable``'s figure."""
+    def inactive_file(folder: str, key: str) -> int:   # page cache the kernel reclaims before it kills
+        try:
+            stat = dict(line.split() for line in open(f"{folder}/memory.stat"))
+            return int(stat.get(key, 0))
+        except (OSError, ValueError):
+            return 0
+
+    out = []
     try:
-        limit = open("/sys/fs/cgroup/memory.max").read().strip()
-        used = int(open("/sys/fs/cgroup/memory.current").read())
+        limit = open(f"{root}/memory.max").read().strip()
         if limit != "max":
-            free.append(int(limit) - used)
+            used = int(open(f"{root}/memory.current").read())
+            out.append(int(limit) - used + inactive_file(root, "inactive_file"))
     except (OSError, ValueError):
         pass
-    return min(free) if free else None
+    try:
+        lines = open(proc).read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "memory" not in controllers.split(","):
+            continue
+        parts = [p for p in path.split("/") if p]
+        for depth in range(len(parts), -1, -1):
+            folder = "/".join([f"{root}/memory", *parts[:depth]])
+            try:
+                limit = int(open(f"{folder}/memory.limit_in_bytes").read())
+                usage = int(open(f"{folder}/memory.usage_in_bytes").read())
+            except (OSError, ValueError):
+                continue
+            if limit < 1 << 60:   # "no limit" reads as about 2**63
+                out.append(limit - usage + inactive_file(folder, "total_inactive_file"))
+    return out
+
+
+def resident_memory() -> int:
+    """Bytes this process holds in memory now (its resident set, ``/proc/self/statm``); 0 where unknown."""
+    try:
+        return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class Progress:
@@ -136,11 +180,17 @@ class Progress:
         self.traced_calls: list[dict[str, Any]] = []
 
     def memory_budget(self, devices: list) -> int | None:
-        """Bytes one chunk may use: the devices' free memory, capped by ``max_memory``."""
+        """Bytes one chunk may use: the devices' free memory, capped by ``max_memory``. On CPU devices the
+        cap is the whole process's (``--max-memory``: the memory a user gives the run), so what the process
+        already holds (``resident_memory``: interpreter, JAX, compiled programs, earlier results) is taken off
+        it; on accelerators it caps the chunk's device memory."""
         free = available_memory(devices)
         if self.max_memory is None:
             return free
-        return self.max_memory if free is None else min(free, self.max_memory)
+        cap = self.max_memory
+        if not devices or devices[0].platform == "cpu":
+            cap = max(0, cap - resident_memory())
+        return cap if free is None else min(free, cap)
 
     def message(self, text: str) -> None:
         """Print one progress line (experiments may announce their phases); silent with ``quiet``."""
