@@ -282,6 +282,24 @@ def test_a_chunk_over_the_memory_cap_runs_smaller_and_one_that_cannot_fit_is_ref
     assert Progress(max_memory=held + 1).memory_budget(jax.local_devices()) <= 1   # the cap, less what is held
 
 
+def test_the_budget_is_read_again_after_compiling(monkeypatch):
+    """What the process holds once the program is compiled (the executable, the compiler's leftovers) counts:
+    a chunk that fitted the budget before compiling but not after is made smaller."""
+    reads = []
+
+    def resident():   # 0 before compiling, 15 MB from then on
+        reads.append(1)
+        return 0 if len(reads) == 1 else 15 * 2**20
+
+    monkeypatch.setattr(runner, "resident_memory", resident)
+    fn = functools.partial(lambda key, n: jax.random.normal(key, (256, 256)).sum() + n, )
+    import io
+    log = io.StringIO()
+    cap = Progress(stream=log, max_memory=18 * 2**20)     # 8 seeds fit 18 MB, not the 3 MB left after
+    run_vectorized(fn, seed_keys(0, 8), np.float64(1.0), progress=cap, tag="after")
+    assert "a chunk of 8 seeds needs" in log.getvalue() and cap.calls[0]["chunk_size"] < 8
+
+
 def test_cgroup_limits_bound_the_free_memory_v1_nested_and_v2(tmp_path):
     """A container's memory cgroup is a limit ``MemAvailable`` does not show: ``limit - usage`` (plus the page
     cache the kernel reclaims first) of every limiting level, v1 (the process's cgroup and its ancestors) or v2."""
