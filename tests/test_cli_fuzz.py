@@ -143,13 +143,18 @@ CASES = [
     ("n_actions=100000 n_contexts=100000, 4000x4000, 2500x2500 in 6 GB (RESOURCE_EXHAUSTED, OOM kill)",
      "rerun at e79ebfc (offline-rate quick, 20 GB free): 100000x100000 exit 6 in 9 s before compiling, one line "
      "naming n_contexts x n_actions x (dim + 2) and 800 GB (it had first exposed an int32 overflow in the CDF "
-     "search, fixed); 4000x4000: XLA's estimate 76.8 GB for 12 seeds, halved to 3 seeds per chunk (19 GB), "
-     "compiled (418 s beside other jobs) and started; stopped by hand there; sample_sizes=64,1e9: exit 6 after "
-     "compiling (262 s), one line: one seed needs 484 GB (XLA's estimate); 2500x2500 --max-memory 6 at b5c1fd5 "
-     "(beside other jobs): 48 seeds need 120 GB (XLA's estimate), halved to 1 seed per chunk, compiled in 533 s, "
-     "chunk 1 done in 415 s at 3.7 GB resident, stopped there (48 such chunks: about 5.4 h)",
+     "search, fixed); sample_sizes=64,1e9: exit 6 after compiling (262 s), one line: one seed needs 484 GB (XLA's "
+     "estimate). Rerun 2026-12-04, each inside a memory cgroup (v1 memory.limit_in_bytes): 2500x2500 --max-memory "
+     "6 --seeds 2 --set panel_coverages= in a 6 GB cgroup: at eee0ac6 killed by the kernel, no message (2 seeds "
+     "per chunk fitted XLA's 5.0 GB estimate; the process grew past 6 GB), fixed in 33678d6, 5312a74, 658f2f8 "
+     "(on CPU the cap is the whole process's and is read again after compiling, cgroup limits count as free "
+     "memory, a chunk is expected to take 1.5x XLA's estimate: measured 1.33x); at 658f2f8 halved to 1 seed per "
+     "chunk (7.51 GB expected, 4.92 GB free), exit 0 in 4 min 38 s, peak resident 4.38 GB, results.csv equal to "
+     "5312a74's; 4000x4000 --seeds 1 (all 4 settings) in a 22 GB cgroup at eee0ac6: exit 0 in 35 min 50 s, "
+     "XLA's estimate 6.40 GB per seed, peak resident 9.32 GB, 80 finite rows",
      "test_reliability.py::test_an_instance_no_device_can_hold_is_refused_before_compiling, "
      "::test_a_chunk_over_the_memory_cap_runs_smaller_and_one_that_cannot_fit_is_refused, "
+     "::test_the_budget_is_read_again_after_compiling, ::test_cgroup_limits_bound_the_free_memory_v1_nested_and_v2, "
      "::test_memory_refusal_through_the_cli_is_one_line"),
     ("nash-offline kl_coef=1e-6, kl_coef=1e6 reward_norm=50: the summary crashed (fit_loglog_slope) and no "
      "results.csv was written",
