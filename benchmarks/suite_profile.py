@@ -16,7 +16,9 @@ Run from the repository root (a quiet machine; the README's test command plus th
 
     PYTHONPATH=. python benchmarks/suite_profile.py --out /tmp/suite_profile -- -q -n 2 --dist worksteal
 
-``OUT/tests.jsonl`` holds one line per test, ``OUT/summary.json`` the sums (printed too).
+``OUT/tests_*.jsonl`` hold one line per test, ``OUT/summary.json`` the sums (printed too). Two runs (of two
+commits, say) are compared over the tests both ran with ``python benchmarks/suite_profile.py compare OLD NEW``,
+where each side is an ``OUT`` folder or the output of ``pytest --durations=0``.
 """
 from __future__ import annotations
 
@@ -81,7 +83,54 @@ def summarize(out: Path, top: int = 20) -> dict:
             "files": dict(sorted(by_file.items(), key=lambda kv: -kv[1]["wall_s"]))}
 
 
+def load_tests(path: Path) -> dict[str, dict]:
+    """``{node id: record}`` from this plugin's ``tests_*.jsonl`` (a file, or a folder of them) or from the output
+    of ``pytest --durations=0`` (setup + call + teardown summed; pytest hides durations under 5 ms, so those
+    tests are missing there)."""
+    files = sorted(path.glob("tests_*.jsonl")) if path.is_dir() else [path]
+    if files and files[0].suffix == ".jsonl":
+        return {r["test"]: r for f in files for r in map(json.loads, f.read_text().splitlines())}
+    import re
+    out: dict[str, dict] = {}
+    for line in path.read_text().splitlines():
+        match = re.match(r"^\s*([0-9.]+)s (setup|call|teardown)\s+(\S.*)$", line)
+        if match:
+            out.setdefault(match.group(3).strip(), {"wall_s": 0.0})["wall_s"] += float(match.group(1))
+    return out
+
+
+def compare(old: Path, new: Path) -> dict:
+    """Two runs' sums over the tests both ran (same node id), and each file's."""
+    a, b = load_tests(old), load_tests(new)
+    common = sorted(set(a) & set(b))
+    fields = [f for f in ("wall_s", "xla", "lower", "trace", "compiles") if all(f in a[k] and f in b[k] for k in common)]
+    by_file: dict[str, dict] = {}
+    for k in common:
+        entry = by_file.setdefault(k.split("::")[0], {"tests": 0, **{f"{f}_old": 0.0 for f in fields},
+                                                      **{f"{f}_new": 0.0 for f in fields}})
+        entry["tests"] += 1
+        for f in fields:
+            entry[f"{f}_old"] += a[k][f]
+            entry[f"{f}_new"] += b[k][f]
+    return {"tests_old": len(a), "tests_new": len(b), "common": len(common),
+            **{f"{f}_old": sum(a[k][f] for k in common) for f in fields},
+            **{f"{f}_new": sum(b[k][f] for k in common) for f in fields},
+            "only_new_wall_s": sum(b[k]["wall_s"] for k in set(b) - set(a)), "files": by_file}
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compare"]:
+        if len(argv) != 3:
+            print("usage: suite_profile.py compare OLD NEW (tests_*.jsonl folders/files or pytest --durations=0 logs)",
+                  file=sys.stderr)
+            return 2
+        result = compare(Path(argv[1]), Path(argv[2]))
+        print(json.dumps({k: v for k, v in result.items() if k != "files"}, indent=1))
+        for name, f in sorted(result["files"].items()):
+            print(f"  {name:48s} {f['tests']:4d} tests " + "  ".join(
+                f"{k[:-4]} {f[k]:.1f} -> {f[k[:-4] + '_new']:.1f}" for k in f if k.endswith("_old")))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("pytest_args", nargs=argparse.REMAINDER, help="after --: pytest's arguments")
