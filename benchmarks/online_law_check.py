@@ -8,8 +8,8 @@ the benchmark. For every metric of ``online_loop.METRICS`` and every round t, th
     z_t = (mean_ours - mean_B3) / sqrt(var_ours / S + var_B3 / S)
 
 is reported, and the family passes at 5% overall when every ``|z_t|`` is below the Bonferroni quantile of the
-rounds x metrics tested (rounds whose two samples are constant or zero up to rounding, e.g. ``in_confidence_set`` and ``kl_to_ref`` at
-t = 0, are skipped).
+rounds x metrics tested (rounds whose two samples are constant or zero up to rounding, e.g. ``in_confidence_set``
+and ``kl_to_ref`` at t = 0, are skipped).
 Not a timing: no clock is read except to report the two runs' seconds.
 
 Run (from the repository root)::

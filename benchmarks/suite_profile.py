@@ -103,7 +103,8 @@ def compare(old: Path, new: Path) -> dict:
     """Two runs' sums over the tests both ran (same node id), and each file's."""
     a, b = load_tests(old), load_tests(new)
     common = sorted(set(a) & set(b))
-    fields = [f for f in ("wall_s", "xla", "lower", "trace", "compiles") if all(f in a[k] and f in b[k] for k in common)]
+    fields = [f for f in ("wall_s", "xla", "lower", "trace", "compiles")
+              if all(f in a[k] and f in b[k] for k in common)]
     by_file: dict[str, dict] = {}
     for k in common:
         entry = by_file.setdefault(k.split("::")[0], {"tests": 0, **{f"{f}_old": 0.0 for f in fields},

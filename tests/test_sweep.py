@@ -80,7 +80,8 @@ def test_a_grid_is_the_product_with_a_column_per_field_and_replots_per_point(toy
     assert (run_dir / "kl_coef=1,method=shifted" / "toy.png").is_file()
     assert (run_dir / "kl_coef=0.5,method=exact" / "toy.png").is_file()
     assert json.loads((run_dir / "manifest.json").read_text())["figures"] == [
-        f"kl_coef={k},method={m}/toy.{ext}" for k in ("0.5", "1") for m in ("exact", "shifted") for ext in ("png", "svg")]
+        f"kl_coef={k},method={m}/toy.{ext}" for k in ("0.5", "1") for m in ("exact", "shifted")
+        for ext in ("png", "svg")]
 
 
 @pytest.mark.parametrize("argv, words", [
