@@ -1,13 +1,14 @@
 """Benchmark (issue 15 speed, issue 17 P2): P2's policy-level pessimistic solver (algorithms.nash.pessimism)
-with all ``K + 2`` min-player starts at every step (``restart_every = 1``) against every ``R``-th step.
+at several ``(restart_every, warm_inner)`` settings: all ``K + 2`` min-player starts every ``R``-th step
+(``R = 1``: every step), ``W`` MM steps from the two warm starts on the other steps.
 
 For each seed and skew strength: the instance of nash-intransitive (``bandits.make_instance`` with the
 given shape), ``n`` comparisons ``a1, a2 ~ pi0``, the general-preference MLE's confidence set
-(``c_beta``, ``beta_mode='theory'``), then ``policy_pessimistic_policy`` at each ``restart_every``. Per
+(``c_beta``, ``beta_mode='theory'``), then ``policy_pessimistic_policy`` at each setting. Per
 setting: the solve's run time (jitted, compile excluded by one warm-up call, ``block_until_ready``, median
 of ``--repeats``), its value ``E_x h_x(pi_hat)`` (larger is better: a maximisation), its certificate
 (a bound on ``max h - h(pi_hat)``, smaller is better), the exact Nash duality gap of ``pi_hat`` in the
-true game and ``max |log pi_hat - log pi_hat(R=1)|``. Speed is measured, never asserted.
+true game and ``max |log pi_hat - log pi_hat(first setting)|``. Speed is measured, never asserted.
 
     PYTHONPATH=. python benchmarks/pessimism_solver.py --seeds 3 --out /tmp/pess.json
 """
@@ -37,7 +38,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--strengths", default="0,2,8")
-    parser.add_argument("--restart-every", default="1,5,10,25")
+    parser.add_argument("--settings", default="10:30,10:5,25:5",
+                        help="comma-separated restart_every:warm_inner pairs (warm_inner defaults to 5)")
     parser.add_argument("--n-contexts", type=int, default=128)
     parser.add_argument("--n-actions", type=int, default=32)
     parser.add_argument("--dim", type=int, default=8)
@@ -47,7 +49,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    settings = [int(r) for r in args.restart_every.split(",")]
+    settings = [tuple(int(x) for x in (item.split(":") + ["5"])[:2]) for item in args.settings.split(",")]
     rows = []
     for seed in range(args.seeds):
         for strength in (float(s) for s in args.strengths.split(",")):
@@ -59,8 +61,9 @@ def main(argv=None):
             cs = gp.mle_confidence_set(inst, data, args.n, 1.0, conf.ConfidenceConfig(c_beta=args.c_beta))
             star = b.nash_equilibrium(inst, "identity").log_pi
             first = None
-            for r in settings:
-                solve = jax.jit(lambda r=r: ps.policy_pessimistic_policy(inst, cs, "identity", restart_every=r))
+            for r, w in settings:
+                solve = jax.jit(lambda r=r, w=w: ps.policy_pessimistic_policy(inst, cs, "identity", restart_every=r,
+                                                                              warm_inner=w))
                 jax.block_until_ready(solve())
                 times = []
                 for _ in range(args.repeats):
@@ -68,7 +71,7 @@ def main(argv=None):
                     sol = jax.block_until_ready(solve())
                     times.append(time.perf_counter() - start)
                 first = sol.log_pi if first is None else first
-                row = dict(seed=seed, skew_strength=strength, restart_every=r, beta=float(cs.beta),
+                row = dict(seed=seed, skew_strength=strength, restart_every=r, warm_inner=w, beta=float(cs.beta),
                            run_s=statistics.median(times), value=float(sol.value),
                            certificate=float(sol.certificate),
                            nash_gap=float(policy_metrics(inst, sol.log_pi, star, "identity")["nash_gap"]),
@@ -76,9 +79,9 @@ def main(argv=None):
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     summary = {}
-    for r in settings:
-        mine = [x for x in rows if x["restart_every"] == r]
-        summary[str(r)] = dict(median_run_s=statistics.median(x["run_s"] for x in mine),
+    for r, w in settings:
+        mine = [x for x in rows if (x["restart_every"], x["warm_inner"]) == (r, w)]
+        summary[f"{r}:{w}"] = dict(median_run_s=statistics.median(x["run_s"] for x in mine),
                                max_certificate=max(x["certificate"] for x in mine),
                                mean_value=statistics.fmean(x["value"] for x in mine))
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()

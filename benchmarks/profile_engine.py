@@ -10,7 +10,9 @@ search_cdf``: 36%".
 Workloads (the benchmarks' own per-seed functions, at their sizes unless changed by flags):
   offline  ``offline_mle_gibbs.ours_per_seed``: MLE-Gibbs sweep, 9 sizes up to 16384 comparisons;
   online   ``online_loop``'s ours: ``online_common.per_seed`` with the ``optimism`` strategy, online-explore
-           paper sizes (hard setting) by default.
+           paper sizes (hard setting) by default;
+  pessimism  P2's policy-level pessimistic solve (``algorithms.nash.pessimism``) at nash-intransitive's paper
+           shape, skew strength 8 (``--seeds 2`` is enough).
 
 Usage (repository root; needs ``pip install xprof``, which the toolkit itself does not)::
 
@@ -97,6 +99,21 @@ def self_times(events: list) -> dict:
     return totals
 
 
+def pessimism_per_seed(key, strength: float = 8.0):
+    """P2's policy-level pessimistic solve at nash-intransitive's paper shape (benchmarks/pessimism_solver.py)."""
+    import jax
+    import bandits as b
+    from algorithms.core import confidence as conf
+    from algorithms.nash import pessimism as ps
+    from algorithms.nash import preference_model as gp
+    cfg = b.InstanceConfig(n_contexts=128, n_actions=32, dim=8, reward_norm=1.0, kl_coef=0.1, skew_strength=strength)
+    k_inst, k_data = jax.random.split(key)
+    inst = b.make_instance(k_inst, cfg)
+    data = b.sample_preference_data(k_data, inst, inst.log_pi0, inst.log_pi0, 16384)
+    cs = gp.mle_confidence_set(inst, data, 16384, 1.0, conf.ConfidenceConfig(c_beta=0.5))
+    return ps.policy_pessimistic_policy(inst, cs).value
+
+
 def workload(name: str, args):
     """``(per-seed function of the key alone, keys)`` of a workload."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -105,6 +122,8 @@ def workload(name: str, args):
     if name == "offline":
         import offline_mle_gibbs as om
         return functools.partial(om.ours_per_seed, config=om.BenchConfig()), keys
+    if name == "pessimism":
+        return pessimism_per_seed, keys
     import online_loop as ol
     from experiments.catalogue import online_common as oe
     sz = dataclasses.replace(ol.Sizes(), **{k: v for k, v in (("n_contexts", args.n_contexts),
@@ -119,7 +138,7 @@ def workload(name: str, args):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("workload", choices=("offline", "online"))
+    p.add_argument("workload", choices=("offline", "online", "pessimism"))
     p.add_argument("--seeds", type=int, default=128)
     p.add_argument("--n-contexts", type=int)
     p.add_argument("--n-actions", type=int)

@@ -46,18 +46,21 @@ def brute_h(p_grid, g, phi, pi0, chol_inv, r, eta, sphere):
     return np.asarray(out)
 
 
-@pytest.mark.parametrize("k, payoff, beta, kl, restart_every", [(2, "logit", 1.5, 0.3, 10), (3, "logit", 3.0, 0.1, 10),
-                                                                (3, "identity", 4.0, 0.05, 10),
-                                                                (3, "identity", 4.0, 0.05, 1)])
-def test_policy_level_max_min_matches_brute_force(k, payoff, beta, kl, restart_every):
-    """Every start at every step (``restart_every = 1``) or only at every 10th: the same max-min."""
+@pytest.mark.parametrize("k, payoff, beta, kl, restart_every, warm_inner",
+                         [(2, "logit", 1.5, 0.3, 25, 5), (3, "logit", 3.0, 0.1, 25, 5),
+                          (3, "identity", 4.0, 0.05, 25, 5), (3, "identity", 4.0, 0.05, 10, 30),
+                          (3, "identity", 4.0, 0.05, 1, 30)])
+def test_policy_level_max_min_matches_brute_force(k, payoff, beta, kl, restart_every, warm_inner):
+    """Every start at every step (``restart_every = 1``), or only at every 10th or 25th with 30 or 5 MM steps
+    from the warm starts in between: the same max-min."""
     inst = random_instance(k, (1, k, 2), kl, skew_strength=2.0)
     rng = np.random.default_rng(k)
     a = rng.standard_normal((3, 3))
     gram = a @ a.T / 3 + 0.3 * np.eye(3)
     theta = jnp.asarray(2.0 * rng.standard_normal(3))
     cs = conf.confidence_set(theta, jnp.asarray(gram), beta)
-    sol = ps.policy_pessimistic_policy(inst, cs, payoff, outer=300, inner=30, restart_every=restart_every)
+    sol = ps.policy_pessimistic_policy(inst, cs, payoff, outer=300, inner=30, restart_every=restart_every,
+                                       warm_inner=warm_inner)
     margins = np.asarray(gp.model_margins(inst, theta))[0]
     g = 1 / (1 + np.exp(-margins)) if payoff == "identity" else margins
     r = ps.LIPSCHITZ[payoff] * beta

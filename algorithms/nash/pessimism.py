@@ -43,10 +43,12 @@ and ``max min`` may exceed ``min max``.
   (bisection on its increasing derivative). ``certificate = E_x[Psi(lambda) - h_x(pi_hat)]`` bounds the
   suboptimality of ``pi_hat``, whichever responses the atoms hold.
 - Restarts: since the bound holds for any atoms, only every ``restart_every``-th step (and the final
-  evaluation of ``h(pi_hat)``) runs all ``K + 2`` starts; the others start from the previous minimiser and
-  the plug-in response. Consecutive atoms then stay in one basin of the min-player's problem: on the
-  nash-intransitive paper shape the solver runs 2.6-2.9x faster with ``restart_every = 10`` than with 1, at
-  a higher value and a smaller certificate (benchmarks/RESULTS.md, "P2's pessimistic solver").
+  evaluation of ``h(pi_hat)``) runs all ``K + 2`` starts for ``inner`` MM steps; the others run ``warm_inner``
+  MM steps from the previous minimiser and the plug-in response. Consecutive atoms then stay in one basin
+  of the min-player's problem, and atoms that are not fully converged minimisers are still valid (the
+  bound above holds for any ``q_j``). On the nash-intransitive paper shape every-10th with 30 warm steps ran
+  2.6-2.9x faster than every step, and the default every-25th with 5 warm steps a further 2x, each time at a
+  higher value and a smaller certificate (benchmarks/RESULTS.md, "P2's pessimistic solver").
 
 ``solve`` returns ``pi_hat``, the min-player's minimiser against it, ``h(pi_hat)`` and the per-context
 values; tested against a brute-force max-min over dense simplex grids (tests/test_nash_pessimism.py).
@@ -111,13 +113,15 @@ def best_response(g_x, phi_x, log_pi0_x, chol_inv, radius, eta, log_p, log_q_pre
         vertices = jnp.log(0.9 * jnp.eye(k, dtype=g_x.dtype) + 0.1 * jnp.exp(log_pi0_x)[None])
         starts = jnp.concatenate([starts, vertices])
 
-    def mm(log_q, _):
-        gq = gram @ jnp.exp(log_q)
-        n = jnp.sqrt(jnp.maximum(jnp.exp(log_q) @ gq, 0.0))
+    def mm(logits, _):
+        q = jax.nn.softmax(logits)
+        gq = jnp.sum(gram * q[None, :], axis=-1)   # gram @ q as a fused loop: XLA:CPU's dot is slow at these sizes
+        n = jnp.sqrt(jnp.maximum(q @ gq, 0.0))
         pull = jnp.where(n > _TINY, gq / jnp.where(n > _TINY, n, 1.0), 0.0)   # rows @ (rows^T q / ||rows^T q||)
-        return jax.nn.log_softmax(log_pi0_x - (c - radius * pull) / eta), None
+        return log_pi0_x - (c - radius * pull) / eta, None
 
-    ends = jax.vmap(lambda s: jax.lax.scan(mm, s, length=inner)[0])(starts)
+    # the iterates are carried as logits, normalised once at the end: one exponential per entry and step
+    ends = jax.nn.log_softmax(jax.vmap(lambda s: jax.lax.scan(mm, s, length=inner)[0])(starts))
     values = jax.vmap(lambda lq: objective(g_x, phi_x, log_pi0_x, chol_inv, radius, eta, log_p, lq))(ends)
     best = jnp.argmin(values)
     return ends[best], values[best]
@@ -152,37 +156,42 @@ def _line_search(log_pi0_x, y_bar, c_bar, dy, dc, top, eta, steps: int = 40):
     return jnp.where(slope(top) <= 0, top, 0.5 * (lo + hi))
 
 
-@partial(jax.jit, static_argnums=(7, 8, 9))
-def _solve(g, phi, log_pi0, d0, chol, radius, eta, outer: int, inner: int, restart_every: int):
+@partial(jax.jit, static_argnums=(7, 8, 9, 10))
+def _solve(g, phi, log_pi0, d0, chol, radius, eta, outer: int, inner: int, restart_every: int, warm_inner: int):
     chol_inv = spd_solve.lower_inverse(chol)
 
     def context(g_x, phi_x, log_pi0_x):
         def atom(log_p, log_q_prev, full=True):
-            log_q, _ = best_response(g_x, phi_x, log_pi0_x, chol_inv, radius, eta, log_p, log_q_prev, inner, full)
+            log_q, _ = best_response(g_x, phi_x, log_pi0_x, chol_inv, radius, eta, log_p, log_q_prev,
+                                     inner if full else warm_inner, full)
             y = supergradient(g_x, phi_x, chol_inv, radius, log_p, log_q)
             return log_q, y, eta * kl_divergence(log_q, log_pi0_x)
 
         def step(state, k):
-            ys, cs, lam, log_q = state
-            y_bar, c_bar = lam @ ys, lam @ cs
+            ys, cs, lam, log_q, y_bar, c_bar = state
             log_p = jax.nn.log_softmax(log_pi0_x + y_bar / eta)
             if restart_every == 1:
                 log_q, y, c = atom(log_p, log_q)
             else:
                 log_q, y, c = jax.lax.cond((k + 1) % restart_every == 0, lambda: atom(log_p, log_q),
                                            lambda: atom(log_p, log_q, full=False))
+            # The new atom is stored first (its weight is still 0, so it is never the away atom): reading the
+            # buffer after the write lets XLA update it in place instead of copying it every step.
+            ys, cs = ys.at[k + 1].set(y), cs.at[k + 1].set(c)
             # pairwise step: weight moves from the active atom worst against p to the new one
-            scores = jnp.where(lam > 0, ys @ jnp.exp(log_p) + cs, -jnp.inf)
+            scores = jnp.where(lam > 0, jnp.sum(ys * jnp.exp(log_p)[None, :], axis=-1) + cs, -jnp.inf)
             away = jnp.argmax(scores)
-            gamma = _line_search(log_pi0_x, y_bar, c_bar, y - ys[away], c - cs[away], lam[away], eta)
+            dy, dc = y - ys[away], c - cs[away]
+            gamma = _line_search(log_pi0_x, y_bar, c_bar, dy, dc, lam[away], eta)
             lam = lam.at[away].add(-gamma).at[k + 1].add(gamma)
-            return (ys.at[k + 1].set(y), cs.at[k + 1].set(c), lam, log_q), None
+            # the mixture is updated in place: recomputing lam @ ys reads all atoms again every step
+            return (ys, cs, lam, log_q, y_bar + gamma * dy, c_bar + gamma * dc), None
 
         log_q0, y0, c0 = atom(log_pi0_x, log_pi0_x)
         ys = jnp.zeros((outer + 1, y0.shape[0]), y0.dtype).at[0].set(y0)
         cs = jnp.zeros(outer + 1, y0.dtype).at[0].set(c0)
         lam = jnp.zeros(outer + 1, y0.dtype).at[0].set(1.0)
-        ys, cs, lam, log_q = jax.lax.scan(step, (ys, cs, lam, log_q0), jnp.arange(outer))[0]
+        ys, cs, lam, log_q, _, _ = jax.lax.scan(step, (ys, cs, lam, log_q0, y0, c0), jnp.arange(outer))[0]
         y_bar, c_bar = lam @ ys, lam @ cs
         log_p = jax.nn.log_softmax(log_pi0_x + y_bar / eta)
         log_q, value = best_response(g_x, phi_x, log_pi0_x, chol_inv, radius, eta, log_p, log_q, inner)
@@ -193,29 +202,34 @@ def _solve(g, phi, log_pi0, d0, chol, radius, eta, outer: int, inner: int, resta
 
 
 def solve(g: jax.Array, phi: jax.Array, log_pi0: jax.Array, d0: jax.Array, chol: jax.Array, radius, kl_coef,
-          outer: int = 400, inner: int = 30, restart_every: int = 10) -> PolicyPessimisticSolution:
+          outer: int = 400, inner: int = 30, restart_every: int = 25, warm_inner: int = 5
+          ) -> PolicyPessimisticSolution:
     """``argmax_p E_x min_q f_x(p, q)`` for the estimated payoff ``g [n_x, K, K]``, features ``phi
     [n_x, K, d]``, the Cholesky factor ``chol [D, D]`` of ``Sigma`` and ``radius = L_g beta`` (module
-    docstring). ``jit``/``vmap``-able (``outer``, ``inner``, ``restart_every`` static)."""
+    docstring): ``outer`` Frank-Wolfe steps, ``inner`` MM steps per start where all starts run (every
+    ``restart_every``-th step and the final evaluation), ``warm_inner`` where only the warm starts run.
+    ``jit``/``vmap``-able (the four counts static)."""
     v.check_int("outer", outer, 1)
     v.check_int("inner", inner, 1)
     v.check_int("restart_every", restart_every, 1)
+    v.check_int("warm_inner", warm_inner, 1)
     if chol.shape[-1] != gp.psi_dim(phi.shape[-1]):
         v.fail("chol", tuple(chol.shape), f"a [D, D] Cholesky factor with D = {gp.psi_dim(phi.shape[-1])}")
     dtype = g.dtype
     return _solve(g, phi, log_pi0, d0, chol, jnp.asarray(radius, dtype), jnp.asarray(kl_coef, dtype), outer, inner,
-                  restart_every)
+                  restart_every, warm_inner)
 
 
 def policy_pessimistic_policy(instance: Instance, cs, payoff: str = "identity", outer: int = 400,
-                              inner: int = 30, restart_every: int = 10) -> PolicyPessimisticSolution:
+                              inner: int = 30, restart_every: int = 25, warm_inner: int = 5
+                              ) -> PolicyPessimisticSolution:
     """P2's policy-level pessimistic max-min policy for the confidence set ``cs`` on ``theta`` (module
     docstring): ``G_hat = g(sigmoid(<theta_hat, psi>))``, ``r = L_g beta``."""
     v.check_choice("payoff", payoff, PAYOFFS)
     margins = gp.model_margins(instance, cs.center)
     g = jax.nn.sigmoid(margins) if payoff == "identity" else margins
     return solve(g, instance.phi, instance.log_pi0, instance.d0, cs.chol, LIPSCHITZ[payoff] * cs.beta,
-                 instance.kl_coef, outer, inner, restart_every)
+                 instance.kl_coef, outer, inner, restart_every, warm_inner)
 
 
 def policy_unilateral_coverage(instance: Instance, chol: jax.Array, log_pi: jax.Array) -> jax.Array:
