@@ -12,7 +12,11 @@ Workloads (the benchmarks' own per-seed functions, at their sizes unless changed
   online   ``online_loop``'s ours: ``online_common.per_seed`` with the ``optimism`` strategy, online-explore
            paper sizes (hard setting) by default;
   pessimism  P2's policy-level pessimistic solve (``algorithms.nash.pessimism``) at nash-intransitive's paper
-           shape, skew strength 8 (``--seeds 2`` is enough).
+           shape, skew strength 8 (``--seeds 2`` is enough);
+  offline-rate  offline-rate's per-seed program at its paper preset (all five learners, 9 sizes), canonical
+           setting;
+  nash-kl-sweep  nash-kl-sweep's per-seed program at its paper preset, the first kl_coef only (``--iterations``
+           shortens the online methods' rounds).
 
 Usage (repository root; needs ``pip install xprof``, which the toolkit itself does not)::
 
@@ -124,6 +128,21 @@ def workload(name: str, args):
         return functools.partial(om.ours_per_seed, config=om.BenchConfig()), keys
     if name == "pessimism":
         return pessimism_per_seed, keys
+    if name == "nash-kl-sweep":
+        import jax.numpy as jnp
+        from experiments.catalogue import nash_kl_sweep as nks
+        from experiments.engine.config import replace
+        config = nks.presets["paper"]
+        if args.iterations:
+            config = replace(config, iterations=args.iterations)
+        kl_coefs = jnp.asarray(config.kl_coefs[:1])
+        return lambda key: nks.per_seed(key, kl_coefs, config), keys
+    if name == "offline-rate":
+        from experiments.catalogue import offline_rate as orate
+        config = orate.presets["paper"]
+        _, coverage, temperature, kl_coef = config.settings()[0]
+        fn = functools.partial(orate.per_seed, config=config)
+        return lambda key: fn(key, coverage, temperature, kl_coef), keys
     import online_loop as ol
     from experiments.catalogue import online_common as oe
     sz = dataclasses.replace(ol.Sizes(), **{k: v for k, v in (("n_contexts", args.n_contexts),
@@ -138,7 +157,7 @@ def workload(name: str, args):
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("workload", choices=("offline", "online", "pessimism"))
+    p.add_argument("workload", choices=("offline", "online", "pessimism", "offline-rate", "nash-kl-sweep"))
     p.add_argument("--seeds", type=int, default=128)
     p.add_argument("--n-contexts", type=int)
     p.add_argument("--n-actions", type=int)

@@ -137,12 +137,27 @@ def _fit(kind, method, steps, optimizer, init, anchor, data, log_pi0, phi, kl_co
     kl_coef = jnp.asarray(kl_coef, dtype)
     weight_decay = jnp.asarray(weight_decay, dtype)
 
+    if kind == "linear":
+        # h_i = z_i . w with z_i = phi(x_i, a_w) - phi(x_i, a_l): log pi0 and log Z cancel (train_linear), so the
+        # features are gathered once instead of gathering and scattering [n_x, K] logits at every step.
+        a_w, a_l = chosen_and_rejected(data)
+        z = phi[data.x, a_w] - phi[data.x, a_l]
+        margin = None if gamma is None else gamma[data.x, a_w] - gamma[data.x, a_l]
+        zero = jnp.zeros(z.shape[0], dtype)
+
+        def loss_of(params):
+            h = z @ params
+            if method == "ipo":
+                return ipo_loss(h, zero, zero, zero, kl_coef, mask=data.mask)
+            return dpo_loss(h, zero, zero, zero, kl_coef, margin=margin, mask=data.mask)
+    else:
+        def loss_of(params):
+            # All METHODS depend on log pi only through within-context differences, so the unnormalised
+            # logits give the same loss and exactly zero gradient on actions absent from the data.
+            return direct_preference_loss(params, log_pi0, data, kl_coef, method, gamma)
+
     def objective(params):
-        # All METHODS depend on log pi only through within-context differences, so the unnormalised
-        # logits give the same loss and exactly zero gradient on actions absent from the data.
-        loss = direct_preference_loss(_logits(kind, params, log_pi0, phi), log_pi0, data, kl_coef, method,
-                                      gamma)
-        return loss + 0.5 * weight_decay * jnp.sum((params - anchor) ** 2)
+        return loss_of(params) + 0.5 * weight_decay * jnp.sum((params - anchor) ** 2)
 
     opt = optax.adam(jnp.asarray(learning_rate, dtype)) if optimizer is None else optimizer
     if not isinstance(opt, optax.GradientTransformationExtraArgs):

@@ -64,7 +64,10 @@ def plausible_best_response(instance: Instance, theta: jax.Array, chol: jax.Arra
                             payoff: str, u: jax.Array) -> jax.Array:
     """``BR_theta'(pi1) = log_softmax(log pi0 - G_theta'(x, pi1, .) / eta)`` in the world ``theta' = theta + beta
     L^{-T} u`` (``||u|| <= 1``: ``||theta' - theta||_Sigma <= beta``)."""
-    world = theta + beta * spd_solve.solve_upper_transposed(chol, u)
+    return _best_response_in(instance, theta + beta * spd_solve.solve_upper_transposed(chol, u), log_pi1, payoff)
+
+
+def _best_response_in(instance: Instance, world: jax.Array, log_pi1: jax.Array, payoff: str) -> jax.Array:
     g = transform(gp.model_margins(instance, world), payoff)
     return jax.nn.log_softmax(instance.log_pi0 - jnp.einsum("xa,xab->xb", jnp.exp(log_pi1), g) / instance.kl_coef,
                               axis=-1)
@@ -81,12 +84,13 @@ def max_uncertainty_enhancer(instance: Instance, theta: jax.Array, chol: jax.Arr
     """P2's enhancer (module docstring): ``(log pi2, its uncertainty, u)``, ``pi2 = BR_{theta + beta L^{-T} u}
     (pi1)`` the plausible best response of largest ``E_x Gamma(x, pi1, pi2)`` found."""
     chol_inv = spd_solve.lower_inverse(chol)
+    to_world = beta * chol_inv.T   # theta' = theta + beta L^{-T} u, one product per evaluation instead of a solve
 
     def value(u):
-        return pair_uncertainty_of(instance, chol_inv, log_pi1,
-                                   plausible_best_response(instance, theta, chol, beta, log_pi1, payoff, u))
+        return pair_uncertainty_of(instance, chol_inv, log_pi1, _best_response_in(instance, theta + to_world @ u,
+                                                                                    log_pi1, payoff))
 
-    grad = jax.grad(value)
+    value_and_grad = jax.value_and_grad(value)
     # the world in which b is cheapest for the min-player: the margin G_theta(x, pi1, b) falls fastest along
     # -L^{-1} E_x E_{a~pi1} psi(x, a, b) (exactly so for the logit payoff)
     mean = jnp.einsum("xa,xad->xd", jnp.exp(log_pi1), instance.phi)
@@ -96,18 +100,23 @@ def max_uncertainty_enhancer(instance: Instance, theta: jax.Array, chol: jax.Arr
     starts = jnp.concatenate([jnp.zeros((1, per_action.shape[-1]), per_action.dtype),
                               -per_action / jnp.where(norms > 0, norms, 1.0)])
 
+    def keep(best_u, best, u, val):
+        better = val > best
+        return jnp.where(better, u, best_u), jnp.where(better, val, best)
+
     def ascend(u0):
+        # every iterate u_0 .. u_steps is evaluated once: the value at u_i comes with its gradient
         def step(state, i):
             u, best_u, best = state
-            gu = grad(u)
+            val, gu = value_and_grad(u)
+            best_u, best = keep(best_u, best, u, val)
             size = 0.5 * 0.02 ** (i / steps)   # geometric from 0.5 to 0.01
             u = u + size * gu / (jnp.linalg.norm(gu) + 1e-30)
             u = u / jnp.maximum(1.0, jnp.linalg.norm(u))
-            val = value(u)
-            better = val > best
-            return (u, jnp.where(better, u, best_u), jnp.where(better, val, best)), None
+            return (u, best_u, best), None
 
-        return jax.lax.scan(step, (u0, u0, value(u0)), jnp.arange(steps))[0][1:]
+        u, best_u, best = jax.lax.scan(step, (u0, u0, jnp.asarray(-jnp.inf, u0.dtype)), jnp.arange(steps))[0]
+        return keep(best_u, best, u, value(u))
 
     best_u, best = jax.vmap(ascend)(starts)
     u = best_u[jnp.argmax(best)]
