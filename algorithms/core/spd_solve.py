@@ -12,6 +12,10 @@ kernels, which split their batch over XLA's intra-op thread pool and wait on it;
 sharded over 2 CPU devices of a 2-core machine both pool threads ended up waiting and the run hung
 (jax/jaxlib 0.10.2; ``benchmarks/README.md``). These loops are ordinary fused XLA ops with no custom
 call, so sharded runs cannot deadlock on them, and at ``d = 8`` they cost no more than the LAPACK call.
+
+The three loops are jitted: called outside a trace (tests, eager user code), a ``fori_loop`` whose body is
+a closure made afresh on every call is recompiled on every call (about 200 XLA compilations in one property
+test); jitted, each shape compiles once. Inside another trace the jit is inlined.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 
+@jax.jit
 def cholesky(a: jax.Array) -> jax.Array:
     """Lower-triangular ``L`` with ``L L^T = a`` for one SPD ``a [d, d]`` (only its lower triangle is read)."""
     d = a.shape[-1]
@@ -32,6 +37,7 @@ def cholesky(a: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(0, d, column, jnp.zeros_like(a))
 
 
+@jax.jit
 def solve_lower(chol: jax.Array, b: jax.Array) -> jax.Array:
     """``y = L^{-1} b`` by forward substitution; ``b`` is ``[d]`` or ``[d, k]``."""
     d = chol.shape[-1]
@@ -42,6 +48,7 @@ def solve_lower(chol: jax.Array, b: jax.Array) -> jax.Array:
     return jax.lax.fori_loop(0, d, row, jnp.zeros_like(b))
 
 
+@jax.jit
 def solve_upper_transposed(chol: jax.Array, y: jax.Array) -> jax.Array:
     """``x = L^{-T} y`` by backward substitution; ``y`` is ``[d]`` or ``[d, k]``."""
     d = chol.shape[-1]
