@@ -282,6 +282,40 @@ def test_a_chunk_over_the_memory_cap_runs_smaller_and_one_that_cannot_fit_is_ref
     assert Progress(max_memory=held + 1).memory_budget(jax.local_devices()) <= 1   # the cap, less what is held
 
 
+def test_a_cpu_chunk_over_the_working_set_threshold_is_recompiled_smaller_with_the_same_results(monkeypatch):
+    """On CPU, with no chunk size asked for, a whole chunk whose estimate exceeds ``CPU_RECHUNK_BYTES`` runs as
+    chunks of about ``CPU_CHUNK_BYTES``; an explicit chunk size is kept as asked."""
+    import io
+    fn = functools.partial(lambda key, n: jax.random.normal(key, (256, 256)).sum() + n, )
+    keys = seed_keys(0, 8)
+    once = Progress()
+    whole = run_vectorized(fn, keys, np.float64(1.0), progress=once, tag="whole")
+    estimate = once.calls[0]["peak_memory_bytes"]          # 8 seeds in one chunk
+    monkeypatch.setattr(runner, "CPU_RECHUNK_BYTES", estimate // 2)
+    monkeypatch.setattr(runner, "CPU_CHUNK_BYTES", estimate // 4)  # about 2 seeds
+    monkeypatch.setattr(runner, "_compiled", type(runner._compiled)())   # compile again, not reuse
+    log = io.StringIO()
+    auto = Progress(stream=log)
+    part = run_vectorized(fn, keys, np.float64(1.0), progress=auto, tag="auto")
+    assert "on CPU chunks of 2 seeds run faster" in log.getvalue()
+    assert (auto.calls[0]["chunk_size"], auto.calls[0]["chunks"]) == (2, 4)
+    np.testing.assert_allclose(part, whole, rtol=1e-12)
+    asked = Progress(chunk_size=8)
+    run_vectorized(fn, keys, np.float64(1.0), progress=asked, tag="asked")
+    assert asked.calls[0]["chunk_size"] == 8
+
+
+@pytest.mark.parametrize("estimate, size, devices, expected", [
+    (9_762_080_696, 1024, 1, 8),    # offline-rate's paper program: 9.5 MB a seed, 64 MiB / 9.5 MB = 7.0
+    (9_762_080_696, 1024, 3, 6),    # a multiple of the device count
+    (508_317_404, 256, 1, 32),      # 1.99 MB a seed: 33.7 -> 32
+    (2**40, 16, 2, 2),              # at least one seed per device
+    (2**20, 4, 1, 4),               # never more than the chunk it replaces
+])
+def test_cpu_chunk_seeds_is_the_nearest_power_of_two_to_the_target(estimate, size, devices, expected):
+    assert runner.cpu_chunk_seeds(estimate, size, devices) == expected
+
+
 def test_the_budget_is_read_again_after_compiling(monkeypatch):
     """What the process holds once the program is compiled (the executable, the compiler's leftovers) counts:
     a chunk that fitted the budget before compiling but not after is made smaller."""

@@ -588,8 +588,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "field by its own name when unique, else dotted: instance.kl_coef=0.1); tuples as 1,2,3")
     run.add_argument("--out", default="results", help="output root; files go to OUT/NAME (default: results)")
     run.add_argument("--chunk-size", type=_positive_int, default=None,
-                     help="seeds per chunk (memory, progress and resumption); results agree to the last few "
-                     "bits, not bit for bit, across chunk sizes and device counts (XLA vectorizes differently)")
+                     help="seeds per chunk (memory, progress and resumption; default: all seeds in one chunk, "
+                     "or on CPU chunks of about 64 MB when one chunk would peak above 1 GB); results agree to the "
+                     "last few bits, not bit for bit, across chunk sizes and device counts (XLA vectorizes "
+                     "differently)")
     run.add_argument("--max-memory", type=_positive_float, default=None, metavar="GB",
                      help="the memory this run may use (default: what the host, its cgroup or the devices have "
                      "free): on CPU the whole process's, so each compiled chunk must fit beside what the process "

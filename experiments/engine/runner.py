@@ -19,6 +19,13 @@ and recompiled; when even that does not fit, ``MemoryLimitError`` says how much 
 different chunk size can change results in their last bits (XLA vectorizes the batch differently), so
 the size used is recorded with each call's timings.
 
+Working set on CPU: when no chunk size was asked for and a CPU chunk of all the seeds peaks above
+``CPU_RECHUNK_BYTES`` (XLA's estimate), the runner recompiles for chunks of about ``CPU_CHUNK_BYTES``
+(``cpu_chunk_seeds``). The loops inside the per-seed programs (Newton, Adam, rounds) then stream arrays that
+stay near the caches instead of main memory: offline-rate's paper program (9.5 MB a seed) ran 0.29 s a seed
+in one chunk of 1024 and 0.16 s in chunks of 8 (``benchmarks/RESULTS.md``, "Chunks that fit the caches").
+Below the threshold the second compile would cost more than it saves, so the chunk stays whole.
+
 Seed ranges: a ``Progress.seed_hook`` sees every call first; ``seed_range.RangeHook`` computes only a
 range of the run's seeds (``--seed-range``) and ``seed_range.ReplayHook`` answers calls from saved
 outputs (``merge``).
@@ -270,6 +277,21 @@ def _peak_bytes(compiled) -> int | None:
     return int(max(getattr(stats, "peak_memory_in_bytes", 0) or 0, total))
 
 
+# Measured on the 2-core development machine (issue 15): the fastest chunks peaked at 20-130 MB (offline-rate
+# quick and paper, online-explore); a whole chunk above 1 GB is where a second compile paid for itself.
+CPU_CHUNK_BYTES = 64 * 2**20
+CPU_RECHUNK_BYTES = 2**30
+
+
+def cpu_chunk_seeds(estimate: int, size: int, n_devices: int) -> int:
+    """Seeds per chunk whose estimated peak is nearest ``CPU_CHUNK_BYTES``: ``estimate / size`` bytes a seed,
+    rounded to the nearest power of two and to a multiple of ``n_devices``, at least ``n_devices``, at most ``size``."""
+    per_seed = max(estimate / max(size, 1), 1.0)
+    seeds = 2 ** round(math.log2(max(CPU_CHUNK_BYTES / per_seed, 1.0)))
+    seeds = max(n_devices, seeds // n_devices * n_devices)
+    return min(seeds, size)
+
+
 # XLA:CPU's estimate leaves out what its runtime allocates while the program runs: offline-rate quick at
 # 2500 x 2500, one seed, grew the process by 3.33 GB over its resident set after compiling (1.04 GB; peak 4.37 GB)
 # against an estimate of 2.50 GB (1.33x), measured inside a 6 GB memory cgroup (issue 14).
@@ -334,6 +356,7 @@ def _run_vectorized(fn: Callable, keys: jax.Array, args: tuple, chunk_size: int 
         raise ValueError("run_vectorized needs at least one key.")
     size = min(progress.chunk_size or chunk_size or n, n)
     size = math.ceil(size / len(devices)) * len(devices)
+    rechunk = not (progress.chunk_size or chunk_size) and all(d.platform == "cpu" for d in devices)
     n_chunks = math.ceil(n / size)
 
     mesh = jax.make_mesh((len(devices),), (AXIS,), axis_types=(AxisType.Auto,), devices=devices)
@@ -342,6 +365,7 @@ def _run_vectorized(fn: Callable, keys: jax.Array, args: tuple, chunk_size: int 
     batched = jax.vmap(fn, in_axes=(0,) + (None,) * len(args))
     args = jax.device_put(args, replicated)
     cache_key = _cache_key(fn, keys, args, size, devices)
+    cache_key = None if cache_key is None else (*cache_key, rechunk)   # an asked-for size is never re-chunked
     cached = _compiled.get(cache_key) if cache_key is not None else None
     budget = progress.memory_budget(devices)
     if cached is not None and budget is not None and cached[3] is not None and cached[3] > budget:
@@ -366,6 +390,13 @@ def _run_vectorized(fn: Callable, keys: jax.Array, args: tuple, chunk_size: int 
             compiled = jitted.lower(first, *args).compile()
             estimate = _peak_bytes(compiled)
             need, said = _expected_bytes(estimate, devices)
+            if rechunk and estimate is not None and estimate > CPU_RECHUNK_BYTES:
+                rechunk, fitted = False, cpu_chunk_seeds(estimate, size, len(devices))
+                if fitted < size:
+                    progress.message(f"{tag}: a chunk of {size} seeds peaks at {estimate / 1e9:.3g} GB; on CPU "
+                                     f"chunks of {fitted} seeds run faster (--chunk-size overrides); recompiling")
+                    size = fitted
+                    continue
             # again after compiling: the process now also holds the executable and the compiler's leftovers
             budget = progress.memory_budget(devices)
             if budget is None or need is None or need <= budget or size == len(devices):
